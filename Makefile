@@ -1,0 +1,19 @@
+PYTHON ?= .venv/bin/python
+
+.PHONY: proto test bench run
+
+# The one command that regenerates the protobuf and gRPC code in proto/caxton.
+# Generated *_pb2*.py files are committed and never edited by hand.
+proto:
+	$(PYTHON) -m grpc_tools.protoc -I proto \
+		--python_out=proto --pyi_out=proto --grpc_python_out=proto \
+		proto/caxton/v1/caxton.proto proto/caxton/worker/v1/worker.proto
+
+test:
+	.ci/run
+
+bench:
+	$(PYTHON) -m pytest bench -q
+
+run:
+	$(PYTHON) -m supervisor --deploy-examples

@@ -1,0 +1,305 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGENT_STATE_UNSPECIFIED: _ClassVar[AgentState]
+    AGENT_STATE_UNLOADED: _ClassVar[AgentState]
+    AGENT_STATE_LOADED: _ClassVar[AgentState]
+    AGENT_STATE_RUNNING: _ClassVar[AgentState]
+    AGENT_STATE_DRAINING: _ClassVar[AgentState]
+    AGENT_STATE_STOPPED: _ClassVar[AgentState]
+    AGENT_STATE_FAILED: _ClassVar[AgentState]
+
+class Performative(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PERFORMATIVE_UNSPECIFIED: _ClassVar[Performative]
+    PERFORMATIVE_REQUEST: _ClassVar[Performative]
+    PERFORMATIVE_INFORM: _ClassVar[Performative]
+    PERFORMATIVE_QUERY_IF: _ClassVar[Performative]
+    PERFORMATIVE_QUERY_REF: _ClassVar[Performative]
+    PERFORMATIVE_PROPOSE: _ClassVar[Performative]
+    PERFORMATIVE_ACCEPT_PROPOSAL: _ClassVar[Performative]
+    PERFORMATIVE_REJECT_PROPOSAL: _ClassVar[Performative]
+    PERFORMATIVE_AGREE: _ClassVar[Performative]
+    PERFORMATIVE_REFUSE: _ClassVar[Performative]
+    PERFORMATIVE_FAILURE: _ClassVar[Performative]
+    PERFORMATIVE_NOT_UNDERSTOOD: _ClassVar[Performative]
+
+class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEVERITY_UNSPECIFIED: _ClassVar[Severity]
+    SEVERITY_INFO: _ClassVar[Severity]
+    SEVERITY_WARNING: _ClassVar[Severity]
+    SEVERITY_ERROR: _ClassVar[Severity]
+AGENT_STATE_UNSPECIFIED: AgentState
+AGENT_STATE_UNLOADED: AgentState
+AGENT_STATE_LOADED: AgentState
+AGENT_STATE_RUNNING: AgentState
+AGENT_STATE_DRAINING: AgentState
+AGENT_STATE_STOPPED: AgentState
+AGENT_STATE_FAILED: AgentState
+PERFORMATIVE_UNSPECIFIED: Performative
+PERFORMATIVE_REQUEST: Performative
+PERFORMATIVE_INFORM: Performative
+PERFORMATIVE_QUERY_IF: Performative
+PERFORMATIVE_QUERY_REF: Performative
+PERFORMATIVE_PROPOSE: Performative
+PERFORMATIVE_ACCEPT_PROPOSAL: Performative
+PERFORMATIVE_REJECT_PROPOSAL: Performative
+PERFORMATIVE_AGREE: Performative
+PERFORMATIVE_REFUSE: Performative
+PERFORMATIVE_FAILURE: Performative
+PERFORMATIVE_NOT_UNDERSTOOD: Performative
+SEVERITY_UNSPECIFIED: Severity
+SEVERITY_INFO: Severity
+SEVERITY_WARNING: Severity
+SEVERITY_ERROR: Severity
+
+class AgentMessage(_message.Message):
+    __slots__ = ("performative", "sender", "receiver", "conversation_id", "reply_with", "in_reply_to", "message_id", "content")
+    PERFORMATIVE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_WITH_FIELD_NUMBER: _ClassVar[int]
+    IN_REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    performative: Performative
+    sender: str
+    receiver: str
+    conversation_id: str
+    reply_with: str
+    in_reply_to: str
+    message_id: str
+    content: bytes
+    def __init__(self, performative: _Optional[_Union[Performative, str]] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., conversation_id: _Optional[str] = ..., reply_with: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., message_id: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class ResourceLimits(_message.Message):
+    __slots__ = ("memory_bytes", "fuel", "timeout_ms", "max_message_bytes")
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FUEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    memory_bytes: int
+    fuel: int
+    timeout_ms: int
+    max_message_bytes: int
+    def __init__(self, memory_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class DeployAgentRequest(_message.Message):
+    __slots__ = ("name", "module", "limits", "policy", "label")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    module: bytes
+    limits: ResourceLimits
+    policy: str
+    label: str
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class DeployAgentResponse(_message.Message):
+    __slots__ = ("status", "report")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    report: ValidationReport
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., report: _Optional[_Union[ValidationReport, _Mapping]] = ...) -> None: ...
+
+class StopAgentRequest(_message.Message):
+    __slots__ = ("name", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class StopAgentResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ...) -> None: ...
+
+class StartAgentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class StartAgentResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ...) -> None: ...
+
+class RemoveAgentRequest(_message.Message):
+    __slots__ = ("name", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class RemoveAgentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetAgentStatusRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListAgentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAgentsResponse(_message.Message):
+    __slots__ = ("agents",)
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
+
+class InstanceStatus(_message.Message):
+    __slots__ = ("pid", "version", "uptime_s", "memory_bytes", "messages", "errors", "resets", "rss_bytes")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RESETS_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    version: int
+    uptime_s: float
+    memory_bytes: int
+    messages: int
+    errors: int
+    resets: int
+    rss_bytes: int
+    def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+
+class AgentStatus(_message.Message):
+    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODULE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_AT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: AgentState
+    version: int
+    label: str
+    module_sha256: str
+    uptime_s: float
+    memory_bytes: int
+    messages: int
+    errors: int
+    restarts: int
+    instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
+    limits: ResourceLimits
+    last_error: str
+    deployed_at: float
+    policy: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class ValidateModuleRequest(_message.Message):
+    __slots__ = ("module", "policy", "limits")
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    module: bytes
+    policy: str
+    limits: ResourceLimits
+    def __init__(self, module: _Optional[bytes] = ..., policy: _Optional[str] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ...) -> None: ...
+
+class Finding(_message.Message):
+    __slots__ = ("rule", "severity", "message")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    severity: Severity
+    message: str
+    def __init__(self, rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ValidationReport(_message.Message):
+    __slots__ = ("valid", "findings", "module_sha256", "policy")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODULE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    findings: _containers.RepeatedCompositeFieldContainer[Finding]
+    module_sha256: str
+    policy: str
+    def __init__(self, valid: _Optional[bool] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., module_sha256: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class SendRequest(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: AgentMessage
+    def __init__(self, message: _Optional[_Union[AgentMessage, _Mapping]] = ...) -> None: ...
+
+class SendResponse(_message.Message):
+    __slots__ = ("reply", "has_reply")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPLY_FIELD_NUMBER: _ClassVar[int]
+    reply: AgentMessage
+    has_reply: bool
+    def __init__(self, reply: _Optional[_Union[AgentMessage, _Mapping]] = ..., has_reply: _Optional[bool] = ...) -> None: ...
+
+class StreamItem(_message.Message):
+    __slots__ = ("id", "message")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    message: AgentMessage
+    def __init__(self, id: _Optional[int] = ..., message: _Optional[_Union[AgentMessage, _Mapping]] = ...) -> None: ...
+
+class SendStreamRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StreamItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[StreamItem, _Mapping]]] = ...) -> None: ...
+
+class StreamResult(_message.Message):
+    __slots__ = ("id", "code", "error", "reply", "has_reply")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPLY_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    code: int
+    error: str
+    reply: AgentMessage
+    has_reply: bool
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[AgentMessage, _Mapping]] = ..., has_reply: _Optional[bool] = ...) -> None: ...
+
+class SendStreamResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StreamResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[StreamResult, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,106 @@
+from caxton.v1 import caxton_pb2 as _caxton_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Limits(_message.Message):
+    __slots__ = ("memory_bytes", "fuel", "timeout_ms", "max_message_bytes")
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FUEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    memory_bytes: int
+    fuel: int
+    timeout_ms: int
+    max_message_bytes: int
+    def __init__(self, memory_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class LoadRequest(_message.Message):
+    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODULE_PATH_FIELD_NUMBER: _ClassVar[int]
+    CACHE_DIR_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    version: int
+    module_path: str
+    cache_dir: str
+    limits: Limits
+    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class LogRecord(_message.Message):
+    __slots__ = ("level", "text")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    level: int
+    text: str
+    def __init__(self, level: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class LoadResponse(_message.Message):
+    __slots__ = ("init_code", "error", "logs", "cache_hit")
+    INIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    init_code: int
+    error: str
+    logs: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    cache_hit: bool
+    def __init__(self, init_code: _Optional[int] = ..., error: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+
+class HandleRequest(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_caxton_pb2.AgentMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[_caxton_pb2.AgentMessage, _Mapping]]] = ...) -> None: ...
+
+class HandleResult(_message.Message):
+    __slots__ = ("code", "error", "reply", "has_reply", "logs")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPLY_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    error: str
+    reply: bytes
+    has_reply: bool
+    logs: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., reply: _Optional[bytes] = ..., has_reply: _Optional[bool] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
+
+class HandleResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[HandleResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[HandleResult, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("memory_bytes", "messages", "errors", "resets")
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RESETS_FIELD_NUMBER: _ClassVar[int]
+    memory_bytes: int
+    messages: int
+    errors: int
+    resets: int
+    def __init__(self, memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ...) -> None: ...
+
+class ShutdownRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShutdownResponse(_message.Message):
+    __slots__ = ("logs",)
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    logs: _containers.RepeatedCompositeFieldContainer[LogRecord]
+    def __init__(self, logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
