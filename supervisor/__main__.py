@@ -1,0 +1,52 @@
+"""`caxton-supervisor` / `python -m supervisor`: run the Caxton supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "agents"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="caxton-supervisor", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--listen", help="address for the public API (default 127.0.0.1:50051)")
+    parser.add_argument("--state-dir", type=Path, help="where agents and modules are kept (default ./.caxton)")
+    parser.add_argument("--deploy-examples", action="store_true",
+                        help="deploy the example agents in examples/agents if they are not deployed yet")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"caxton-supervisor: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.listen:
+        config = replace(config, listen=args.listen)
+    if args.state_dir:
+        config = replace(config, state_dir=args.state_dir)
+
+    from .server import Supervisor, run
+
+    examples = EXAMPLES_DIR if args.deploy_examples else None
+    try:
+        supervisor = Supervisor(config, examples_dir=examples)
+    except OSError as exc:
+        print(f"caxton-supervisor: {exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(run(supervisor))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""One named agent: its lifecycle state, mailbox and worker instances.
+
+Lifecycle operations (start, stop) are serialised by `_op_lock` and may take
+seconds; the state itself is guarded by `_state_lock`, held only briefly, so
+that status queries and the launcher's exit callbacks never wait behind a
+slow start or drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from caxton.v1 import caxton_pb2
+
+from .config import Config, Limits
+from .errors import FailedPrecondition, Unavailable
+from .instance import InstanceStartError, WorkerInstance
+from .launcher import ExitStatus, Launcher, WorkerStartError
+from .lifecycle import AgentState, Event, IllegalTransition, transition
+from .mailbox import Mailbox, Pending
+from .store import StateStore, VersionRecord
+
+log = logging.getLogger("caxton.agent")
+
+_PROTO_STATE = {
+    AgentState.UNLOADED: caxton_pb2.AGENT_STATE_UNLOADED,
+    AgentState.LOADED: caxton_pb2.AGENT_STATE_LOADED,
+    AgentState.RUNNING: caxton_pb2.AGENT_STATE_RUNNING,
+    AgentState.DRAINING: caxton_pb2.AGENT_STATE_DRAINING,
+    AgentState.STOPPED: caxton_pb2.AGENT_STATE_STOPPED,
+    AgentState.FAILED: caxton_pb2.AGENT_STATE_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """Why the last start failed, for the caller and for status."""
+
+    message: str
+    init_code: int = 0
+
+
+class Agent:
+    def __init__(self, name: str, policy: str, version: VersionRecord, config: Config, *, state: AgentState):
+        self.name = name
+        self.policy = policy
+        self.version = version
+        self._config = config
+        self.mailbox = Mailbox(config.queue_limit)
+        self.instances: list[WorkerInstance] = []
+        self.state = state
+        self._state_lock = threading.Lock()
+        self._op_lock = threading.Lock()
+        self.messages = 0
+        self.errors = 0
+        self.restarts = 0
+        self.last_error = ""
+        self._running_since: float | None = None
+        if state is not AgentState.RUNNING:
+            self.mailbox.close(self._refusal())
+
+    @property
+    def limits(self) -> Limits:
+        return self.version.limits
+
+    def _set_state(self, event: Event) -> AgentState:
+        """Apply a lifecycle event (caller holds _state_lock). An illegal one
+        is the caller's mistake (stop a stopped agent, ...): FAILED_PRECONDITION."""
+        try:
+            self.state = transition(self.state, event)
+        except IllegalTransition as exc:
+            raise FailedPrecondition(f"agent {self.name!r}: {exc}") from exc
+        if self.state is AgentState.RUNNING:
+            self._running_since = time.monotonic()
+            self.mailbox.reopen()
+        else:
+            self._running_since = None
+            self.mailbox.close(self._refusal())
+        return self.state
+
+    def _refusal(self) -> str:
+        """Why a message is refused in the current state."""
+        if self.state is AgentState.FAILED:
+            return f"agent {self.name!r} has failed: {self.last_error}"
+        if self.state is AgentState.DRAINING:
+            return f"agent {self.name!r} is draining and takes no new messages"
+        if self.state is AgentState.STOPPED:
+            return f"agent {self.name!r} is stopped"
+        return f"agent {self.name!r} is {self.state.value}"
+
+    # ------------------------------------------------------------ messages
+
+    def submit(self, pending: Pending) -> None:
+        """Queue a message; raises if the agent cannot take it now."""
+        state = self.state
+        if state is AgentState.STOPPED:
+            raise FailedPrecondition(f"agent {self.name!r} is stopped; start it with StartAgent")
+        if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
+            raise Unavailable(self._refusal())
+        self.mailbox.put(pending)
+
+    def _count(self, ok: bool) -> None:
+        if ok:
+            self.messages += 1
+        else:
+            self.messages += 1
+            self.errors += 1
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, launcher: Launcher, store: StateStore) -> None:
+        """Load the current version into a new worker and start serving.
+
+        On failure the agent is FAILED with the reason, and the error says
+        why: FailedPrecondition when the agent itself refused to start
+        (caxton_init), Unavailable when no worker could be started.
+        """
+        with self._op_lock:
+            with self._state_lock:
+                self._set_state(Event.LOAD)
+            try:
+                instance = self._launch(launcher, store)
+            except InstanceStartError as exc:
+                self._fail(f"failed to start: {exc}")
+                raise FailedPrecondition(f"agent {self.name!r} failed to start: {exc}") from exc
+            except WorkerStartError as exc:
+                self._fail(str(exc))
+                raise Unavailable(f"agent {self.name!r} could not start a worker: {exc}") from exc
+            with self._state_lock:
+                self.instances.append(instance)
+                self.last_error = ""
+                self._set_state(Event.START)
+            instance.serve(self.mailbox, self._count)
+            log.info("[%s v%d] running in worker %d", self.name, self.version.version, instance.pid)
+
+    def _launch(self, launcher: Launcher, store: StateStore) -> WorkerInstance:
+        timeout = self._config.worker_start_timeout_s
+        process = launcher.spawn(timeout)
+        instance = WorkerInstance(self.name, self.version.version, self.limits, process, self._config)
+        try:
+            instance.load(str(store.module_path(self.version.module_sha256)), str(store.cache_dir), timeout)
+        except BaseException:
+            instance.kill()
+            instance.close()
+            raise
+        process.add_exit_callback(lambda status: self._on_exit(instance, status))
+        return instance
+
+    def _fail(self, reason: str) -> None:
+        with self._state_lock:
+            self.last_error = reason
+            self._set_state(Event.FAIL)
+        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
+        log.error("[%s] %s", self.name, reason)
+
+    def _on_exit(self, instance: WorkerInstance, status: ExitStatus) -> None:
+        """Launcher callback: a worker of this agent exited."""
+        # Wake the instance's dispatcher if it is waiting for messages.
+        self.mailbox.wake_all()
+        with self._state_lock:
+            if instance not in self.instances:
+                return  # retired on purpose; already accounted for
+            self.instances.remove(instance)
+            unexpected = self.state in (AgentState.RUNNING, AgentState.DRAINING)
+            if not unexpected or self.instances:
+                return
+            self.last_error = f"worker {instance.pid} {status.describe()}"
+            self._set_state(Event.FAIL)
+        log.error("[%s v%d] worker %d %s", self.name, instance.version, instance.pid, status.describe())
+        instance.close()
+        # Messages not yet taken by the dead worker get an honest answer.
+        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
+
+    def stop(self, timeout: float) -> None:
+        """Drain: refuse new messages, let accepted ones finish within
+        `timeout`, run caxton_shutdown, end the worker. STOPPED afterwards."""
+        with self._op_lock:
+            with self._state_lock:
+                self._set_state(Event.DRAIN)
+                instances = list(self.instances)
+            deadline = time.monotonic() + timeout
+            for instance in instances:
+                instance.retire(self.mailbox, drain=True)
+            for instance in instances:
+                if not instance.wait_idle(deadline):
+                    log.warning("[%s] drain timed out after %.1fs", self.name, timeout)
+                    instance.retire(self.mailbox, drain=False)
+            leftover = self.mailbox.fail_all(
+                grpc.StatusCode.UNAVAILABLE, f"agent {self.name!r} was stopped before this message was handled"
+            )
+            if leftover:
+                log.warning("[%s] %d queued messages were not handled before the stop timeout", self.name, leftover)
+            with self._state_lock:
+                self.instances = [i for i in self.instances if i not in instances]
+            for instance in instances:
+                instance.shutdown(timeout=max(1.0, deadline - time.monotonic()))
+            with self._state_lock:
+                self._set_state(Event.STOPPED)
+            log.info("[%s] stopped", self.name)
+
+    def kill(self) -> None:
+        """Kill every worker at once (supervisor exit after its drain timeout)."""
+        with self._state_lock:
+            instances, self.instances = list(self.instances), []
+        for instance in instances:
+            instance.kill()
+
+    def unload(self) -> None:
+        with self._state_lock:
+            self._set_state(Event.UNLOAD)
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> caxton_pb2.AgentStatus:
+        with self._state_lock:
+            instances = list(self.instances)
+            state = self.state
+            running_since = self._running_since
+        now = time.monotonic()
+        status = caxton_pb2.AgentStatus(
+            name=self.name,
+            state=_PROTO_STATE[state],
+            version=self.version.version,
+            label=self.version.label,
+            module_sha256=self.version.module_sha256,
+            uptime_s=(now - running_since) if running_since is not None else 0.0,
+            messages=self.messages,
+            errors=self.errors,
+            restarts=self.restarts,
+            limits=self.limits.to_proto(),
+            last_error=self.last_error,
+            deployed_at=self.version.deployed_at,
+            policy=self.policy,
+        )
+        for instance in instances:
+            stats = instance.stats()
+            entry = status.instances.add(
+                pid=instance.pid,
+                version=instance.version,
+                uptime_s=now - instance.started_at,
+                rss_bytes=_rss(instance.pid),
+            )
+            if stats is not None:
+                entry.memory_bytes = stats.memory_bytes
+                entry.messages = stats.messages
+                entry.errors = stats.errors
+                entry.resets = stats.resets
+                status.memory_bytes += stats.memory_bytes
+        return status
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0

@@ -1,0 +1,242 @@
+"""`caxton`: the command-line client for a running supervisor.
+
+Every command prints its result on stdout; an error is one line on stderr
+and a non-zero exit status (2 for usage errors, 1 for everything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from caxton.v1 import caxton_pb2, caxton_pb2_grpc
+
+from .config import parse_size
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+REPORT_METADATA_KEY = "caxton-validation-report-bin"
+
+
+class CliError(Exception):
+    pass
+
+
+def _state_name(state: int) -> str:
+    return caxton_pb2.AgentState.Name(state).removeprefix("AGENT_STATE_").lower()
+
+
+def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
+    """The JSON shape of `status --json` (a stable interface for scripts)."""
+    limits = status.limits
+    return {
+        "name": status.name,
+        "state": _state_name(status.state),
+        "version": status.version,
+        "label": status.label,
+        "module_sha256": status.module_sha256,
+        "pid": status.instances[0].pid if status.instances else None,
+        "instances": [
+            {
+                "pid": i.pid,
+                "version": i.version,
+                "uptime_s": round(i.uptime_s, 3),
+                "memory_bytes": i.memory_bytes,
+                "rss_bytes": i.rss_bytes,
+                "messages": i.messages,
+                "errors": i.errors,
+                "resets": i.resets,
+            }
+            for i in status.instances
+        ],
+        "uptime_s": round(status.uptime_s, 3),
+        "memory_bytes": status.memory_bytes,
+        "messages": status.messages,
+        "errors": status.errors,
+        "restarts": status.restarts,
+        "resets": sum(i.resets for i in status.instances),
+        "limits": {
+            "memory_bytes": limits.memory_bytes,
+            "fuel": limits.fuel,
+            "timeout_ms": limits.timeout_ms,
+            "max_message_bytes": limits.max_message_bytes,
+        },
+        "policy": status.policy,
+        "last_error": status.last_error,
+        "deployed_at": status.deployed_at,
+    }
+
+
+def _status_line(status: caxton_pb2.AgentStatus) -> str:
+    pids = ",".join(str(i.pid) for i in status.instances) or "-"
+    return (
+        f"{status.name:<20} {_state_name(status.state):<9} v{status.version:<4} pid {pids:<8} "
+        f"messages {status.messages:<8} errors {status.errors:<6} restarts {status.restarts}"
+        + (f"  ({status.last_error})" if status.last_error else "")
+    )
+
+
+def _read_module(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _limits(args: argparse.Namespace) -> caxton_pb2.ResourceLimits:
+    limits = caxton_pb2.ResourceLimits()
+    try:
+        if getattr(args, "memory", None):
+            limits.memory_bytes = parse_size(args.memory)
+        if getattr(args, "max_message_bytes", None):
+            limits.max_message_bytes = parse_size(args.max_message_bytes)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if getattr(args, "fuel", None):
+        limits.fuel = args.fuel
+    if getattr(args, "timeout_ms", None):
+        limits.timeout_ms = args.timeout_ms
+    return limits
+
+
+def _print_report(report: caxton_pb2.ValidationReport, out) -> None:
+    for finding in report.findings:
+        severity = caxton_pb2.Severity.Name(finding.severity).removeprefix("SEVERITY_").lower()
+        print(f"{severity}: {finding.rule}: {finding.message}", file=out)
+
+
+def _report_from_error(exc: grpc.RpcError) -> caxton_pb2.ValidationReport | None:
+    for key, value in exc.trailing_metadata() or ():
+        if key == REPORT_METADATA_KEY:
+            return caxton_pb2.ValidationReport.FromString(value)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    channel = grpc.insecure_channel(args.address)
+    lifecycle = caxton_pb2_grpc.AgentLifecycleStub(channel)
+    messaging = caxton_pb2_grpc.MessagingStub(channel)
+    timeout = args.rpc_timeout
+    command = args.command
+    if command == "deploy":
+        request = caxton_pb2.DeployAgentRequest(
+            name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
+            label=args.label or "",
+        )
+        response = lifecycle.DeployAgent(request, timeout=timeout)
+        if args.json:
+            print(json.dumps(status_dict(response.status)))
+        else:
+            print(f"deployed {response.status.name} v{response.status.version}")
+            _print_report(response.report, sys.stdout)
+    elif command == "send":
+        content = _read_module(args.file) if args.file else args.text.encode()
+        message = caxton_pb2.AgentMessage(receiver=args.name, content=content, sender=args.sender)
+        response = messaging.Send(caxton_pb2.SendRequest(message=message), timeout=timeout)
+        if response.has_reply:
+            sys.stdout.buffer.write(response.reply.content)
+            if sys.stdout.isatty():
+                sys.stdout.buffer.write(b"\n")
+            sys.stdout.flush()
+    elif command == "status":
+        status = lifecycle.GetAgentStatus(caxton_pb2.GetAgentStatusRequest(name=args.name), timeout=timeout)
+        print(json.dumps(status_dict(status)) if args.json else _status_line(status))
+    elif command == "list":
+        agents = lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(), timeout=timeout).agents
+        if args.json:
+            print(json.dumps([status_dict(a) for a in agents]))
+        else:
+            for status in agents:
+                print(_status_line(status))
+    elif command == "stop":
+        request = caxton_pb2.StopAgentRequest(name=args.name, timeout_ms=int(args.timeout * 1000) if args.timeout else 0)
+        status = lifecycle.StopAgent(request, timeout=max(timeout, (args.timeout or 0) + 30)).status
+        print(f"stopped {status.name}")
+    elif command == "start":
+        status = lifecycle.StartAgent(caxton_pb2.StartAgentRequest(name=args.name), timeout=timeout).status
+        print(f"started {status.name} v{status.version}")
+    elif command == "remove":
+        lifecycle.RemoveAgent(caxton_pb2.RemoveAgentRequest(name=args.name), timeout=timeout)
+        print(f"removed {args.name}")
+    elif command == "validate":
+        request = caxton_pb2.ValidateModuleRequest(module=_read_module(args.module), policy=args.policy or "")
+        report = lifecycle.ValidateModule(request, timeout=timeout)
+        if args.json:
+            print(json_format.MessageToJson(report, preserving_proto_field_name=True, indent=None))
+        else:
+            print(f"{'valid' if report.valid else 'invalid'} (policy {report.policy}, sha256 {report.module_sha256})")
+            _print_report(report, sys.stdout)
+        return 0 if report.valid else 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caxton", description="Command-line client for the Caxton supervisor.")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"supervisor address (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for the supervisor")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    deploy = commands.add_parser("deploy", help="validate a module and run it as a new agent")
+    deploy.add_argument("name")
+    deploy.add_argument("module", help=".wasm or .wat file")
+    deploy.add_argument("--memory", help="linear memory limit, e.g. 10MB or 64MiB")
+    deploy.add_argument("--fuel", type=int, help="fuel per message")
+    deploy.add_argument("--timeout-ms", type=int, help="wall-clock limit per message")
+    deploy.add_argument("--max-message-bytes", help="largest message content in or out")
+    deploy.add_argument("--policy", help="validation policy name")
+    deploy.add_argument("--label", help="free-form version label")
+    deploy.add_argument("--json", action="store_true")
+
+    send = commands.add_parser("send", help="send a message and print the reply")
+    send.add_argument("name")
+    send.add_argument("text", nargs="?", default="")
+    send.add_argument("--file", help="send this file's bytes instead of TEXT")
+    send.add_argument("--sender", default="cli", help="sender name in the envelope")
+
+    status = commands.add_parser("status", help="show one agent")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true")
+
+    listing = commands.add_parser("list", help="show every agent")
+    listing.add_argument("--json", action="store_true")
+
+    stop = commands.add_parser("stop", help="drain and stop an agent")
+    stop.add_argument("name")
+    stop.add_argument("--timeout", type=float, help="seconds in-flight messages may take to finish")
+
+    start = commands.add_parser("start", help="start a stopped or failed agent")
+    start.add_argument("name")
+
+    remove = commands.add_parser("remove", help="stop and forget an agent")
+    remove.add_argument("name")
+
+    validate = commands.add_parser("validate", help="check a module without deploying it")
+    validate.add_argument("module")
+    validate.add_argument("--policy")
+    validate.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        sys.exit(run(args))
+    except CliError as exc:
+        print(f"caxton: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        print(f"caxton: {code.name}: {exc.details()}", file=sys.stderr)
+        report = _report_from_error(exc) if code == grpc.StatusCode.INVALID_ARGUMENT else None
+        if report is not None:
+            _print_report(report, sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

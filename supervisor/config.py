@@ -1,0 +1,184 @@
+"""Supervisor configuration: defaults, a TOML file, and validation.
+
+Every field is checked up front, one small check per field, and an error
+names the field, so a bad config fails at start-up with a precise message
+instead of misbehaving later.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from caxton.v1 import caxton_pb2
+
+from .policy import BUILTIN_POLICIES, Policy, PolicyError, policy_from_config
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """'10MB' -> 10_000_000, '64MiB' -> 67_108_864, 4096 -> 4096."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"size must not be negative: {text}")
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 10MB, 64MiB)")
+    number, unit = match.groups()
+    return int(number) * _UNITS[(unit or "b").lower()]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one agent instance."""
+
+    memory_bytes: int = 64 << 20
+    fuel: int = 1_000_000_000
+    timeout_ms: int = 5_000
+    max_message_bytes: int = 1 << 20
+
+    def to_proto(self) -> caxton_pb2.ResourceLimits:
+        return caxton_pb2.ResourceLimits(
+            memory_bytes=self.memory_bytes,
+            fuel=self.fuel,
+            timeout_ms=self.timeout_ms,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    def overlay(self, request: caxton_pb2.ResourceLimits) -> "Limits":
+        """These limits with every non-zero field of `request` taking over."""
+        return replace(
+            self,
+            memory_bytes=request.memory_bytes or self.memory_bytes,
+            fuel=request.fuel or self.fuel,
+            timeout_ms=request.timeout_ms or self.timeout_ms,
+            max_message_bytes=request.max_message_bytes or self.max_message_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    state_dir: Path = Path(".caxton")
+    # Where worker sockets live; empty = a fresh private directory under /tmp
+    # (Unix socket paths must stay under 108 bytes).
+    runtime_dir: str = ""
+    limits: Limits = field(default_factory=Limits)
+    default_policy: str = "default"
+    policies: dict[str, Policy] = field(default_factory=lambda: dict(BUILTIN_POLICIES))
+    # How long StopAgent lets in-flight messages finish by default.
+    stop_timeout_s: float = 10.0
+    # How long a worker may take from spawn to ready, and to load its module.
+    worker_start_timeout_s: float = 20.0
+    # Messages waiting for one agent beyond the ones being handled.
+    queue_limit: int = 10_000
+    # Upper bounds for one supervisor-to-worker batch.
+    batch_max_messages: int = 256
+    batch_max_bytes: int = 4 << 20
+    # How long SIGTERM lets all agents drain before workers are killed.
+    shutdown_timeout_s: float = 15.0
+
+
+def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = False) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+    return value
+
+
+def _positive_float(table: dict, key: str, default: float) -> float:
+    value = table.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _string(table: dict, key: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _limits(table: dict) -> Limits:
+    base = Limits()
+    try:
+        memory = parse_size(table.get("memory", base.memory_bytes))
+    except ValueError as exc:
+        raise ConfigError(f"limits.memory: {exc}") from None
+    try:
+        max_message = parse_size(table.get("max_message_bytes", base.max_message_bytes))
+    except ValueError as exc:
+        raise ConfigError(f"limits.max_message_bytes: {exc}") from None
+    return Limits(
+        memory_bytes=memory,
+        fuel=_positive_int(table, "fuel", base.fuel, allow_zero=True),
+        timeout_ms=_positive_int(table, "timeout_ms", base.timeout_ms, allow_zero=True),
+        max_message_bytes=max_message,
+    )
+
+
+_KNOWN_KEYS = {
+    "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
+    "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
+}
+
+
+def config_from_table(table: dict) -> Config:
+    """Build a Config from a parsed TOML document."""
+    unknown = sorted(set(table) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    limits_table = table.get("limits", {})
+    if not isinstance(limits_table, dict):
+        raise ConfigError("limits: expected a table")
+    policies = dict(BUILTIN_POLICIES)
+    for name, policy_table in table.get("policies", {}).items():
+        if not isinstance(policy_table, dict):
+            raise ConfigError(f"policies.{name}: expected a table")
+        try:
+            policies[name] = policy_from_config(name, policy_table)
+        except PolicyError as exc:
+            raise ConfigError(f"policies.{name}: {exc}") from None
+    default_policy = _string(table, "default_policy", "default")
+    if default_policy not in policies:
+        raise ConfigError(f"default_policy: no policy named {default_policy!r} (known: {', '.join(sorted(policies))})")
+    base = Config()
+    return Config(
+        listen=_string(table, "listen", base.listen),
+        state_dir=Path(_string(table, "state_dir", str(base.state_dir))),
+        runtime_dir=_string(table, "runtime_dir", base.runtime_dir),
+        limits=_limits(limits_table),
+        default_policy=default_policy,
+        policies=policies,
+        stop_timeout_s=_positive_float(table, "stop_timeout_s", base.stop_timeout_s),
+        worker_start_timeout_s=_positive_float(table, "worker_start_timeout_s", base.worker_start_timeout_s),
+        queue_limit=_positive_int(table, "queue_limit", base.queue_limit),
+        batch_max_messages=_positive_int(table, "batch_max_messages", base.batch_max_messages),
+        batch_max_bytes=_positive_int(table, "batch_max_bytes", base.batch_max_bytes),
+        shutdown_timeout_s=_positive_float(table, "shutdown_timeout_s", base.shutdown_timeout_s),
+    )
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config_from_table(table)

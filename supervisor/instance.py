@@ -1,0 +1,220 @@
+"""One worker process serving one version of one agent, seen from the supervisor.
+
+An instance owns its process, the gRPC channel to it, and a dispatcher thread
+that pulls batches from the agent's mailbox and hands them to the worker. A
+batch that is inside the worker when the worker dies is answered UNAVAILABLE
+(never silently retried: the agent may have acted on it); messages still in
+the mailbox wait for another instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import grpc
+
+from caxton.v1 import caxton_pb2
+from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
+
+from .config import Config, Limits
+from .launcher import ExitStatus, WorkerProcess
+from .mailbox import Mailbox, Pending
+
+log = logging.getLogger("caxton.instance")
+
+_OK = grpc.StatusCode.OK
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+# Room for the protobuf framing around a batch of max-size messages.
+_GRPC_MESSAGE_LIMIT = 64 << 20
+
+
+class InstanceStartError(Exception):
+    """The worker could not load the module or caxton_init refused."""
+
+    def __init__(self, message: str, *, init_code: int = 0):
+        super().__init__(message)
+        self.init_code = init_code
+
+
+class WorkerInstance:
+    def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config):
+        self.agent = agent
+        self.version = version
+        self.limits = limits
+        self.process = process
+        self._config = config
+        self.channel = grpc.insecure_channel(
+            f"unix:{process.socket_path}",
+            options=[
+                ("grpc.max_receive_message_length", _GRPC_MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", _GRPC_MESSAGE_LIMIT),
+            ],
+        )
+        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        self.started_at = time.monotonic()
+        self.inflight = 0
+        self._retiring = False
+        # While draining, the dispatcher keeps taking until the mailbox is
+        # empty: messages already accepted are still handled.
+        self._draining = False
+        self._mailbox: Mailbox | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._idle = threading.Condition()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    def _log_worker(self, records) -> None:
+        for record in records:
+            log.log(_LOG_LEVELS.get(record.level, logging.INFO), "[%s v%d] %s", self.agent, self.version, record.text)
+
+    # ------------------------------------------------------------ start / stop
+
+    def load(self, module_path: str, cache_dir: str, timeout: float) -> None:
+        """Load the module and run caxton_init; raises InstanceStartError."""
+        request = worker_pb2.LoadRequest(
+            agent=self.agent,
+            version=self.version,
+            module_path=module_path,
+            cache_dir=cache_dir,
+            limits=worker_pb2.Limits(
+                memory_bytes=self.limits.memory_bytes,
+                fuel=self.limits.fuel,
+                timeout_ms=self.limits.timeout_ms,
+                max_message_bytes=self.limits.max_message_bytes,
+            ),
+        )
+        try:
+            response = self.stub.Load(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise InstanceStartError(self._rpc_failure("loading the module", exc)) from exc
+        self._log_worker(response.logs)
+        if response.error:
+            raise InstanceStartError(response.error)
+        if response.init_code != 0:
+            raise InstanceStartError(f"caxton_init returned {response.init_code}", init_code=response.init_code)
+
+    def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
+        """Start pulling messages from `mailbox`. `on_result(ok)` counts each
+        outcome for the agent's statistics."""
+        self._mailbox = mailbox
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, args=(mailbox, on_result), name=f"dispatch-{self.agent}-{self.pid}", daemon=True
+        )
+        self._dispatcher.start()
+
+    def retire(self, mailbox: Mailbox, *, drain: bool) -> None:
+        """Stop taking batches: at once (drain=False; the batch inside the
+        worker still finishes), or once the mailbox is empty (drain=True)."""
+        self._draining = drain
+        self._retiring = True
+        mailbox.wake_all()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until the dispatcher has finished its batch and stopped."""
+        thread = self._dispatcher
+        if thread is None:
+            return True
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
+
+    def shutdown(self, timeout: float) -> None:
+        """Run caxton_shutdown in the worker and wait for it to exit; kill it
+        if it does not within `timeout`."""
+        deadline = time.monotonic() + timeout
+        if self.process.alive:
+            try:
+                response = self.stub.Shutdown(worker_pb2.ShutdownRequest(), timeout=max(0.1, timeout))
+                self._log_worker(response.logs)
+            except grpc.RpcError as exc:
+                log.warning("[%s v%d] shutdown of worker %d failed: %s", self.agent, self.version, self.pid,
+                            self._rpc_failure("shutting down", exc))
+        if self.process.wait_exit(max(0.0, deadline - time.monotonic())) is None:
+            log.warning("[%s v%d] worker %d did not exit in time; killing it", self.agent, self.version, self.pid)
+            self.kill()
+        self.channel.close()
+
+    def kill(self) -> None:
+        self._retiring = True
+        self.process.kill()
+        if self._mailbox is not None:
+            self._mailbox.wake_all()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def stats(self, timeout: float = 1.0) -> worker_pb2.StatsResponse | None:
+        if not self.process.alive:
+            return None
+        try:
+            return self.stub.Stats(worker_pb2.StatsRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+
+    # ------------------------------------------------------------ dispatch
+
+    def _keep_taking(self) -> bool:
+        if not self.process.alive:
+            return False
+        if not self._retiring:
+            return True
+        return self._draining and len(self._mailbox) > 0
+
+    def _dispatch(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
+        config = self._config
+        per_message_s = (self.limits.timeout_ms or 60_000) / 1000
+        handle = self.stub.Handle
+        while True:
+            batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, self._keep_taking)
+            if not batch:
+                return
+            self.inflight = len(batch)
+            try:
+                # A worker that takes far longer than its agents' own
+                # timeouts allow is hung: the deadline turns that into an
+                # error instead of a dispatcher stuck forever.
+                response = handle(
+                    worker_pb2.HandleRequest(messages=[p.message for p in batch]),
+                    timeout=len(batch) * per_message_s + 5.0,
+                )
+            except grpc.RpcError as exc:
+                reason = self._rpc_failure("handling the message", exc)
+                for pending in batch:
+                    pending.resolve(grpc.StatusCode.UNAVAILABLE, reason)
+                    on_result(False)
+                self.inflight = 0
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self.kill()
+                if not self.process.alive or self._retiring:
+                    return
+                continue
+            for pending, result in zip(batch, response.results):
+                if result.logs:
+                    self._log_worker(result.logs)
+                if result.code == 0:
+                    pending.resolve(_OK, "", result.reply if result.has_reply else None)
+                    on_result(True)
+                else:
+                    pending.resolve(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error)
+                    on_result(False)
+            self.inflight = 0
+
+    def _rpc_failure(self, doing: str, exc: grpc.RpcError) -> str:
+        """A readable reason for a failed call to the worker. If the worker
+        died, say how (waiting briefly for the exit to be reaped)."""
+        status: ExitStatus | None = self.process.wait_exit(0.5) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+        if status is not None:
+            return f"worker {self.pid} of agent {self.agent!r} {status.describe()} while {doing}"
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"worker {self.pid} of agent {self.agent!r} did not answer in time while {doing}; killed it"
+        return f"worker {self.pid} of agent {self.agent!r} failed while {doing}: {exc.details()}"

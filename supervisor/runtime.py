@@ -1,0 +1,220 @@
+"""The runtime: every agent, the state store and the launcher, behind one API.
+
+This is what the gRPC services call. It raises `CaxtonError`s (never grpc
+errors), so it can be driven directly in tests and from other front ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+
+from caxton.v1 import caxton_pb2
+
+from .agent import Agent
+from .config import Config
+from .errors import AlreadyExists, CaxtonError, InvalidArgument, ModuleRejected, NotFound, ResourceExhausted
+from .launcher import Launcher
+from .lifecycle import AgentState
+from .mailbox import Pending
+from .policy import Policy
+from .store import StateStore
+from .validation import Report, validate
+
+log = logging.getLogger("caxton.runtime")
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise InvalidArgument(
+            f"invalid agent name {name!r}: use 1-63 characters of a-z, 0-9, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+
+
+class Runtime:
+    def __init__(self, config: Config):
+        self.config = config
+        self.store = StateStore(config.state_dir)
+        self._own_runtime_dir = not config.runtime_dir
+        self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
+        os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.runtime_dir, 0o700)
+        self.launcher = Launcher(self.runtime_dir)
+        self._agents: dict[str, Agent] = {}
+        self._lock = threading.Lock()
+        # Message ids the supervisor assigns: unique per supervisor boot and
+        # cheap (no uuid per message on the hot path).
+        self._boot = f"{int(time.time() * 1000):x}"
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ startup / shutdown
+
+    def restore(self) -> None:
+        """Bring every stored agent back to its desired state."""
+        to_start = []
+        for record in self.store.agents():
+            version = self.store.version(record.name, record.current_version)
+            if record.desired_state == "running":
+                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.UNLOADED)
+                to_start.append(agent)
+            else:
+                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.STOPPED)
+            self._agents[record.name] = agent
+        if not to_start:
+            return
+
+        def start(agent: Agent) -> None:
+            try:
+                agent.start(self.launcher, self.store)
+            except CaxtonError as exc:
+                log.error("could not restore %s: %s", agent.name, exc.message)
+
+        with ThreadPoolExecutor(max_workers=min(8, len(to_start)), thread_name_prefix="restore") as pool:
+            list(pool.map(start, to_start))
+        log.info("restored %d agents (%d started)", len(self._agents), len(to_start))
+
+    def shutdown(self, timeout: float) -> None:
+        """Drain every agent in parallel within `timeout`, then end all workers.
+        Desired states are left as they are, so a restart brings agents back."""
+        agents = [a for a in self._agents.values() if a.state is AgentState.RUNNING]
+        if agents:
+            with ThreadPoolExecutor(max_workers=min(32, len(agents)), thread_name_prefix="drain") as pool:
+                list(pool.map(lambda a: self._quietly(a.stop, timeout), agents))
+        for agent in self._agents.values():
+            agent.kill()
+        self.launcher.close()
+        self.store.close()
+        if self._own_runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    @staticmethod
+    def _quietly(action: Callable[[float], None], timeout: float) -> None:
+        try:
+            action(timeout)
+        except CaxtonError as exc:
+            # e.g. the agent failed while the supervisor was shutting down
+            log.warning("drain skipped: %s", exc.message)
+
+    # ------------------------------------------------------------ lookup
+
+    def get(self, name: str) -> Agent:
+        agent = self._agents.get(name)
+        if agent is None:
+            raise NotFound(f"no agent named {name!r}")
+        return agent
+
+    def agents(self) -> list[Agent]:
+        return sorted(self._agents.values(), key=lambda a: a.name)
+
+    def policy(self, name: str) -> Policy:
+        name = name or self.config.default_policy
+        try:
+            return self.config.policies[name]
+        except KeyError:
+            known = ", ".join(sorted(self.config.policies))
+            raise InvalidArgument(f"no validation policy named {name!r} (known: {known})") from None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def validate(self, module: bytes, policy_name: str, limits: caxton_pb2.ResourceLimits | None = None) -> Report:
+        policy = self.policy(policy_name)
+        memory_limit = self.config.limits.overlay(limits).memory_bytes if limits is not None else None
+        return validate(module, policy, memory_limit)
+
+    def deploy(self, name: str, module: bytes, limits: caxton_pb2.ResourceLimits, policy_name: str, label: str) -> tuple[Agent, Report]:
+        check_name(name)
+        resolved = self.config.limits.overlay(limits)
+        policy = self.policy(policy_name)
+        report = validate(module, policy, resolved.memory_bytes)
+        if not report.valid:
+            raise ModuleRejected(f"module rejected by policy {policy.name!r}: {report.summary()}", report)
+        with self._lock:
+            if name in self._agents:
+                raise AlreadyExists(f"an agent named {name!r} already exists (remove it first)")
+            digest = self.store.put_module(report.wasm)
+            version = self.store.create_agent(name, policy.name, digest, resolved, label)
+            agent = Agent(name, policy.name, version, self.config, state=AgentState.UNLOADED)
+            self._agents[name] = agent
+        try:
+            agent.start(self.launcher, self.store)
+        except CaxtonError:
+            # A deploy either runs the agent or leaves nothing behind, so the
+            # caller can fix the module and deploy again under the same name.
+            with self._lock:
+                self._agents.pop(name, None)
+                self.store.delete_agent(name)
+            raise
+        log.info("deployed %s v%d (%s, sha256 %s)", name, version.version, policy.name, digest[:12])
+        return agent, report
+
+    def stop(self, name: str, timeout_ms: int) -> Agent:
+        agent = self.get(name)
+        agent.stop(timeout_ms / 1000 if timeout_ms else self.config.stop_timeout_s)
+        self.store.set_desired_state(name, "stopped")
+        return agent
+
+    def start(self, name: str) -> Agent:
+        agent = self.get(name)
+        self.store.set_desired_state(name, "running")
+        agent.start(self.launcher, self.store)
+        return agent
+
+    def remove(self, name: str, timeout_ms: int) -> None:
+        agent = self.get(name)
+        if agent.state in (AgentState.RUNNING, AgentState.DRAINING):
+            agent.stop(timeout_ms / 1000 if timeout_ms else self.config.stop_timeout_s)
+        agent.unload()
+        with self._lock:
+            self._agents.pop(name, None)
+            self.store.delete_agent(name)
+        log.info("removed %s", name)
+
+    # ------------------------------------------------------------ messages
+
+    def submit(
+        self,
+        message: caxton_pb2.AgentMessage,
+        deadline: float | None,
+        callback: Callable[[grpc.StatusCode, str, bytes | None], None],
+    ) -> Pending:
+        """Accept a message for its receiver; the outcome goes to `callback`."""
+        agent = self._agents.get(message.receiver)
+        if agent is None:
+            if not message.receiver:
+                raise InvalidArgument("message has no receiver")
+            raise NotFound(f"no agent named {message.receiver!r}")
+        limit = agent.version.limits.max_message_bytes
+        if len(message.content) > limit:
+            raise ResourceExhausted(
+                f"message of {len(message.content)} bytes exceeds agent {agent.name!r}'s max_message_bytes ({limit})"
+            )
+        if not message.message_id:
+            message.message_id = f"{self._boot}-{next(self._ids)}"
+        pending = Pending(message, deadline, callback)
+        agent.submit(pending)
+        return pending
+
+
+def reply_envelope(request: caxton_pb2.AgentMessage, content: bytes) -> caxton_pb2.AgentMessage:
+    """The FIPA-ACL envelope around an agent's reply."""
+    return caxton_pb2.AgentMessage(
+        performative=caxton_pb2.PERFORMATIVE_INFORM,
+        sender=request.receiver,
+        receiver=request.sender,
+        conversation_id=request.conversation_id,
+        in_reply_to=request.reply_with or request.message_id,
+        content=content,
+    )

@@ -1,0 +1,102 @@
+"""Assemble and run the supervisor: runtime, gRPC server, signals.
+
+Signal handlers only queue the signal (as gunicorn's arbiter does); the main
+thread waits on that queue and does the work, so nothing complicated ever
+runs inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from caxton.v1 import caxton_pb2, caxton_pb2_grpc
+
+from .api import AgentLifecycleService, MessagingService
+from .config import Config
+from .errors import CaxtonError, NotFound
+from .runtime import Runtime
+
+log = logging.getLogger("caxton.supervisor")
+
+# Frames of SendStream may carry many messages.
+MAX_GRPC_MESSAGE = 64 << 20
+SERVICE_NAMES = (
+    caxton_pb2.DESCRIPTOR.services_by_name["AgentLifecycle"].full_name,
+    caxton_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name,
+)
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, examples_dir: Path | None = None):
+        self.config = config
+        self._examples_dir = examples_dir
+        self.runtime = Runtime(config)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="api"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(AgentLifecycleService(self.runtime), self.server)
+        caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+
+    def start(self) -> None:
+        self.runtime.restore()
+        if self._examples_dir is not None:
+            self._deploy_examples(self._examples_dir)
+        self.server.start()
+        for name in ("",) + SERVICE_NAMES:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (state in %s)", self.config.listen.rsplit(":", 1)[0] + f":{self.port}", self.config.state_dir)
+
+    def _deploy_examples(self, directory: Path) -> None:
+        """Deploy each examples/agents/NAME.wat as agent NAME unless an agent
+        of that name exists already (so restarts keep their state)."""
+        for path in sorted(directory.glob("*.wat")):
+            try:
+                self.runtime.get(path.stem)
+                continue
+            except NotFound:
+                pass
+            try:
+                self.runtime.deploy(path.stem, path.read_bytes(), caxton_pb2.ResourceLimits(), "", "example")
+            except CaxtonError as exc:
+                log.error("could not deploy example %s: %s", path.name, exc.message)
+
+    def stop(self) -> None:
+        """Refuse new calls, drain every agent, end every worker."""
+        self.health.enter_graceful_shutdown()
+        self.runtime.shutdown(self.config.shutdown_timeout_s)
+        self.server.stop(grace=2.0).wait()
+
+
+def run(supervisor: Supervisor) -> int:
+    """Serve until SIGTERM or SIGINT; exit status 0 after a clean drain."""
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: signals.put(signum))
+    supervisor.start()
+    print(f"caxton-supervisor listening on port {supervisor.port}", flush=True)
+    signum = signals.get()
+    log.info("received %s: draining", signal.Signals(signum).name)
+    supervisor.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,153 @@
+"""Durable state: agents, their versions and desired states, and modules.
+
+SQLite holds the records; module bytes are stored beside it, content-addressed
+by SHA-256, so identical modules are stored once and a record can never point
+at bytes that changed under it. Writes are rare (deploy, stop, start, remove)
+and go through one connection under a lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Limits
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    name            TEXT PRIMARY KEY,
+    desired_state   TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')),
+    current_version INTEGER NOT NULL,
+    policy          TEXT NOT NULL,
+    created_at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    agent         TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+    version       INTEGER NOT NULL,
+    label         TEXT NOT NULL,
+    module_sha256 TEXT NOT NULL,
+    limits        TEXT NOT NULL,
+    deployed_at   REAL NOT NULL,
+    PRIMARY KEY (agent, version)
+);
+"""
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    agent: str
+    version: int
+    label: str
+    module_sha256: str
+    limits: Limits
+    deployed_at: float
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    name: str
+    desired_state: str  # "running" or "stopped"
+    current_version: int
+    policy: str
+    created_at: float
+
+
+class StateStore:
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self.modules_dir = self.state_dir / "modules"
+        # Compiled modules are native code: the cache must be as private as
+        # the state itself.
+        self.cache_dir = self.state_dir / "cache"
+        for directory in (self.state_dir, self.modules_dir, self.cache_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.state_dir / "caxton.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ modules
+
+    def put_module(self, wasm: bytes) -> str:
+        """Store module bytes; returns their SHA-256 (hex)."""
+        digest = hashlib.sha256(wasm).hexdigest()
+        path = self.module_path(digest)
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(wasm)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return digest
+
+    def module_path(self, digest: str) -> Path:
+        return self.modules_dir / f"{digest}.wasm"
+
+    def _collect_module(self, digest: str) -> None:
+        """Delete a module no version refers to any more (and its compiled
+        forms). Caller holds the lock."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM versions WHERE module_sha256 = ?", (digest,)).fetchone()
+        if count:
+            return
+        self.module_path(digest).unlink(missing_ok=True)
+        for cached in self.cache_dir.glob(f"{digest}-*.cwasm"):
+            cached.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ records
+
+    def create_agent(self, name: str, policy: str, module_sha256: str, limits: Limits, label: str) -> VersionRecord:
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO agents (name, desired_state, current_version, policy, created_at) VALUES (?, 'running', 1, ?, ?)",
+                (name, policy, now),
+            )
+            self._db.execute(
+                "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) VALUES (?, 1, ?, ?, ?, ?)",
+                (name, label, module_sha256, json.dumps(dataclasses.asdict(limits)), now),
+            )
+        return VersionRecord(name, 1, label, module_sha256, limits, now)
+
+    def set_desired_state(self, name: str, desired: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE agents SET desired_state = ? WHERE name = ?", (desired, name))
+
+    def delete_agent(self, name: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            digests = [row[0] for row in self._db.execute("SELECT module_sha256 FROM versions WHERE agent = ?", (name,))]
+            self._db.execute("DELETE FROM agents WHERE name = ?", (name,))
+            for digest in set(digests):
+                self._collect_module(digest)
+
+    def agents(self) -> list[AgentRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, desired_state, current_version, policy, created_at FROM agents ORDER BY name"
+            ).fetchall()
+        return [AgentRecord(*row) for row in rows]
+
+    def version(self, name: str, version: int) -> VersionRecord:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT agent, version, label, module_sha256, limits, deployed_at FROM versions WHERE agent = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+        if row is None:
+            raise KeyError(f"{name} v{version}")
+        agent, number, label, digest, limits, deployed_at = row
+        return VersionRecord(agent, number, label, digest, Limits(**json.loads(limits)), deployed_at)

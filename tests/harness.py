@@ -1,0 +1,189 @@
+"""Run a real supervisor process for tests and benchmarks, and clean up after it.
+
+Everything here waits with a deadline and polls a condition; nothing sleeps in
+place of synchronisation. Every process started is ended, even when a test
+fails, and `leftover_workers()` finds any worker that outlived its supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import grpc
+import psutil
+
+from caxton.v1 import caxton_pb2, caxton_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTS = ROOT / "tests" / "agents"
+EXAMPLES = ROOT / "examples" / "agents"
+
+T = TypeVar("T")
+
+# Supervisors started in this process, to look for leftover workers later.
+_started_pids: set[int] = set()
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def module(name: str) -> bytes:
+    """A test agent (tests/agents) or example agent (examples/agents) as WAT bytes."""
+    for directory in (AGENTS, EXAMPLES):
+        path = directory / f"{name}.wat"
+        if path.exists():
+            return path.read_bytes()
+    raise FileNotFoundError(name)
+
+
+def worker_pids_of(supervisor_pid: int) -> list[int]:
+    """Worker processes started by the supervisor with this pid, alive now."""
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "worker" in cmdline and "--parent-pid" in cmdline:
+            try:
+                if int(cmdline[cmdline.index("--parent-pid") + 1]) == supervisor_pid and proc.status() != psutil.STATUS_ZOMBIE:
+                    pids.append(proc.pid)
+            except (ValueError, IndexError, psutil.Error):
+                continue
+    return pids
+
+
+def leftover_workers() -> list[int]:
+    return [pid for sup in _started_pids for pid in worker_pids_of(sup)]
+
+
+class SupervisorProcess:
+    """A `python -m supervisor` subprocess with its own state directory."""
+
+    def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = self.state_dir.parent / f"{self.state_dir.name}.toml"
+            self.config_path.write_text(config)
+        self.log_path = log_path or self.state_dir.parent / f"{self.state_dir.name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.channel: grpc.Channel | None = None
+
+    # ------------------------------------------------------------ process
+
+    def start(self, timeout: float = 60.0) -> "SupervisorProcess":
+        args = [sys.executable, "-m", "supervisor", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir)]
+        if self.config_path is not None:
+            args += ["--config", str(self.config_path)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        log.close()
+        _started_pids.add(self.proc.pid)
+        try:
+            self.port = self._read_port(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.lifecycle = caxton_pb2_grpc.AgentLifecycleStub(self.channel)
+        self.messaging = caxton_pb2_grpc.MessagingStub(self.channel)
+        return self
+
+    def _read_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"supervisor did not start within {timeout}s; log:\n{self.log_text()[-3000:]}")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise AssertionError(f"supervisor exited with {self.proc.wait()} while starting; log:\n{self.log_text()[-3000:]}")
+            buf += chunk
+            for line in buf.decode(errors="replace").splitlines():
+                if "listening on port" in line:
+                    return int(line.rsplit(" ", 1)[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        return worker_pids_of(self.proc.pid)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for a clean exit; SIGKILL if it does not come."""
+        self._close_channel()
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"supervisor did not exit within {timeout}s of SIGTERM")
+        finally:
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the supervisor gets no chance to clean up."""
+        self._close_channel()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+
+    # ------------------------------------------------------------ API helpers
+
+    def deploy(self, name: str, module_name: str | None = None, *, wasm: bytes | None = None, **limits) -> caxton_pb2.AgentStatus:
+        request = caxton_pb2.DeployAgentRequest(
+            name=name, module=wasm if wasm is not None else module(module_name or name),
+            limits=caxton_pb2.ResourceLimits(**limits),
+        )
+        return self.lifecycle.DeployAgent(request, timeout=60).status
+
+    def send(self, name: str, content: bytes, timeout: float = 30, **envelope) -> caxton_pb2.SendResponse:
+        message = caxton_pb2.AgentMessage(receiver=name, content=content, **envelope)
+        return self.messaging.Send(caxton_pb2.SendRequest(message=message), timeout=timeout)
+
+    def status(self, name: str) -> caxton_pb2.AgentStatus:
+        return self.lifecycle.GetAgentStatus(caxton_pb2.GetAgentStatusRequest(name=name), timeout=30)

@@ -1,0 +1,35 @@
+"""Entry point of a worker process: `python -m worker --socket PATH ...`.
+
+A worker serves exactly one agent instance over a private gRPC service on a
+Unix socket. It starts empty, tells the supervisor it is ready by writing one
+line to the ready pipe, and then waits for `Load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .limits import apply_process_guards
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker")
+    parser.add_argument("--socket", required=True, help="Unix socket path to serve on")
+    parser.add_argument("--ready-fd", type=int, required=True, help="pipe to write 'ready' to once serving")
+    parser.add_argument("--parent-pid", type=int, required=True, help="the supervisor's pid")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    # Guards first, before the heavy imports and long before any agent code.
+    apply_process_guards(args.parent_pid)
+    from .server import serve
+
+    sys.exit(serve(args.socket, args.ready_fd))
+
+
+if __name__ == "__main__":
+    main()

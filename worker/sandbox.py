@@ -1,0 +1,378 @@
+"""The wasmtime host for one agent: compile, instantiate, and call the ABI.
+
+A `Sandbox` owns one compiled module and one live instance of it. Messages
+are handled one at a time, in order. A trap fails only the message that
+caused it: the instance is then replaced by a fresh one from the already
+compiled module (no process restart), because a trapped instance may have left
+its memory half-updated.
+
+The agent ABI (version 1) is documented in docs/agent-abi.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.metadata
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import grpc
+import wasmtime
+
+from caxton.v1 import caxton_pb2
+
+from .hostcalls import HostCalls, LogRecord
+
+# Trap codes that mean "the agent ran out of a budget" rather than "the agent
+# is broken": they map to their own gRPC status codes.
+_TRAP_STATUS = {
+    wasmtime.TrapCode.OUT_OF_FUEL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    wasmtime.TrapCode.INTERRUPT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+_TRAP_NAMES = {
+    wasmtime.TrapCode.STACK_OVERFLOW: "stack overflow",
+    wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS: "out-of-bounds memory access",
+    wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO: "integer division by zero",
+    wasmtime.TrapCode.INTEGER_OVERFLOW: "integer overflow",
+    wasmtime.TrapCode.UNREACHABLE: "unreachable executed",
+    wasmtime.TrapCode.OUT_OF_FUEL: "out of fuel",
+    wasmtime.TrapCode.INTERRUPT: "timeout (epoch deadline reached)",
+    wasmtime.TrapCode.INDIRECT_CALL_TO_NULL: "indirect call to null",
+    wasmtime.TrapCode.BAD_SIGNATURE: "indirect call with bad signature",
+    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "out-of-bounds table access",
+}
+
+# How often the epoch ticker advances the engine's epoch. A message's
+# wall-clock timeout is rounded up to whole ticks.
+EPOCH_TICK_S = 0.005
+# A deadline far enough away to mean "never" when no timeout is configured.
+_NO_DEADLINE_TICKS = 1 << 62
+
+_U32 = 0xFFFFFFFF
+
+_WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+# Bump when engine_config() changes, so stale compiled modules are not reused.
+_CONFIG_REVISION = 1
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits enforced inside wasmtime. Zero fuel or timeout means unmetered."""
+
+    memory_bytes: int
+    fuel: int = 0
+    timeout_ms: int = 0
+    max_message_bytes: int = 1 << 20
+
+
+class AgentError(Exception):
+    """A message failed inside the agent; carries the gRPC status to report."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, reset: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        # True when the instance was replaced because of this error.
+        self.reset = reset
+
+
+class LoadError(Exception):
+    """The module could not be loaded or initialised."""
+
+
+@dataclass
+class Outcome:
+    """What handling one message produced."""
+
+    reply: bytes | None
+    logs: list[LogRecord] = field(default_factory=list)
+
+
+def engine_config(limits: SandboxLimits) -> wasmtime.Config:
+    """The engine configuration for an agent with these limits.
+
+    Memories reserve no address space up front (wasmtime's default reserves
+    about 4 GiB per linear memory), so that OS address-space limits around the
+    worker stay meaningful. Features the validation policy may deny are
+    switched off explicitly: wasmtime 50 enables threads and multi-memory by
+    default.
+    """
+    config = wasmtime.Config()
+    config.consume_fuel = limits.fuel > 0
+    config.epoch_interruption = limits.timeout_ms > 0
+    config.memory_reservation = 0
+    config.memory_guard_size = 0
+    config.memory_reservation_for_growth = 0
+    config.wasm_threads = False
+    config.shared_memory = False
+    config.wasm_multi_memory = False
+    config.wasm_memory64 = False
+    config.parallel_compilation = False
+    return config
+
+
+def engine_fingerprint(limits: SandboxLimits) -> str:
+    """A key for the compiled-module cache: compiled code is only valid for an
+    engine with the same settings and the same wasmtime version."""
+    settings = f"wasmtime={_WASMTIME_VERSION};config={_CONFIG_REVISION};fuel={limits.fuel > 0};epoch={limits.timeout_ms > 0}"
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def load_module(engine: wasmtime.Engine, wasm_path: str, cache_dir: str, fingerprint: str) -> tuple[wasmtime.Module, bool]:
+    """Compile the module, or deserialize it from the cache.
+
+    The cache is keyed by the module's file name (its SHA-256) and the engine
+    fingerprint. It lives in the supervisor's private state directory: a
+    serialized module is trusted native code, so it must never come from
+    anywhere an agent could write.
+    """
+    if cache_dir:
+        stem = os.path.splitext(os.path.basename(wasm_path))[0]
+        cached = os.path.join(cache_dir, f"{stem}-{fingerprint}.cwasm")
+        if os.path.exists(cached):
+            try:
+                return wasmtime.Module.deserialize_file(engine, cached), True
+            except wasmtime.WasmtimeError:
+                pass  # stale or damaged entry: recompile and overwrite it
+    with open(wasm_path, "rb") as f:
+        wasm = f.read()
+    try:
+        module = wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise LoadError(f"module does not compile: {exc}") from exc
+    if cache_dir:
+        tmp = f"{cached}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(module.serialize())
+            os.replace(tmp, cached)
+        except OSError:
+            # A cache that cannot be written only costs speed next time.
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return module, False
+
+
+class _EpochTicker:
+    """Advances the engine's epoch on a fixed tick while the agent runs, so
+    that a store deadline set in ticks becomes a wall-clock timeout.
+
+    It sleeps while the worker is idle: a thousand idle agents must not mean
+    a thousand threads waking every few milliseconds.
+    """
+
+    def __init__(self, engine: wasmtime.Engine):
+        self._engine = engine
+        self._busy = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="epoch-ticker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._busy.wait() and not self._stopped:
+            time.sleep(EPOCH_TICK_S)
+            self._engine.increment_epoch()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self._busy.set()
+        try:
+            yield
+        finally:
+            self._busy.clear()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._busy.set()
+
+
+class Sandbox:
+    """One agent module, compiled once, with one live instance."""
+
+    def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "", clock: Callable[[], float] = time.time):
+        self.limits = limits
+        self.engine = wasmtime.Engine(engine_config(limits))
+        self.module, self.cache_hit = load_module(self.engine, wasm_path, cache_dir, engine_fingerprint(limits))
+        self.host = HostCalls(clock=clock, max_message_bytes=limits.max_message_bytes)
+        linker = wasmtime.Linker(self.engine)
+        self.host.define(linker)
+        try:
+            self._pre = linker.instantiate_pre(self.module)
+        except wasmtime.WasmtimeError as exc:
+            raise LoadError(f"module cannot be linked: {exc}") from exc
+        self._ticker = _EpochTicker(self.engine) if limits.timeout_ms > 0 else None
+        self._deadline_ticks = (
+            max(1, -(-limits.timeout_ms // int(EPOCH_TICK_S * 1000))) if limits.timeout_ms > 0 else _NO_DEADLINE_TICKS
+        )
+        self.messages = 0
+        self.errors = 0
+        self.resets = 0
+        # Linear memory size after the last call into the agent. Kept as a
+        # plain attribute so Stats can read it while a message runs: the
+        # store itself must not be touched from a second thread.
+        self.memory_bytes = 0
+        self._store: wasmtime.Store | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> int:
+        """Instantiate and run `caxton_init`. Returns its code (0 = started)."""
+        self._instantiate()
+        self.memory_bytes = self._memory.data_len(self._store)
+        init = self._exports.get("caxton_init")
+        if init is None:
+            return 0
+        self._arm()
+        try:
+            return int(init(self._store))
+        except wasmtime.Trap as exc:
+            raise LoadError(f"caxton_init trapped: {_trap_text(exc)}") from exc
+        except wasmtime.WasmtimeError as exc:
+            raise LoadError(f"caxton_init failed: {exc}") from exc
+
+    def shutdown(self) -> list[LogRecord]:
+        """Run `caxton_shutdown` if the agent exports it; errors are logged,
+        not raised, because the worker is going away regardless."""
+        self.host.begin(None)
+        fn = self._exports.get("caxton_shutdown") if self._store is not None else None
+        if fn is not None:
+            self._arm()
+            try:
+                fn(self._store)
+            except wasmtime.WasmtimeError as exc:
+                self.host.logs.append(LogRecord(3, f"caxton_shutdown failed: {_trap_text(exc)}"))
+        if self._ticker is not None:
+            self._ticker.stop()
+        return self.host.take_logs()
+
+    def running(self) -> contextlib.AbstractContextManager[None]:
+        """Wrap every stretch of calls into the agent (a batch of messages,
+        init, shutdown): the wall-clock timeout only advances inside it."""
+        return self._ticker.running() if self._ticker is not None else contextlib.nullcontext()
+
+    def take_logs(self) -> list[LogRecord]:
+        return self.host.take_logs()
+
+    def _instantiate(self) -> None:
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=self.limits.memory_bytes)
+        self._store = store
+        self._arm()
+        try:
+            instance = self._pre.instantiate(store)
+        except wasmtime.WasmtimeError as exc:
+            raise LoadError(f"module cannot be instantiated: {_trap_text(exc)}") from exc
+        exports = instance.exports(store)
+        self._exports = {name: exports[name] for name in ("caxton_init", "caxton_shutdown") if name in exports}
+        self._memory = exports["memory"]
+        self._alloc = exports["caxton_alloc"]
+        self._handle = exports["caxton_handle"]
+        self.host.bind(store, self._memory)
+
+    def _arm(self) -> None:
+        """Refill the per-message budgets. An engine with epoch interruption
+        traps on the first call of a store whose deadline was never set, so
+        this runs before every entry into wasm."""
+        if self.limits.fuel > 0:
+            self._store.set_fuel(self.limits.fuel)
+        if self.limits.timeout_ms > 0:
+            self._store.set_epoch_deadline(self._deadline_ticks)
+
+    # ------------------------------------------------------------ messages
+
+    def handle(self, message: caxton_pb2.AgentMessage) -> Outcome:
+        """Deliver one message. Raises AgentError when it fails."""
+        self.messages += 1
+        self.host.begin(message)
+        try:
+            reply = self._call(message.content)
+        except AgentError:
+            self.errors += 1
+            raise
+        finally:
+            self.memory_bytes = self._memory.data_len(self._store)
+        return Outcome(reply, self.host.take_logs())
+
+    def _call(self, content: bytes) -> bytes | None:
+        limits = self.limits
+        if len(content) > limits.max_message_bytes:
+            raise AgentError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"message of {len(content)} bytes exceeds max_message_bytes ({limits.max_message_bytes})",
+            )
+        store = self._store
+        self._arm()
+        try:
+            ptr = self._alloc(store, len(content)) & _U32
+            if ptr == 0:
+                raise AgentError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"caxton_alloc could not allocate {len(content)} bytes"
+                )
+            self._write(ptr, content)
+            packed = self._handle(store, ptr, len(content)) & 0xFFFFFFFFFFFFFFFF
+        except wasmtime.Trap as exc:
+            self._reset()
+            code = _TRAP_STATUS.get(exc.trap_code, grpc.StatusCode.INTERNAL)
+            raise AgentError(code, f"agent trapped: {_trap_text(exc)}", reset=True) from exc
+        except wasmtime.WasmtimeError as exc:
+            self._reset()
+            raise AgentError(grpc.StatusCode.INTERNAL, f"agent failed: {exc}", reset=True) from exc
+        if packed == 0:
+            return None
+        reply_ptr, reply_len = packed >> 32, packed & _U32
+        if reply_len > limits.max_message_bytes:
+            raise AgentError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"reply of {reply_len} bytes exceeds max_message_bytes ({limits.max_message_bytes})",
+            )
+        return self._read(reply_ptr, reply_len)
+
+    def _write(self, ptr: int, data: bytes) -> None:
+        size = self._memory.data_len(self._store)
+        if ptr + len(data) > size:
+            raise AgentError(
+                grpc.StatusCode.INTERNAL,
+                f"caxton_alloc returned [{ptr}, {ptr + len(data)}) outside memory of {size} bytes",
+            )
+        # memmove straight into linear memory: Memory.write goes through a
+        # slower generic path. The base address is fetched per call because
+        # memory.grow may move it.
+        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        ctypes.memmove(base + ptr, data, len(data))
+
+    def _read(self, ptr: int, length: int) -> bytes:
+        size = self._memory.data_len(self._store)
+        if ptr + length > size:
+            raise AgentError(
+                grpc.StatusCode.INTERNAL,
+                f"agent returned a reply at [{ptr}, {ptr + length}) outside its memory of {size} bytes",
+            )
+        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        return ctypes.string_at(base + ptr, length)
+
+    def _reset(self) -> None:
+        """Replace the instance after a trap. `caxton_init` runs again; if the
+        fresh instance cannot start, the error is raised to the caller, which
+        ends the worker (the supervisor then sees a crash)."""
+        self.resets += 1
+        code = self.start()
+        if code != 0:
+            raise LoadError(f"caxton_init returned {code} while replacing a trapped instance")
+
+
+def _trap_text(exc: Exception) -> str:
+    if isinstance(exc, wasmtime.Trap) and exc.trap_code in _TRAP_NAMES:
+        return f"{_TRAP_NAMES[exc.trap_code]} ({_first_line(exc.message)})"
+    return _first_line(str(exc))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+

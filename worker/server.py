@@ -1,0 +1,53 @@
+"""Run the worker's gRPC server until the supervisor shuts it down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+
+import grpc
+
+from caxton.worker.v1 import worker_pb2_grpc
+
+from .service import WorkerService
+
+# Batches of messages can be large; the supervisor bounds them.
+MAX_GRPC_MESSAGE = 64 << 20
+
+
+def serve(socket_path: str, ready_fd: int) -> int:
+    """Serve until Shutdown (exit status 0) or a fatal sandbox error.
+
+    Readiness is reported on a pipe rather than by the supervisor polling the
+    socket: the supervisor learns the moment the worker can take `Load`, and
+    an EOF without "ready" means the worker died while starting.
+    """
+    logging.basicConfig(level=logging.INFO, format="worker[%(process)d] %(levelname)s %(message)s")
+    exit_status: list[int] = []
+    done = threading.Event()
+
+    def on_exit(status: int) -> None:
+        exit_status.append(status)
+        done.set()
+
+    # Two threads: one runs messages (they are serialised anyway), the other
+    # keeps Stats answering while a long message runs.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(on_exit), server)
+    server.add_insecure_port(f"unix:{socket_path}")
+    server.start()
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    done.wait()
+    # Let the reply to Shutdown leave before the process ends.
+    server.stop(grace=1.0).wait()
+    return exit_status[0]

@@ -1,0 +1,112 @@
+"""The worker's private gRPC service: the supervisor's only way in.
+
+The service is a thin shell around one `Sandbox`: it turns protobuf requests
+into sandbox calls and sandbox errors into per-message result codes. Messages
+run one at a time, in order, under one lock: an agent instance is single
+threaded by design.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import grpc
+
+from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
+
+from .hostcalls import LogRecord
+from .sandbox import AgentError, LoadError, Sandbox, SandboxLimits
+
+log = logging.getLogger("caxton.worker")
+
+
+def _log_records(records: list[LogRecord]) -> list[worker_pb2.LogRecord]:
+    return [worker_pb2.LogRecord(level=r.level, text=r.text) for r in records]
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, on_exit: Callable[[int], None]):
+        # Called with an exit status when the worker must end: after Shutdown,
+        # or when a trapped instance cannot be replaced.
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._sandbox: Sandbox | None = None
+        self._loaded = False
+
+    def Load(self, request: worker_pb2.LoadRequest, context: grpc.ServicerContext) -> worker_pb2.LoadResponse:
+        with self._lock:
+            if self._loaded:
+                # A worker serves one agent instance in its whole life.
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this worker has already loaded an agent")
+            self._loaded = True
+            limits = SandboxLimits(
+                memory_bytes=request.limits.memory_bytes,
+                fuel=request.limits.fuel,
+                timeout_ms=request.limits.timeout_ms,
+                max_message_bytes=request.limits.max_message_bytes,
+            )
+            try:
+                sandbox = Sandbox(request.module_path, limits, cache_dir=request.cache_dir)
+                with sandbox.running():
+                    code = sandbox.start()
+            except (LoadError, OSError) as exc:
+                return worker_pb2.LoadResponse(error=str(exc))
+            self._sandbox = sandbox
+            return worker_pb2.LoadResponse(
+                init_code=code, logs=_log_records(sandbox.take_logs()), cache_hit=sandbox.cache_hit
+            )
+
+    def Handle(self, request: worker_pb2.HandleRequest, context: grpc.ServicerContext) -> worker_pb2.HandleResponse:
+        with self._lock:
+            sandbox = self._require_sandbox(context)
+            with sandbox.running():
+                results = [self._handle_one(sandbox, message) for message in request.messages]
+            return worker_pb2.HandleResponse(results=results)
+
+    def _handle_one(self, sandbox: Sandbox, message) -> worker_pb2.HandleResult:
+        try:
+            outcome = sandbox.handle(message)
+        except AgentError as exc:
+            return worker_pb2.HandleResult(
+                code=exc.code.value[0], error=exc.message, logs=_log_records(sandbox.take_logs())
+            )
+        except LoadError as exc:
+            # The trapped instance could not be replaced: this worker is no
+            # longer able to serve. Exiting makes the supervisor see a crash
+            # and apply its restart policy.
+            log.error("cannot replace trapped instance: %s", exc)
+            self._on_exit(3)
+            return worker_pb2.HandleResult(code=grpc.StatusCode.UNAVAILABLE.value[0], error=str(exc))
+        if outcome.reply is None:
+            return worker_pb2.HandleResult(logs=_log_records(outcome.logs))
+        return worker_pb2.HandleResult(reply=outcome.reply, has_reply=True, logs=_log_records(outcome.logs))
+
+    def Stats(self, request: worker_pb2.StatsRequest, context: grpc.ServicerContext) -> worker_pb2.StatsResponse:
+        # Read without the message lock so that status stays responsive while
+        # a long message runs; the counters are plain ints, so a torn read is
+        # impossible and a slightly stale one is fine.
+        sandbox = self._sandbox
+        if sandbox is None:
+            return worker_pb2.StatsResponse()
+        return worker_pb2.StatsResponse(
+            memory_bytes=sandbox.memory_bytes,
+            messages=sandbox.messages,
+            errors=sandbox.errors,
+            resets=sandbox.resets,
+        )
+
+    def Shutdown(self, request: worker_pb2.ShutdownRequest, context: grpc.ServicerContext) -> worker_pb2.ShutdownResponse:
+        with self._lock:
+            logs = []
+            if self._sandbox is not None:
+                with self._sandbox.running():
+                    logs = self._sandbox.shutdown()
+            self._on_exit(0)
+            return worker_pb2.ShutdownResponse(logs=_log_records(logs))
+
+    def _require_sandbox(self, context: grpc.ServicerContext) -> Sandbox:
+        if self._sandbox is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no agent loaded in this worker")
+        return self._sandbox
