@@ -52,6 +52,14 @@ def module(name: str) -> bytes:
     raise FileNotFoundError(name)
 
 
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def worker_pids_of(supervisor_pid: int) -> list[int]:
     """Worker processes started by the supervisor with this pid, alive now."""
     pids = []
