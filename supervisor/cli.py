@@ -167,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
         request = caxton_pb2.ValidateModuleRequest(module=_read_module(args.module), policy=args.policy or "")
         report = lifecycle.ValidateModule(request, timeout=timeout)
         if args.json:
-            print(json_format.MessageToJson(report, preserving_proto_field_name=True, indent=None))
+            print(json_format.MessageToJson(
+                report, preserving_proto_field_name=True, indent=None, always_print_fields_with_no_presence=True
+            ))
         else:
             print(f"{'valid' if report.valid else 'invalid'} (policy {report.policy}, sha256 {report.module_sha256})")
             _print_report(report, sys.stdout)

@@ -7,6 +7,7 @@ instead of misbehaving later.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -99,7 +100,7 @@ def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = Fal
 
 def _positive_float(table: dict, key: str, default: float) -> float:
     value = table.get(key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
         raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
     return float(value)
 
@@ -111,7 +112,13 @@ def _string(table: dict, key: str, default: str) -> str:
     return value
 
 
+_LIMIT_KEYS = {"memory", "fuel", "timeout_ms", "max_message_bytes"}
+
+
 def _limits(table: dict) -> Limits:
+    unknown = sorted(set(table) - _LIMIT_KEYS)
+    if unknown:
+        raise ConfigError(f"limits: unknown setting(s): {', '.join(unknown)}")
     base = Limits()
     try:
         memory = parse_size(table.get("memory", base.memory_bytes))
@@ -121,12 +128,16 @@ def _limits(table: dict) -> Limits:
         max_message = parse_size(table.get("max_message_bytes", base.max_message_bytes))
     except ValueError as exc:
         raise ConfigError(f"limits.max_message_bytes: {exc}") from None
-    return Limits(
-        memory_bytes=memory,
-        fuel=_positive_int(table, "fuel", base.fuel, allow_zero=True),
-        timeout_ms=_positive_int(table, "timeout_ms", base.timeout_ms, allow_zero=True),
-        max_message_bytes=max_message,
-    )
+    if memory == 0:
+        raise ConfigError("limits.memory: must be more than 0")
+    if max_message == 0:
+        raise ConfigError("limits.max_message_bytes: must be more than 0")
+    try:
+        fuel = _positive_int(table, "fuel", base.fuel, allow_zero=True)
+        timeout_ms = _positive_int(table, "timeout_ms", base.timeout_ms, allow_zero=True)
+    except ConfigError as exc:
+        raise ConfigError(f"limits.{exc}") from None
+    return Limits(memory_bytes=memory, fuel=fuel, timeout_ms=timeout_ms, max_message_bytes=max_message)
 
 
 _KNOWN_KEYS = {
@@ -144,7 +155,10 @@ def config_from_table(table: dict) -> Config:
     if not isinstance(limits_table, dict):
         raise ConfigError("limits: expected a table")
     policies = dict(BUILTIN_POLICIES)
-    for name, policy_table in table.get("policies", {}).items():
+    policy_tables = table.get("policies", {})
+    if not isinstance(policy_tables, dict):
+        raise ConfigError("policies: expected a table of policy tables")
+    for name, policy_table in policy_tables.items():
         if not isinstance(policy_table, dict):
             raise ConfigError(f"policies.{name}: expected a table")
         try:

@@ -68,6 +68,9 @@ class StateStore:
         self.cache_dir = self.state_dir / "cache"
         for directory in (self.state_dir, self.modules_dir, self.cache_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A directory made earlier (by hand, by an older version) is
+            # tightened too: nobody else may plant a compiled module here.
+            os.chmod(directory, 0o700)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.state_dir / "caxton.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -263,12 +263,6 @@ def test_validate_json_findings(shared_supervisor):
     assert good["policy"] == "default"
 
 
-@pytest.mark.xfail(
-    reason="supervisor/cli.py validate --json uses json_format.MessageToJson without "
-    "always_print_fields_with_no_presence, so an invalid report omits `valid` (and an empty "
-    "`findings`) instead of printing \"valid\": false",
-    strict=True,
-)
 def test_validate_json_prints_valid_false(shared_supervisor):
     sup = shared_supervisor
     result = cli(sup.address, "validate", str(AGENTS / "no_handle.wat"), "--json")

@@ -326,30 +326,27 @@ def test_load_config_unknown_key_in_file(tmp_path):
         load_config(path)
 
 
-# ------------------------------------------------------------ suspected bugs
+# ------------------------------------------------------------ malformed tables
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: non-table `policies` raises AttributeError")
 @pytest.mark.parametrize("value", [5, "strict", ["a"]])
-def test_bug_policies_not_a_table_raises_attribute_error_not_config_error(value):
-    # config.py config_from_table: `table.get("policies", {}).items()` is
-    # called without checking the type, so `policies = 5` escapes as
-    # AttributeError instead of a ConfigError naming "policies".
+def test_policies_not_a_table_is_a_config_error(value):
     with pytest.raises(ConfigError, match="policies"):
         config_from_table({"policies": value})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: unknown keys under [limits] are silently ignored")
-def test_bug_unknown_key_in_limits_table_is_silently_ignored():
-    # A misspelt limit (e.g. "memroy") is accepted and the default is used,
-    # though unknown top-level keys are rejected.
+def test_unknown_key_in_limits_table_is_rejected():
     with pytest.raises(ConfigError, match="memroy"):
         config_from_table({"limits": {"memroy": "1MiB"}})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: NaN passes the positive-seconds check")
-def test_bug_nan_timeout_accepted():
-    # `value <= 0` is False for NaN, so stop_timeout_s = nan passes the
-    # "positive number" check.
+def test_nan_timeout_is_rejected():
     with pytest.raises(ConfigError, match="stop_timeout_s"):
         config_from_table({"stop_timeout_s": float("nan")})
+
+
+def test_limit_errors_name_the_limits_table():
+    with pytest.raises(ConfigError, match=r"^limits\.fuel"):
+        config_from_table({"limits": {"fuel": -1}})
+    with pytest.raises(ConfigError, match=r"^limits\.memory"):
+        config_from_table({"limits": {"memory": 0}})

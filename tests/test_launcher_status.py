@@ -1,0 +1,48 @@
+"""ExitStatus.describe (supervisor/launcher.py): how a worker's end is worded."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from supervisor.launcher import ExitStatus
+
+
+@pytest.mark.parametrize(
+    "returncode, text",
+    [
+        (0, "exited with status 0"),
+        (1, "exited with status 1"),
+        (3, "exited with status 3"),
+        (255, "exited with status 255"),
+    ],
+)
+def test_exit_codes(returncode, text):
+    status = ExitStatus(returncode)
+    assert status.signal is None
+    assert status.describe() == text
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV, signal.SIGABRT, signal.SIGINT, signal.SIGXCPU],
+)
+def test_signals(sig):
+    status = ExitStatus(-int(sig))
+    assert status.signal == int(sig)
+    assert status.describe() == f"killed by {sig.name}"
+
+
+def test_sigkill_exact():
+    assert ExitStatus(-9).describe() == "killed by SIGKILL"
+
+
+def test_unknown_signal_number():
+    assert ExitStatus(-200).describe() == "killed by signal 200"
+
+
+def test_is_frozen_and_comparable():
+    assert ExitStatus(3) == ExitStatus(3)
+    with pytest.raises(Exception):
+        ExitStatus(3).returncode = 4  # type: ignore[misc]
