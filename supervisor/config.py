@@ -89,6 +89,9 @@ class Config:
     batch_max_bytes: int = 4 << 20
     # How long SIGTERM lets all agents drain before workers are killed.
     shutdown_timeout_s: float = 15.0
+    # "fork": workers forked from a pre-warmed fork server (fast, pages
+    # shared); "exec": a fresh interpreter per worker (slow, fresh ASLR).
+    worker_start: str = "fork"
 
 
 def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = False) -> int:
@@ -143,7 +146,9 @@ def _limits(table: dict) -> Limits:
 _KNOWN_KEYS = {
     "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
     "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
+    "worker_start",
 }
+_WORKER_START_MODES = ("fork", "exec")
 
 
 def config_from_table(table: dict) -> Config:
@@ -169,7 +174,11 @@ def config_from_table(table: dict) -> Config:
     if default_policy not in policies:
         raise ConfigError(f"default_policy: no policy named {default_policy!r} (known: {', '.join(sorted(policies))})")
     base = Config()
+    worker_start = _string(table, "worker_start", base.worker_start)
+    if worker_start not in _WORKER_START_MODES:
+        raise ConfigError(f"worker_start: expected one of {', '.join(_WORKER_START_MODES)}, got {worker_start!r}")
     return Config(
+        worker_start=worker_start,
         listen=_string(table, "listen", base.listen),
         state_dir=Path(_string(table, "state_dir", str(base.state_dir))),
         runtime_dir=_string(table, "runtime_dir", base.runtime_dir),

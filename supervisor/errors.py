@@ -52,3 +52,8 @@ class ModuleRejected(InvalidArgument):
     def __init__(self, message: str, report):
         super().__init__(message)
         self.report = report
+
+
+class WorkerStartError(Exception):
+    """A worker process could not be started (internal: agent.py turns it
+    into Unavailable for the caller)."""

@@ -52,7 +52,7 @@ class Runtime:
         self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
-        self.launcher = Launcher(self.runtime_dir)
+        self.launcher = Launcher(self.runtime_dir, mode=config.worker_start)
         self._agents: dict[str, Agent] = {}
         self._lock = threading.Lock()
         # Message ids the supervisor assigns: unique per supervisor boot and

@@ -60,12 +60,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-def worker_pids_of(supervisor_pid: int) -> list[int]:
-    """Worker processes started by the supervisor with this pid, alive now."""
+def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False) -> list[int]:
+    """Worker processes (and, if asked, the fork server) started by the
+    supervisor with this pid, alive now. Forked workers share the fork
+    server's command line; their process name tells them apart."""
+    names = {"caxton-worker", "caxton-forksrv"} if include_fork_server else {"caxton-worker"}
     pids = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "name"]):
         cmdline = proc.info["cmdline"] or []
-        if "worker" in cmdline and "--parent-pid" in cmdline:
+        if proc.info["name"] in names and "--parent-pid" in cmdline:
             try:
                 if int(cmdline[cmdline.index("--parent-pid") + 1]) == supervisor_pid and proc.status() != psutil.STATUS_ZOMBIE:
                     pids.append(proc.pid)
@@ -75,7 +78,8 @@ def worker_pids_of(supervisor_pid: int) -> list[int]:
 
 
 def leftover_workers() -> list[int]:
-    return [pid for sup in _started_pids for pid in worker_pids_of(sup)]
+    """Workers or fork servers of any supervisor started here, still alive."""
+    return [pid for sup in _started_pids for pid in worker_pids_of(sup, include_fork_server=True)]
 
 
 class SupervisorProcess:

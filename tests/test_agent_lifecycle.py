@@ -28,7 +28,8 @@ def test_each_agent_runs_in_its_own_worker_process(shared_supervisor):
     pid_a, pid_b = a.instances[0].pid, b.instances[0].pid
     assert pid_a != pid_b
     assert pid_a in sup.worker_pids() and pid_b in sup.worker_pids()
-    assert psutil.Process(pid_a).cmdline()[1:3] == ["-m", "worker"]
+    assert psutil.Process(pid_a).name() == "caxton-worker"
+    assert sup.pid not in (pid_a, pid_b)
 
 
 def test_status_reports_what_a_user_needs(shared_supervisor):

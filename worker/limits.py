@@ -15,6 +15,7 @@ import resource
 import signal
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_NO_NEW_PRIVS = 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,8 +48,20 @@ def no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def name_process(name: str) -> None:
+    """Set the name `ps -o comm`, `top` and psutil show (15 bytes at most).
+    Forked workers share the fork server's command line; the name tells
+    them apart."""
+    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+WORKER_PROCESS_NAME = "caxton-worker"
+FORK_SERVER_PROCESS_NAME = "caxton-forksrv"
+
+
 def apply_process_guards(parent_pid: int) -> None:
     """Everything a worker does to itself before it runs any agent code."""
+    name_process(WORKER_PROCESS_NAME)
     die_with_parent(parent_pid)
     no_new_privileges()
     no_core_dumps()

@@ -1,0 +1,58 @@
+"""The fork server: workers outlive it, nothing outlives the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from .harness import SupervisorProcess, alive, wait_until, worker_pids_of
+
+
+@pytest.fixture
+def forking(tmp_path):
+    sup = SupervisorProcess(tmp_path / "state", config='worker_start = "fork"\n').start()
+    yield sup
+    sup.stop()
+
+
+def _fork_server_pid(sup: SupervisorProcess) -> int:
+    pids = set(worker_pids_of(sup.pid, include_fork_server=True)) - set(sup.worker_pids())
+    assert len(pids) == 1, pids
+    return pids.pop()
+
+
+def test_forked_workers_are_adopted_by_the_supervisor(forking):
+    status = forking.deploy("adopted", "echo")
+    worker = psutil.Process(status.instances[0].pid)
+    assert worker.ppid() == forking.pid
+    assert worker.name() == "caxton-worker"
+    assert _fork_server_pid(forking) != worker.pid
+
+
+def test_killing_the_fork_server_leaves_workers_serving(forking):
+    forking.deploy("survivor", "counter")
+    assert forking.send("survivor", b"x").reply.content == b"1"
+    old = _fork_server_pid(forking)
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: not alive(old), 10, "the fork server to die")
+    # The running agent did not notice: same worker, same state.
+    assert forking.send("survivor", b"x").reply.content == b"2"
+    assert forking.status("survivor").restarts == 0
+    # A new fork server takes over, and new agents still start.
+    new = wait_until(lambda: (set(worker_pids_of(forking.pid, include_fork_server=True)) - set(forking.worker_pids())) or None,
+                     10, "a new fork server")
+    assert old not in new
+    forking.deploy("newcomer", "echo")
+    assert forking.send("newcomer", b"hi").reply.content == b"hi"
+
+
+def test_sigkill_of_the_supervisor_leaves_no_fork_server_and_no_worker(forking):
+    forking.deploy("doomed-a", "echo")
+    forking.deploy("doomed-b", "echo")
+    everything = worker_pids_of(forking.pid, include_fork_server=True)
+    assert len(everything) == 3  # two workers and the fork server
+    forking.kill()
+    wait_until(lambda: not any(alive(p) for p in everything), 10, "workers and fork server to die with the supervisor")

@@ -1,0 +1,125 @@
+"""The fork server: a pre-warmed process that forks one worker per request.
+
+It imports wasmtime, grpc and the worker code once, creates no gRPC object
+and no thread (gRPC is not fork-safe once either exists), and then forks.
+Each worker it makes is still its own process serving one agent instance, and
+applies exactly the guards of a worker started by exec.
+
+Workers are forked twice: the intermediate child exits at once, so the worker
+is re-parented to the supervisor (a child subreaper). That makes the
+supervisor the worker's real parent: it reaps the worker and reads its exit
+status directly, the worker's parent-death signal is tied to the supervisor,
+and the fork server can die and be replaced without touching running workers.
+
+It holds no secrets: children share its memory image.
+
+Protocol, over a SOCK_SEQPACKET socket from the supervisor (one datagram per
+message): the server first sends {"ready": true}; then each request is
+{"socket": PATH} with the write end of the worker's ready pipe attached
+(SCM_RIGHTS), answered by {"pid": N} or {"error": TEXT}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+
+from .limits import FORK_SERVER_PROCESS_NAME, apply_process_guards, die_with_parent, name_process
+
+# How long a new worker waits to be re-parented to the supervisor. It takes
+# microseconds; if it never happens the supervisor is gone.
+_REPARENT_TIMEOUT_S = 5.0
+
+
+def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int) -> None:
+    """Runs in the forked worker; never returns."""
+    status = 1
+    try:
+        control.close()
+        os.setsid()
+        deadline = time.monotonic() + _REPARENT_TIMEOUT_S
+        while os.getppid() != supervisor_pid:
+            if time.monotonic() > deadline:
+                os._exit(1)
+            time.sleep(0.0001)
+        apply_process_guards(supervisor_pid)
+        from .server import serve
+
+        status = serve(socket_path, ready_fd)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int) -> int:
+    """Double-fork a worker; returns its pid."""
+    pid_r, pid_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(pid_r)
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(pid_w)
+                _become_worker(control, socket_path, ready_fd, supervisor_pid)
+            os.write(pid_w, str(grandchild).encode())
+        finally:
+            os._exit(0)
+    os.close(pid_w)
+    try:
+        data = b""
+        while chunk := os.read(pid_r, 32):
+            data += chunk
+    finally:
+        os.close(pid_r)
+        os.waitpid(child, 0)
+    if not data:
+        raise OSError("the intermediate child exited without forking a worker")
+    return int(data)
+
+
+def serve_forever(control: socket.socket, supervisor_pid: int) -> None:
+    control.send(json.dumps({"ready": True}).encode())
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 65536, 1)
+        if not message:
+            return  # the supervisor closed the channel: we are done
+        try:
+            request = json.loads(message)
+            if len(fds) != 1:
+                raise ValueError(f"expected 1 file descriptor, got {len(fds)}")
+            reply = {"pid": _fork_worker(control, request["socket"], fds[0], supervisor_pid)}
+        except (OSError, ValueError, KeyError) as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        control.send(json.dumps(reply).encode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.forkserver")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    name_process(FORK_SERVER_PROCESS_NAME)
+    die_with_parent(args.parent_pid)
+    # Pre-warm: everything a worker imports, imported once here and shared
+    # copy-on-write by every child.
+    import grpc  # noqa: F401
+    import wasmtime  # noqa: F401
+
+    from . import server, service, sandbox  # noqa: F401
+
+    control = socket.socket(fileno=args.control_fd)
+    serve_forever(control, args.parent_pid)
+
+
+if __name__ == "__main__":
+    main()
