@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _raise_open_file_limit() -> None:
+    """Each agent costs the supervisor a few descriptors (its gRPC channel,
+    a pidfd, a ready pipe while starting); the usual soft limit of 1024 would
+    cap a host at a few hundred agents. Raise it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -37,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.state_dir:
         config = replace(config, state_dir=args.state_dir)
 
+    _raise_open_file_limit()
     from .server import Supervisor, run
 
     examples = EXAMPLES_DIR if args.deploy_examples else None
