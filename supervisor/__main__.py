@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = EXAMPLES_DIR if args.deploy_examples else None
     try:
         supervisor = Supervisor(config, examples_dir=examples)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"caxton-supervisor: {exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(run(supervisor))

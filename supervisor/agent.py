@@ -19,11 +19,12 @@ from caxton.v1 import caxton_pb2
 
 from .config import Config, Limits
 from .errors import FailedPrecondition, Unavailable
-from .instance import InstanceStartError, WorkerInstance
-from .launcher import ExitStatus, Launcher, WorkerStartError
+from .errors import WorkerStartError
+from .instance import InstanceStartError, WorkerEnv, WorkerInstance, launch_instance
+from .launcher import ExitStatus
 from .lifecycle import AgentState, Event, IllegalTransition, transition
 from .mailbox import Mailbox, Pending
-from .store import StateStore, VersionRecord
+from .store import VersionRecord
 
 log = logging.getLogger("caxton.agent")
 
@@ -113,7 +114,7 @@ class Agent:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, launcher: Launcher, store: StateStore) -> None:
+    def start(self, env: WorkerEnv) -> None:
         """Load the current version into a new worker and start serving.
 
         On failure the agent is FAILED with the reason, and the error says
@@ -124,32 +125,20 @@ class Agent:
             with self._state_lock:
                 self._set_state(Event.LOAD)
             try:
-                instance = self._launch(launcher, store)
+                instance = launch_instance(env, self.version)
             except InstanceStartError as exc:
                 self._fail(f"failed to start: {exc}")
                 raise FailedPrecondition(f"agent {self.name!r} failed to start: {exc}") from exc
             except WorkerStartError as exc:
                 self._fail(str(exc))
                 raise Unavailable(f"agent {self.name!r} could not start a worker: {exc}") from exc
+            instance.process.add_exit_callback(lambda status: self._on_exit(instance, status))
             with self._state_lock:
                 self.instances.append(instance)
                 self.last_error = ""
                 self._set_state(Event.START)
             instance.serve(self.mailbox, self._count)
             log.info("[%s v%d] running in worker %d", self.name, self.version.version, instance.pid)
-
-    def _launch(self, launcher: Launcher, store: StateStore) -> WorkerInstance:
-        timeout = self._config.worker_start_timeout_s
-        process = launcher.spawn(timeout)
-        instance = WorkerInstance(self.name, self.version.version, self.limits, process, self._config)
-        try:
-            instance.load(str(store.module_path(self.version.module_sha256)), str(store.cache_dir), timeout)
-        except BaseException:
-            instance.kill()
-            instance.close()
-            raise
-        process.add_exit_callback(lambda status: self._on_exit(instance, status))
-        return instance
 
     def _fail(self, reason: str) -> None:
         with self._state_lock:
@@ -164,17 +153,18 @@ class Agent:
         self.mailbox.wake_all()
         with self._state_lock:
             if instance not in self.instances:
-                return  # retired on purpose; already accounted for
+                return  # retired on purpose; its retirement cleans up
             self.instances.remove(instance)
-            unexpected = self.state in (AgentState.RUNNING, AgentState.DRAINING)
-            if not unexpected or self.instances:
-                return
-            self.last_error = f"worker {instance.pid} {status.describe()}"
-            self._set_state(Event.FAIL)
-        log.error("[%s v%d] worker %d %s", self.name, instance.version, instance.pid, status.describe())
+            reason = f"worker {instance.pid} {instance.describe_exit(status)}"
+            failed = self.state in (AgentState.RUNNING, AgentState.DRAINING) and not self.instances
+            if failed:
+                self.last_error = reason
+                self._set_state(Event.FAIL)
+        log.error("[%s v%d] %s", self.name, instance.version, reason)
         instance.close()
-        # Messages not yet taken by the dead worker get an honest answer.
-        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
+        if failed:
+            # Messages not yet taken by the dead worker get an honest answer.
+            self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
 
     def stop(self, timeout: float) -> None:
         """Drain: refuse new messages, let accepted ones finish within
@@ -244,6 +234,7 @@ class Agent:
                 version=instance.version,
                 uptime_s=now - instance.started_at,
                 rss_bytes=_rss(instance.pid),
+                enforcement=instance.enforcement,
             )
             if stats is not None:
                 entry.memory_bytes = stats.memory_bytes

@@ -51,6 +51,7 @@ def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
                 "messages": i.messages,
                 "errors": i.errors,
                 "resets": i.resets,
+                "enforcement": list(i.enforcement),
             }
             for i in status.instances
         ],
@@ -60,6 +61,7 @@ def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
         "errors": status.errors,
         "restarts": status.restarts,
         "resets": sum(i.resets for i in status.instances),
+        "enforcement": list(status.instances[0].enforcement) if status.instances else [],
         "limits": {
             "memory_bytes": limits.memory_bytes,
             "fuel": limits.fuel,

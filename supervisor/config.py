@@ -69,6 +69,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SandboxSettings:
+    """OS-level limits around each worker process."""
+
+    # Run workers as this user when the supervisor runs as root ("" = stay).
+    user: str = "nobody"
+    # Per-worker cgroups where the host allows them ("auto") or never ("off").
+    cgroups: str = "auto"
+    # The worker process's own memory on top of the agent's linear memory
+    # limit: interpreter, gRPC, wasmtime, compiled code. It sizes both the
+    # cgroup memory limit and RLIMIT_DATA.
+    memory_overhead_bytes: int = 192 << 20
+    cpu_cores: float = 1.0     # cgroup CPU quota per worker (0 = none)
+    pids_max: int = 64         # cgroup pids limit per worker (threads count)
+    open_files: int = 256      # RLIMIT_NOFILE
+    cpu_seconds: int = 0       # RLIMIT_CPU over the worker's life (0 = none)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:50051"
     state_dir: Path = Path(".caxton")
@@ -92,6 +110,7 @@ class Config:
     # "fork": workers forked from a pre-warmed fork server (fast, pages
     # shared); "exec": a fresh interpreter per worker (slow, fresh ASLR).
     worker_start: str = "fork"
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
 
 def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = False) -> int:
@@ -143,10 +162,42 @@ def _limits(table: dict) -> Limits:
     return Limits(memory_bytes=memory, fuel=fuel, timeout_ms=timeout_ms, max_message_bytes=max_message)
 
 
+_SANDBOX_KEYS = {"user", "cgroups", "memory_overhead", "cpu_cores", "pids_max", "open_files", "cpu_seconds"}
+
+
+def _sandbox(table: dict) -> SandboxSettings:
+    unknown = sorted(set(table) - _SANDBOX_KEYS)
+    if unknown:
+        raise ConfigError(f"sandbox: unknown setting(s): {', '.join(unknown)}")
+    base = SandboxSettings()
+    try:
+        overhead = parse_size(table.get("memory_overhead", base.memory_overhead_bytes))
+    except ValueError as exc:
+        raise ConfigError(f"sandbox.memory_overhead: {exc}") from None
+    cgroups = table.get("cgroups", base.cgroups)
+    if cgroups not in ("auto", "off"):
+        raise ConfigError(f"sandbox.cgroups: expected \"auto\" or \"off\", got {cgroups!r}")
+    cpu_cores = table.get("cpu_cores", base.cpu_cores)
+    if not isinstance(cpu_cores, (int, float)) or isinstance(cpu_cores, bool) or not 0 <= cpu_cores < math.inf:
+        raise ConfigError(f"sandbox.cpu_cores: expected a non-negative number, got {cpu_cores!r}")
+    try:
+        return SandboxSettings(
+            user=_string(table, "user", base.user),
+            cgroups=cgroups,
+            memory_overhead_bytes=overhead,
+            cpu_cores=float(cpu_cores),
+            pids_max=_positive_int(table, "pids_max", base.pids_max, allow_zero=True),
+            open_files=_positive_int(table, "open_files", base.open_files, allow_zero=True),
+            cpu_seconds=_positive_int(table, "cpu_seconds", base.cpu_seconds, allow_zero=True),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"sandbox.{exc}") from None
+
+
 _KNOWN_KEYS = {
     "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
     "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
-    "worker_start",
+    "worker_start", "sandbox",
 }
 _WORKER_START_MODES = ("fork", "exec")
 
@@ -177,8 +228,12 @@ def config_from_table(table: dict) -> Config:
     worker_start = _string(table, "worker_start", base.worker_start)
     if worker_start not in _WORKER_START_MODES:
         raise ConfigError(f"worker_start: expected one of {', '.join(_WORKER_START_MODES)}, got {worker_start!r}")
+    sandbox_table = table.get("sandbox", {})
+    if not isinstance(sandbox_table, dict):
+        raise ConfigError("sandbox: expected a table")
     return Config(
         worker_start=worker_start,
+        sandbox=_sandbox(sandbox_table),
         listen=_string(table, "listen", base.listen),
         state_dir=Path(_string(table, "state_dir", str(base.state_dir))),
         runtime_dir=_string(table, "runtime_dir", base.runtime_dir),

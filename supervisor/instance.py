@@ -10,8 +10,10 @@ the mailbox wait for another instance.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import grpc
@@ -19,9 +21,11 @@ import grpc
 from caxton.v1 import caxton_pb2
 from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
 
+from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
-from .launcher import ExitStatus, WorkerProcess
+from .launcher import ExitStatus, Launcher, WorkerProcess
 from .mailbox import Mailbox, Pending
+from .store import StateStore, VersionRecord
 
 log = logging.getLogger("caxton.instance")
 
@@ -41,12 +45,64 @@ class InstanceStartError(Exception):
         self.init_code = init_code
 
 
+@dataclass(frozen=True)
+class WorkerEnv:
+    """Everything needed to start a worker for an agent."""
+
+    config: Config
+    launcher: Launcher
+    store: StateStore
+    cgroups: Cgroups
+    # The unprivileged identity workers switch to (-1 = stay as we are).
+    uid: int = -1
+    gid: int = -1
+    user_name: str = ""
+
+
+def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
+    """Start a worker, put it in its cgroup, load the module, run caxton_init.
+
+    Raises WorkerStartError (no worker) or InstanceStartError (the agent
+    would not load or start); no process is left behind either way.
+    """
+    timeout = env.config.worker_start_timeout_s
+    sandbox = env.config.sandbox
+    limits = version.limits
+    process = env.launcher.spawn(timeout)
+    os_memory = limits.memory_bytes + sandbox.memory_overhead_bytes
+    cgroup = env.cgroups.create(process.pid, CgroupLimits(os_memory, sandbox.cpu_cores, sandbox.pids_max))
+    instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup)
+    try:
+        instance.load(
+            str(env.store.module_path(version.module_sha256)),
+            str(env.store.cache_dir),
+            worker_pb2.OsLimits(
+                data_bytes=os_memory,
+                open_files=sandbox.open_files,
+                cpu_seconds=sandbox.cpu_seconds,
+                uid=env.uid,
+                gid=env.gid,
+                user_name=env.user_name,
+            ),
+            timeout,
+        )
+    except BaseException:
+        instance.kill()
+        process.wait_exit(timeout)
+        instance.close()
+        raise
+    return instance
+
+
 class WorkerInstance:
-    def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config):
+    def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
+                 cgroup: WorkerCgroup | None = None):
         self.agent = agent
         self.version = version
         self.limits = limits
         self.process = process
+        self.cgroup = cgroup
+        self.enforcement: list[str] = []
         self._config = config
         self.channel = grpc.insecure_channel(
             f"unix:{process.socket_path}",
@@ -80,13 +136,14 @@ class WorkerInstance:
 
     # ------------------------------------------------------------ start / stop
 
-    def load(self, module_path: str, cache_dir: str, timeout: float) -> None:
+    def load(self, module_path: str, cache_dir: str, os_limits: worker_pb2.OsLimits, timeout: float) -> None:
         """Load the module and run caxton_init; raises InstanceStartError."""
         request = worker_pb2.LoadRequest(
             agent=self.agent,
             version=self.version,
             module_path=module_path,
             cache_dir=cache_dir,
+            os_limits=os_limits,
             limits=worker_pb2.Limits(
                 memory_bytes=self.limits.memory_bytes,
                 fuel=self.limits.fuel,
@@ -101,6 +158,7 @@ class WorkerInstance:
         self._log_worker(response.logs)
         if response.error:
             raise InstanceStartError(response.error)
+        self.enforcement = list(response.enforcement) + (self.cgroup.layers if self.cgroup else [])
         if response.init_code != 0:
             raise InstanceStartError(f"caxton_init returned {response.init_code}", init_code=response.init_code)
 
@@ -142,7 +200,8 @@ class WorkerInstance:
         if self.process.wait_exit(max(0.0, deadline - time.monotonic())) is None:
             log.warning("[%s v%d] worker %d did not exit in time; killing it", self.agent, self.version, self.pid)
             self.kill()
-        self.channel.close()
+            self.process.wait_exit(5.0)
+        self.close()
 
     def kill(self) -> None:
         self._retiring = True
@@ -151,7 +210,18 @@ class WorkerInstance:
             self._mailbox.wake_all()
 
     def close(self) -> None:
+        """Release what the instance holds once its process has exited."""
         self.channel.close()
+        if self.cgroup is not None and not self.process.alive:
+            self.cgroup.remove()
+
+    def describe_exit(self, status: ExitStatus) -> str:
+        """How the worker ended, naming the kernel's OOM killer when the
+        worker's cgroup says it struck."""
+        if status.signal == signal.SIGKILL and self.cgroup is not None and self.cgroup.oom_killed():
+            return (f"was killed by the kernel's OOM killer: the worker passed its cgroup memory limit "
+                    f"({self.cgroup.memory_bytes >> 20} MiB)")
+        return status.describe()
 
     def stats(self, timeout: float = 1.0) -> worker_pb2.StatsResponse | None:
         if not self.process.alive:
@@ -214,7 +284,7 @@ class WorkerInstance:
         died, say how (waiting briefly for the exit to be reaped)."""
         status: ExitStatus | None = self.process.wait_exit(0.5) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
         if status is not None:
-            return f"worker {self.pid} of agent {self.agent!r} {status.describe()} while {doing}"
+            return f"worker {self.pid} of agent {self.agent!r} {self.describe_exit(status)} while {doing}"
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"worker {self.pid} of agent {self.agent!r} did not answer in time while {doing}; killed it"
         return f"worker {self.pid} of agent {self.agent!r} failed while {doing}: {exc.details()}"

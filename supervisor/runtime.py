@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pwd
 import re
 import shutil
 import tempfile
@@ -22,8 +23,10 @@ import grpc
 from caxton.v1 import caxton_pb2
 
 from .agent import Agent
+from .cgroups import Cgroups
 from .config import Config
 from .errors import AlreadyExists, CaxtonError, InvalidArgument, ModuleRejected, NotFound, ResourceExhausted
+from .instance import WorkerEnv
 from .launcher import Launcher
 from .lifecycle import AgentState
 from .mailbox import Pending
@@ -34,6 +37,18 @@ from .validation import Report, validate
 log = logging.getLogger("caxton.runtime")
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def _worker_identity(user: str) -> tuple[int, int, str]:
+    """(uid, gid, name) workers switch to: only when we are root and a user
+    is configured; (-1, -1, "") means workers keep our identity."""
+    if not user or os.geteuid() != 0:
+        return -1, -1, ""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"sandbox.user: no user named {user!r} on this host") from None
+    return entry.pw_uid, entry.pw_gid, user
 
 
 def check_name(name: str) -> None:
@@ -53,6 +68,8 @@ class Runtime:
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start)
+        self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
+        self.env = WorkerEnv(config, self.launcher, self.store, self.cgroups, *_worker_identity(config.sandbox.user))
         self._agents: dict[str, Agent] = {}
         self._lock = threading.Lock()
         # Message ids the supervisor assigns: unique per supervisor boot and
@@ -78,7 +95,7 @@ class Runtime:
 
         def start(agent: Agent) -> None:
             try:
-                agent.start(self.launcher, self.store)
+                agent.start(self.env)
             except CaxtonError as exc:
                 log.error("could not restore %s: %s", agent.name, exc.message)
 
@@ -96,6 +113,7 @@ class Runtime:
         for agent in self._agents.values():
             agent.kill()
         self.launcher.close()
+        self.cgroups.close()
         self.store.close()
         if self._own_runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -149,7 +167,7 @@ class Runtime:
             agent = Agent(name, policy.name, version, self.config, state=AgentState.UNLOADED)
             self._agents[name] = agent
         try:
-            agent.start(self.launcher, self.store)
+            agent.start(self.env)
         except CaxtonError:
             # A deploy either runs the agent or leaves nothing behind, so the
             # caller can fix the module and deploy again under the same name.
@@ -169,7 +187,7 @@ class Runtime:
     def start(self, name: str) -> Agent:
         agent = self.get(name)
         self.store.set_desired_state(name, "running")
-        agent.start(self.launcher, self.store)
+        agent.start(self.env)
         return agent
 
     def remove(self, name: str, timeout_ms: int) -> None:

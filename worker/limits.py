@@ -1,10 +1,15 @@
 """OS-level guards a worker applies to itself.
 
-They run first thing in the worker process, before it imports wasmtime or
-grpc, so that nothing the agent can reach runs without them. Applying them in
-the worker (instead of a `preexec_fn` in the supervisor) keeps process
-creation safe in the multi-threaded supervisor and works the same for a
-worker started by exec or forked from a fork server.
+Two moments:
+- at start, before it imports wasmtime or grpc: die with the supervisor, no
+  new privileges, no core dumps (`apply_process_guards`);
+- at load, after the module is compiled (and cached, which needs the
+  supervisor's privileges) and before any agent code runs: resource limits
+  and an unprivileged user (`apply_os_limits`).
+
+Applying them in the worker, instead of a `preexec_fn` in the supervisor,
+keeps process creation safe in the multi-threaded supervisor and works the
+same for a worker started by exec or forked from the fork server.
 """
 
 from __future__ import annotations
@@ -13,39 +18,23 @@ import ctypes
 import os
 import resource
 import signal
+from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_NO_NEW_PRIVS = 38
 
+WORKER_PROCESS_NAME = "caxton-worker"
+FORK_SERVER_PROCESS_NAME = "caxton-forksrv"
+
 _libc = ctypes.CDLL(None, use_errno=True)
+_parent_pid: int | None = None
 
 
 def _prctl(option: int, arg: int) -> None:
     if _libc.prctl(option, arg, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent goes away.
-
-    If the parent already died before the request took effect, we have been
-    re-parented and nobody will ever signal us: exit now.
-    """
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def no_new_privileges() -> None:
-    """Forbid gaining privileges through exec of setuid binaries."""
-    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
-
-
-def no_core_dumps() -> None:
-    """A core dump of a worker would write agent memory to disk."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def name_process(name: str) -> None:
@@ -55,13 +44,76 @@ def name_process(name: str) -> None:
     _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
-WORKER_PROCESS_NAME = "caxton-worker"
-FORK_SERVER_PROCESS_NAME = "caxton-forksrv"
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent goes away.
+
+    If the parent already died before the request took effect, we have been
+    re-parented and nobody will ever signal us: exit now.
+    """
+    global _parent_pid
+    _parent_pid = parent_pid
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def apply_process_guards(parent_pid: int) -> None:
-    """Everything a worker does to itself before it runs any agent code."""
+    """Everything a worker does to itself before it imports anything heavy."""
     name_process(WORKER_PROCESS_NAME)
     die_with_parent(parent_pid)
-    no_new_privileges()
-    no_core_dumps()
+    # Forbid gaining privileges through exec of setuid binaries.
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    # A core dump of a worker would write agent memory to disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+@dataclass(frozen=True)
+class OsLimits:
+    data_bytes: int = 0   # allowance on top of the data size at load time
+    open_files: int = 0
+    cpu_seconds: int = 0
+    uid: int = -1
+    gid: int = -1
+    user_name: str = ""
+
+
+def _data_size() -> int:
+    """The process's current data size (VmData), which RLIMIT_DATA counts."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def apply_os_limits(limits: OsLimits) -> list[str]:
+    """Lower this process's limits and drop privileges; returns the layers
+    now active (the start-time guards included), for status.
+
+    RLIMIT_DATA rather than RLIMIT_AS: wasmtime's memories are configured to
+    reserve no address space, so data size tracks real use, while address
+    space would also count thread stacks and allocator arenas that say
+    little about what an agent can take.
+    """
+    layers = ["os:parent-death-signal", "os:no-new-privs", "os:rlimit-core"]
+    if limits.data_bytes:
+        cap = _data_size() + limits.data_bytes
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+        layers.append("os:rlimit-data")
+    if limits.open_files:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+        layers.append("os:rlimit-nofile")
+    if limits.cpu_seconds:
+        # The soft limit sends SIGXCPU (which ends the worker); the hard
+        # limit one second later is the kernel's SIGKILL backstop.
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+        layers.append("os:rlimit-cpu")
+    if limits.uid >= 0 and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(limits.gid)
+        os.setuid(limits.uid)
+        # Changing credentials clears the parent-death signal: arm it again.
+        if _parent_pid is not None:
+            die_with_parent(_parent_pid)
+        layers.append(f"os:user={limits.user_name or limits.uid}")
+    return layers

@@ -252,6 +252,15 @@ class Sandbox:
             self._ticker.stop()
         return self.host.take_logs()
 
+    def enforcement(self) -> list[str]:
+        """The limits enforced inside wasmtime, for status."""
+        layers = ["wasm:memory-limit"]
+        if self.limits.fuel > 0:
+            layers.append("wasm:fuel")
+        if self.limits.timeout_ms > 0:
+            layers.append("wasm:epoch-timeout")
+        return layers
+
     def running(self) -> contextlib.AbstractContextManager[None]:
         """Wrap every stretch of calls into the agent (a batch of messages,
         init, shutdown): the wall-clock timeout only advances inside it."""

@@ -17,6 +17,7 @@ import grpc
 from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
 
 from .hostcalls import LogRecord
+from .limits import OsLimits, apply_os_limits
 from .sandbox import AgentError, LoadError, Sandbox, SandboxLimits
 
 log = logging.getLogger("caxton.worker")
@@ -47,15 +48,32 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 timeout_ms=request.limits.timeout_ms,
                 max_message_bytes=request.limits.max_message_bytes,
             )
+            os_limits = request.os_limits
             try:
+                # Compile (and fill the cache) with the privileges the
+                # supervisor gave us; only then lower them, before any agent
+                # code runs.
                 sandbox = Sandbox(request.module_path, limits, cache_dir=request.cache_dir)
+                layers = apply_os_limits(
+                    OsLimits(
+                        data_bytes=os_limits.data_bytes,
+                        open_files=os_limits.open_files,
+                        cpu_seconds=os_limits.cpu_seconds,
+                        uid=os_limits.uid,
+                        gid=os_limits.gid,
+                        user_name=os_limits.user_name,
+                    )
+                )
                 with sandbox.running():
                     code = sandbox.start()
             except (LoadError, OSError) as exc:
                 return worker_pb2.LoadResponse(error=str(exc))
             self._sandbox = sandbox
             return worker_pb2.LoadResponse(
-                init_code=code, logs=_log_records(sandbox.take_logs()), cache_hit=sandbox.cache_hit
+                init_code=code,
+                logs=_log_records(sandbox.take_logs()),
+                cache_hit=sandbox.cache_hit,
+                enforcement=sandbox.enforcement() + layers,
             )
 
     def Handle(self, request: worker_pb2.HandleRequest, context: grpc.ServicerContext) -> worker_pb2.HandleResponse:

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61xton/v1/caxton.proto\x12\tcaxton.v1\"\xc6\x01\n\x0c\x41gentMessage\x12-\n\x0cperformative\x18\x01 \x01(\x0e\x32\x17.caxton.v1.Performative\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x12\n\nreply_with\x18\x05 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x06 \x01(\t\x12\x12\n\nmessage_id\x18\x07 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x08 \x01(\x0c\"c\n\x0eResourceLimits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x0c\n\x04\x66uel\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"|\n\x12\x44\x65ployAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06module\x18\x02 \x01(\x0c\x12)\n\x06limits\x18\x03 \x01(\x0b\x32\x19.caxton.v1.ResourceLimits\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\"j\n\x13\x44\x65ployAgentResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.caxton.v1.AgentStatus\x12+\n\x06report\x18\x02 \x01(\x0b\x32\x1b.caxton.v1.ValidationReport\"4\n\x10StopAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\";\n\x11StopAgentResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.caxton.v1.AgentStatus\"!\n\x11StartAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12StartAgentResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.caxton.v1.AgentStatus\"6\n\x12RemoveAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\x15\n\x13RemoveAgentResponse\"%\n\x15GetAgentStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListAgentsRequest\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.caxton.v1.AgentStatus\"\x9b\x01\n\x0eInstanceStatus\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x10\n\x08messages\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\x0e\n\x06resets\x18\x07 \x01(\x04\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"\xe6\x02\n\x0b\x41gentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.caxton.v1.AgentState\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\x12\x15\n\rmodule_sha256\x18\x05 \x01(\t\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x10\n\x08messages\x18\x08 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\t \x01(\x04\x12\x10\n\x08restarts\x18\n \x01(\r\x12,\n\tinstances\x18\x0b \x03(\x0b\x32\x19.caxton.v1.InstanceStatus\x12)\n\x06limits\x18\x0c \x01(\x0b\x32\x19.caxton.v1.ResourceLimits\x12\x12\n\nlast_error\x18\r \x01(\t\x12\x13\n\x0b\x64\x65ployed_at\x18\x0e \x01(\x01\x12\x0e\n\x06policy\x18\x0f \x01(\t\"b\n\x15ValidateModuleRequest\x12\x0e\n\x06module\x18\x01 \x01(\x0c\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12)\n\x06limits\x18\x03 \x01(\x0b\x32\x19.caxton.v1.ResourceLimits\"O\n\x07\x46inding\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12%\n\x08severity\x18\x02 \x01(\x0e\x32\x13.caxton.v1.Severity\x12\x0f\n\x07message\x18\x03 \x01(\t\"n\n\x10ValidationReport\x12\r\n\x05valid\x18\x01 \x01(\x08\x12$\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x12.caxton.v1.Finding\x12\x15\n\rmodule_sha256\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\"7\n\x0bSendRequest\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\"I\n\x0cSendResponse\x12&\n\x05reply\x18\x01 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\x12\x11\n\thas_reply\x18\x02 \x01(\x08\"B\n\nStreamItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x07message\x18\x02 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\"9\n\x11SendStreamRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.caxton.v1.StreamItem\"r\n\x0cStreamResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x05reply\x18\x04 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\x12\x11\n\thas_reply\x18\x05 \x01(\x08\">\n\x12SendStreamResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.caxton.v1.StreamResult*\xbf\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_STATE_UNLOADED\x10\x01\x12\x16\n\x12\x41GENT_STATE_LOADED\x10\x02\x12\x17\n\x13\x41GENT_STATE_RUNNING\x10\x03\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x04\x12\x17\n\x13\x41GENT_STATE_STOPPED\x10\x05\x12\x16\n\x12\x41GENT_STATE_FAILED\x10\x06*\xe0\x02\n\x0cPerformative\x12\x1c\n\x18PERFORMATIVE_UNSPECIFIED\x10\x00\x12\x18\n\x14PERFORMATIVE_REQUEST\x10\x01\x12\x17\n\x13PERFORMATIVE_INFORM\x10\x02\x12\x19\n\x15PERFORMATIVE_QUERY_IF\x10\x03\x12\x1a\n\x16PERFORMATIVE_QUERY_REF\x10\x04\x12\x18\n\x14PERFORMATIVE_PROPOSE\x10\x05\x12 \n\x1cPERFORMATIVE_ACCEPT_PROPOSAL\x10\x06\x12 \n\x1cPERFORMATIVE_REJECT_PROPOSAL\x10\x07\x12\x16\n\x12PERFORMATIVE_AGREE\x10\x08\x12\x17\n\x13PERFORMATIVE_REFUSE\x10\t\x12\x18\n\x14PERFORMATIVE_FAILURE\x10\n\x12\x1f\n\x1bPERFORMATIVE_NOT_UNDERSTOOD\x10\x0b*a\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x12\n\x0eSEVERITY_ERROR\x10\x03\x32\xa7\x04\n\x0e\x41gentLifecycle\x12L\n\x0b\x44\x65ployAgent\x12\x1d.caxton.v1.DeployAgentRequest\x1a\x1e.caxton.v1.DeployAgentResponse\x12\x46\n\tStopAgent\x12\x1b.caxton.v1.StopAgentRequest\x1a\x1c.caxton.v1.StopAgentResponse\x12I\n\nStartAgent\x12\x1c.caxton.v1.StartAgentRequest\x1a\x1d.caxton.v1.StartAgentResponse\x12L\n\x0bRemoveAgent\x12\x1d.caxton.v1.RemoveAgentRequest\x1a\x1e.caxton.v1.RemoveAgentResponse\x12J\n\x0eGetAgentStatus\x12 .caxton.v1.GetAgentStatusRequest\x1a\x16.caxton.v1.AgentStatus\x12I\n\nListAgents\x12\x1c.caxton.v1.ListAgentsRequest\x1a\x1d.caxton.v1.ListAgentsResponse\x12O\n\x0eValidateModule\x12 .caxton.v1.ValidateModuleRequest\x1a\x1b.caxton.v1.ValidationReport2\x93\x01\n\tMessaging\x12\x37\n\x04Send\x12\x16.caxton.v1.SendRequest\x1a\x17.caxton.v1.SendResponse\x12M\n\nSendStream\x12\x1c.caxton.v1.SendStreamRequest\x1a\x1d.caxton.v1.SendStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61xton/v1/caxton.proto\x12\tcaxton.v1\"\xc6\x01\n\x0c\x41gentMessage\x12-\n\x0cperformative\x18\x01 \x01(\x0e\x32\x17.caxton.v1.Performative\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x12\n\nreply_with\x18\x05 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x06 \x01(\t\x12\x12\n\nmessage_id\x18\x07 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x08 \x01(\x0c\"c\n\x0eResourceLimits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x0c\n\x04\x66uel\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"|\n\x12\x44\x65ployAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06module\x18\x02 \x01(\x0c\x12)\n\x06limits\x18\x03 \x01(\x0b\x32\x19.caxton.v1.ResourceLimits\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\"j\n\x13\x44\x65ployAgentResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.caxton.v1.AgentStatus\x12+\n\x06report\x18\x02 \x01(\x0b\x32\x1b.caxton.v1.ValidationReport\"4\n\x10StopAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\";\n\x11StopAgentResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.caxton.v1.AgentStatus\"!\n\x11StartAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12StartAgentResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.caxton.v1.AgentStatus\"6\n\x12RemoveAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\x15\n\x13RemoveAgentResponse\"%\n\x15GetAgentStatusRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListAgentsRequest\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.caxton.v1.AgentStatus\"\xb0\x01\n\x0eInstanceStatus\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x10\n\x08messages\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\x0e\n\x06resets\x18\x07 \x01(\x04\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\x12\x13\n\x0b\x65nforcement\x18\t \x03(\t\"\xe6\x02\n\x0b\x41gentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.caxton.v1.AgentState\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\x12\x15\n\rmodule_sha256\x18\x05 \x01(\t\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x10\n\x08messages\x18\x08 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\t \x01(\x04\x12\x10\n\x08restarts\x18\n \x01(\r\x12,\n\tinstances\x18\x0b \x03(\x0b\x32\x19.caxton.v1.InstanceStatus\x12)\n\x06limits\x18\x0c \x01(\x0b\x32\x19.caxton.v1.ResourceLimits\x12\x12\n\nlast_error\x18\r \x01(\t\x12\x13\n\x0b\x64\x65ployed_at\x18\x0e \x01(\x01\x12\x0e\n\x06policy\x18\x0f \x01(\t\"b\n\x15ValidateModuleRequest\x12\x0e\n\x06module\x18\x01 \x01(\x0c\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12)\n\x06limits\x18\x03 \x01(\x0b\x32\x19.caxton.v1.ResourceLimits\"O\n\x07\x46inding\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12%\n\x08severity\x18\x02 \x01(\x0e\x32\x13.caxton.v1.Severity\x12\x0f\n\x07message\x18\x03 \x01(\t\"n\n\x10ValidationReport\x12\r\n\x05valid\x18\x01 \x01(\x08\x12$\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x12.caxton.v1.Finding\x12\x15\n\rmodule_sha256\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\"7\n\x0bSendRequest\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\"I\n\x0cSendResponse\x12&\n\x05reply\x18\x01 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\x12\x11\n\thas_reply\x18\x02 \x01(\x08\"B\n\nStreamItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x07message\x18\x02 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\"9\n\x11SendStreamRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.caxton.v1.StreamItem\"r\n\x0cStreamResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x05reply\x18\x04 \x01(\x0b\x32\x17.caxton.v1.AgentMessage\x12\x11\n\thas_reply\x18\x05 \x01(\x08\">\n\x12SendStreamResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.caxton.v1.StreamResult*\xbf\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_STATE_UNLOADED\x10\x01\x12\x16\n\x12\x41GENT_STATE_LOADED\x10\x02\x12\x17\n\x13\x41GENT_STATE_RUNNING\x10\x03\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x04\x12\x17\n\x13\x41GENT_STATE_STOPPED\x10\x05\x12\x16\n\x12\x41GENT_STATE_FAILED\x10\x06*\xe0\x02\n\x0cPerformative\x12\x1c\n\x18PERFORMATIVE_UNSPECIFIED\x10\x00\x12\x18\n\x14PERFORMATIVE_REQUEST\x10\x01\x12\x17\n\x13PERFORMATIVE_INFORM\x10\x02\x12\x19\n\x15PERFORMATIVE_QUERY_IF\x10\x03\x12\x1a\n\x16PERFORMATIVE_QUERY_REF\x10\x04\x12\x18\n\x14PERFORMATIVE_PROPOSE\x10\x05\x12 \n\x1cPERFORMATIVE_ACCEPT_PROPOSAL\x10\x06\x12 \n\x1cPERFORMATIVE_REJECT_PROPOSAL\x10\x07\x12\x16\n\x12PERFORMATIVE_AGREE\x10\x08\x12\x17\n\x13PERFORMATIVE_REFUSE\x10\t\x12\x18\n\x14PERFORMATIVE_FAILURE\x10\n\x12\x1f\n\x1bPERFORMATIVE_NOT_UNDERSTOOD\x10\x0b*a\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n\rSEVERITY_INFO\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x12\x12\n\x0eSEVERITY_ERROR\x10\x03\x32\xa7\x04\n\x0e\x41gentLifecycle\x12L\n\x0b\x44\x65ployAgent\x12\x1d.caxton.v1.DeployAgentRequest\x1a\x1e.caxton.v1.DeployAgentResponse\x12\x46\n\tStopAgent\x12\x1b.caxton.v1.StopAgentRequest\x1a\x1c.caxton.v1.StopAgentResponse\x12I\n\nStartAgent\x12\x1c.caxton.v1.StartAgentRequest\x1a\x1d.caxton.v1.StartAgentResponse\x12L\n\x0bRemoveAgent\x12\x1d.caxton.v1.RemoveAgentRequest\x1a\x1e.caxton.v1.RemoveAgentResponse\x12J\n\x0eGetAgentStatus\x12 .caxton.v1.GetAgentStatusRequest\x1a\x16.caxton.v1.AgentStatus\x12I\n\nListAgents\x12\x1c.caxton.v1.ListAgentsRequest\x1a\x1d.caxton.v1.ListAgentsResponse\x12O\n\x0eValidateModule\x12 .caxton.v1.ValidateModuleRequest\x1a\x1b.caxton.v1.ValidationReport2\x93\x01\n\tMessaging\x12\x37\n\x04Send\x12\x16.caxton.v1.SendRequest\x1a\x17.caxton.v1.SendResponse\x12M\n\nSendStream\x12\x1c.caxton.v1.SendStreamRequest\x1a\x1d.caxton.v1.SendStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'caxton.v1.caxton_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTSTATE']._serialized_start=2238
-  _globals['_AGENTSTATE']._serialized_end=2429
-  _globals['_PERFORMATIVE']._serialized_start=2432
-  _globals['_PERFORMATIVE']._serialized_end=2784
-  _globals['_SEVERITY']._serialized_start=2786
-  _globals['_SEVERITY']._serialized_end=2883
+  _globals['_AGENTSTATE']._serialized_start=2259
+  _globals['_AGENTSTATE']._serialized_end=2450
+  _globals['_PERFORMATIVE']._serialized_start=2453
+  _globals['_PERFORMATIVE']._serialized_end=2805
+  _globals['_SEVERITY']._serialized_start=2807
+  _globals['_SEVERITY']._serialized_end=2904
   _globals['_AGENTMESSAGE']._serialized_start=38
   _globals['_AGENTMESSAGE']._serialized_end=236
   _globals['_RESOURCELIMITS']._serialized_start=238
@@ -64,29 +64,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSRESPONSE']._serialized_start=924
   _globals['_LISTAGENTSRESPONSE']._serialized_end=984
   _globals['_INSTANCESTATUS']._serialized_start=987
-  _globals['_INSTANCESTATUS']._serialized_end=1142
-  _globals['_AGENTSTATUS']._serialized_start=1145
-  _globals['_AGENTSTATUS']._serialized_end=1503
-  _globals['_VALIDATEMODULEREQUEST']._serialized_start=1505
-  _globals['_VALIDATEMODULEREQUEST']._serialized_end=1603
-  _globals['_FINDING']._serialized_start=1605
-  _globals['_FINDING']._serialized_end=1684
-  _globals['_VALIDATIONREPORT']._serialized_start=1686
-  _globals['_VALIDATIONREPORT']._serialized_end=1796
-  _globals['_SENDREQUEST']._serialized_start=1798
-  _globals['_SENDREQUEST']._serialized_end=1853
-  _globals['_SENDRESPONSE']._serialized_start=1855
-  _globals['_SENDRESPONSE']._serialized_end=1928
-  _globals['_STREAMITEM']._serialized_start=1930
-  _globals['_STREAMITEM']._serialized_end=1996
-  _globals['_SENDSTREAMREQUEST']._serialized_start=1998
-  _globals['_SENDSTREAMREQUEST']._serialized_end=2055
-  _globals['_STREAMRESULT']._serialized_start=2057
-  _globals['_STREAMRESULT']._serialized_end=2171
-  _globals['_SENDSTREAMRESPONSE']._serialized_start=2173
-  _globals['_SENDSTREAMRESPONSE']._serialized_end=2235
-  _globals['_AGENTLIFECYCLE']._serialized_start=2886
-  _globals['_AGENTLIFECYCLE']._serialized_end=3437
-  _globals['_MESSAGING']._serialized_start=3440
-  _globals['_MESSAGING']._serialized_end=3587
+  _globals['_INSTANCESTATUS']._serialized_end=1163
+  _globals['_AGENTSTATUS']._serialized_start=1166
+  _globals['_AGENTSTATUS']._serialized_end=1524
+  _globals['_VALIDATEMODULEREQUEST']._serialized_start=1526
+  _globals['_VALIDATEMODULEREQUEST']._serialized_end=1624
+  _globals['_FINDING']._serialized_start=1626
+  _globals['_FINDING']._serialized_end=1705
+  _globals['_VALIDATIONREPORT']._serialized_start=1707
+  _globals['_VALIDATIONREPORT']._serialized_end=1817
+  _globals['_SENDREQUEST']._serialized_start=1819
+  _globals['_SENDREQUEST']._serialized_end=1874
+  _globals['_SENDRESPONSE']._serialized_start=1876
+  _globals['_SENDRESPONSE']._serialized_end=1949
+  _globals['_STREAMITEM']._serialized_start=1951
+  _globals['_STREAMITEM']._serialized_end=2017
+  _globals['_SENDSTREAMREQUEST']._serialized_start=2019
+  _globals['_SENDSTREAMREQUEST']._serialized_end=2076
+  _globals['_STREAMRESULT']._serialized_start=2078
+  _globals['_STREAMRESULT']._serialized_end=2192
+  _globals['_SENDSTREAMRESPONSE']._serialized_start=2194
+  _globals['_SENDSTREAMRESPONSE']._serialized_end=2256
+  _globals['_AGENTLIFECYCLE']._serialized_start=2907
+  _globals['_AGENTLIFECYCLE']._serialized_end=3458
+  _globals['_MESSAGING']._serialized_start=3461
+  _globals['_MESSAGING']._serialized_end=3608
 # @@protoc_insertion_point(module_scope)

@@ -171,7 +171,7 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("pid", "version", "uptime_s", "memory_bytes", "messages", "errors", "resets", "rss_bytes")
+    __slots__ = ("pid", "version", "uptime_s", "memory_bytes", "messages", "errors", "resets", "rss_bytes", "enforcement")
     PID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class InstanceStatus(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     RESETS_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     pid: int
     version: int
     uptime_s: float
@@ -188,7 +189,8 @@ class InstanceStatus(_message.Message):
     errors: int
     resets: int
     rss_bytes: int
-    def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+    enforcement: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
     __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy")

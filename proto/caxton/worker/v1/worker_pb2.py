@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from caxton.v1 import caxton_pb2 as caxton_dot_v1_dot_caxton__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61xton/worker/v1/worker.proto\x12\x10\x63\x61xton.worker.v1\x1a\x16\x63\x61xton/v1/caxton.proto\"[\n\x06Limits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x0c\n\x04\x66uel\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"\x7f\n\x0bLoadRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bmodule_path\x18\x03 \x01(\t\x12\x11\n\tcache_dir\x18\x04 \x01(\t\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.caxton.worker.v1.Limits\"(\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"n\n\x0cLoadResponse\x12\x11\n\tinit_code\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12)\n\x04logs\x18\x03 \x03(\x0b\x32\x1b.caxton.worker.v1.LogRecord\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\":\n\rHandleRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.caxton.v1.AgentMessage\"x\n\x0cHandleResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12\x11\n\thas_reply\x18\x04 \x01(\x08\x12)\n\x04logs\x18\x05 \x03(\x0b\x32\x1b.caxton.worker.v1.LogRecord\"A\n\x0eHandleResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.caxton.worker.v1.HandleResult\"\x0e\n\x0cStatsRequest\"W\n\rStatsResponse\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x10\n\x08messages\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0e\n\x06resets\x18\x04 \x01(\x04\"\x11\n\x0fShutdownRequest\"=\n\x10ShutdownResponse\x12)\n\x04logs\x18\x01 \x03(\x0b\x32\x1b.caxton.worker.v1.LogRecord2\xb9\x02\n\x06Worker\x12\x45\n\x04Load\x12\x1d.caxton.worker.v1.LoadRequest\x1a\x1e.caxton.worker.v1.LoadResponse\x12K\n\x06Handle\x12\x1f.caxton.worker.v1.HandleRequest\x1a .caxton.worker.v1.HandleResponse\x12H\n\x05Stats\x12\x1e.caxton.worker.v1.StatsRequest\x1a\x1f.caxton.worker.v1.StatsResponse\x12Q\n\x08Shutdown\x12!.caxton.worker.v1.ShutdownRequest\x1a\".caxton.worker.v1.ShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61xton/worker/v1/worker.proto\x12\x10\x63\x61xton.worker.v1\x1a\x16\x63\x61xton/v1/caxton.proto\"[\n\x06Limits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x0c\n\x04\x66uel\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"t\n\x08OsLimits\x12\x12\n\ndata_bytes\x18\x01 \x01(\x04\x12\x12\n\nopen_files\x18\x02 \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\x05\x12\x0b\n\x03gid\x18\x05 \x01(\x05\x12\x11\n\tuser_name\x18\x06 \x01(\t\"\xae\x01\n\x0bLoadRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bmodule_path\x18\x03 \x01(\t\x12\x11\n\tcache_dir\x18\x04 \x01(\t\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.caxton.worker.v1.Limits\x12-\n\tos_limits\x18\x06 \x01(\x0b\x32\x1a.caxton.worker.v1.OsLimits\"(\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x83\x01\n\x0cLoadResponse\x12\x11\n\tinit_code\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12)\n\x04logs\x18\x03 \x03(\x0b\x32\x1b.caxton.worker.v1.LogRecord\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x13\n\x0b\x65nforcement\x18\x05 \x03(\t\":\n\rHandleRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.caxton.v1.AgentMessage\"x\n\x0cHandleResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12\x11\n\thas_reply\x18\x04 \x01(\x08\x12)\n\x04logs\x18\x05 \x03(\x0b\x32\x1b.caxton.worker.v1.LogRecord\"A\n\x0eHandleResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.caxton.worker.v1.HandleResult\"\x0e\n\x0cStatsRequest\"W\n\rStatsResponse\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x10\n\x08messages\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0e\n\x06resets\x18\x04 \x01(\x04\"\x11\n\x0fShutdownRequest\"=\n\x10ShutdownResponse\x12)\n\x04logs\x18\x01 \x03(\x0b\x32\x1b.caxton.worker.v1.LogRecord2\xb9\x02\n\x06Worker\x12\x45\n\x04Load\x12\x1d.caxton.worker.v1.LoadRequest\x1a\x1e.caxton.worker.v1.LoadResponse\x12K\n\x06Handle\x12\x1f.caxton.worker.v1.HandleRequest\x1a .caxton.worker.v1.HandleResponse\x12H\n\x05Stats\x12\x1e.caxton.worker.v1.StatsRequest\x1a\x1f.caxton.worker.v1.StatsResponse\x12Q\n\x08Shutdown\x12!.caxton.worker.v1.ShutdownRequest\x1a\".caxton.worker.v1.ShutdownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LIMITS']._serialized_start=75
   _globals['_LIMITS']._serialized_end=166
-  _globals['_LOADREQUEST']._serialized_start=168
-  _globals['_LOADREQUEST']._serialized_end=295
-  _globals['_LOGRECORD']._serialized_start=297
-  _globals['_LOGRECORD']._serialized_end=337
-  _globals['_LOADRESPONSE']._serialized_start=339
-  _globals['_LOADRESPONSE']._serialized_end=449
-  _globals['_HANDLEREQUEST']._serialized_start=451
-  _globals['_HANDLEREQUEST']._serialized_end=509
-  _globals['_HANDLERESULT']._serialized_start=511
-  _globals['_HANDLERESULT']._serialized_end=631
-  _globals['_HANDLERESPONSE']._serialized_start=633
-  _globals['_HANDLERESPONSE']._serialized_end=698
-  _globals['_STATSREQUEST']._serialized_start=700
-  _globals['_STATSREQUEST']._serialized_end=714
-  _globals['_STATSRESPONSE']._serialized_start=716
-  _globals['_STATSRESPONSE']._serialized_end=803
-  _globals['_SHUTDOWNREQUEST']._serialized_start=805
-  _globals['_SHUTDOWNREQUEST']._serialized_end=822
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=824
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=885
-  _globals['_WORKER']._serialized_start=888
-  _globals['_WORKER']._serialized_end=1201
+  _globals['_OSLIMITS']._serialized_start=168
+  _globals['_OSLIMITS']._serialized_end=284
+  _globals['_LOADREQUEST']._serialized_start=287
+  _globals['_LOADREQUEST']._serialized_end=461
+  _globals['_LOGRECORD']._serialized_start=463
+  _globals['_LOGRECORD']._serialized_end=503
+  _globals['_LOADRESPONSE']._serialized_start=506
+  _globals['_LOADRESPONSE']._serialized_end=637
+  _globals['_HANDLEREQUEST']._serialized_start=639
+  _globals['_HANDLEREQUEST']._serialized_end=697
+  _globals['_HANDLERESULT']._serialized_start=699
+  _globals['_HANDLERESULT']._serialized_end=819
+  _globals['_HANDLERESPONSE']._serialized_start=821
+  _globals['_HANDLERESPONSE']._serialized_end=886
+  _globals['_STATSREQUEST']._serialized_start=888
+  _globals['_STATSREQUEST']._serialized_end=902
+  _globals['_STATSRESPONSE']._serialized_start=904
+  _globals['_STATSRESPONSE']._serialized_end=991
+  _globals['_SHUTDOWNREQUEST']._serialized_start=993
+  _globals['_SHUTDOWNREQUEST']._serialized_end=1010
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=1012
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=1073
+  _globals['_WORKER']._serialized_start=1076
+  _globals['_WORKER']._serialized_end=1389
 # @@protoc_insertion_point(module_scope)

@@ -19,19 +19,37 @@ class Limits(_message.Message):
     max_message_bytes: int
     def __init__(self, memory_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
+class OsLimits(_message.Message):
+    __slots__ = ("data_bytes", "open_files", "cpu_seconds", "uid", "gid", "user_name")
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    USER_NAME_FIELD_NUMBER: _ClassVar[int]
+    data_bytes: int
+    open_files: int
+    cpu_seconds: int
+    uid: int
+    gid: int
+    user_name: str
+    def __init__(self, data_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., cpu_seconds: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user_name: _Optional[str] = ...) -> None: ...
+
 class LoadRequest(_message.Message):
-    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits")
+    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits", "os_limits")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODULE_PATH_FIELD_NUMBER: _ClassVar[int]
     CACHE_DIR_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OS_LIMITS_FIELD_NUMBER: _ClassVar[int]
     agent: str
     version: int
     module_path: str
     cache_dir: str
     limits: Limits
-    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    os_limits: OsLimits
+    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., os_limits: _Optional[_Union[OsLimits, _Mapping]] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("level", "text")
@@ -42,16 +60,18 @@ class LogRecord(_message.Message):
     def __init__(self, level: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class LoadResponse(_message.Message):
-    __slots__ = ("init_code", "error", "logs", "cache_hit")
+    __slots__ = ("init_code", "error", "logs", "cache_hit", "enforcement")
     INIT_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     init_code: int
     error: str
     logs: _containers.RepeatedCompositeFieldContainer[LogRecord]
     cache_hit: bool
-    def __init__(self, init_code: _Optional[int] = ..., error: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    enforcement: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, init_code: _Optional[int] = ..., error: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HandleRequest(_message.Message):
     __slots__ = ("messages",)
