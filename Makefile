@@ -12,8 +12,13 @@ proto:
 test:
 	.ci/run
 
+# Benchmarks (bench/README.md): start their own supervisor and baselines;
+# CAXTON_BENCH_QUICK=1 skips the 200-agent memory step.
 bench:
-	$(PYTHON) -m pytest bench -q
+	mkdir -p bench/results
+	$(PYTHON) -m pytest bench -q -p no:cacheprovider \
+		--benchmark-json=bench/results/latest.json \
+		--benchmark-columns=min,median,mean,max,rounds,iterations --benchmark-sort=name
 
 run:
 	$(PYTHON) -m supervisor --deploy-examples

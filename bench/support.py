@@ -1,0 +1,214 @@
+"""Helpers shared by the benchmarks: baseline server processes, CPU accounting,
+payloads and module variants.
+
+Every process started here is ended with a deadline (SIGTERM, then SIGKILL),
+and baseline servers also die with the benchmark process (PR_SET_PDEATHSIG),
+so an interrupted run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+from caxton.v1 import caxton_pb2
+from tests.harness import ROOT, SupervisorProcess
+
+# The message content used everywhere: 100 bytes, as the issue asks.
+PAYLOAD = bytes(range(100))
+
+
+def numbered_payload(number: int) -> bytes:
+    """100 bytes that carry their own number, so a reply can be matched to
+    the request it answers (a mixed-up reply must not count as a result)."""
+    return number.to_bytes(8, "big") + PAYLOAD[8:]
+
+
+def payload_number(content: bytes) -> int:
+    return int.from_bytes(content[:8], "big") if len(content) == len(PAYLOAD) else -1
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
+    """The module with a custom section appended: same code, different
+    SHA-256, so the supervisor stores it anew and the compiled-module cache
+    misses. A custom section may legally follow every other section."""
+    encoded = name.encode()
+    body = _leb128(len(encoded)) + encoded + payload
+    return wasm + b"\x00" + _leb128(len(body)) + body
+
+
+# ------------------------------------------------------------ processes
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL. Never raises."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+
+
+@dataclass
+class BaselineServer:
+    """A `python -m bench.baselines` subprocess."""
+
+    proc: subprocess.Popen
+    address: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_baseline(kind: str, listen: str, *, upstream: str | None = None, threads: int = 64,
+                   log_path: Path, timeout: float = 30.0) -> BaselineServer:
+    """Start a baseline server and wait (with a deadline) until it serves."""
+    args = [sys.executable, "-m", "bench.baselines", kind, "--listen", listen, "--threads", str(threads),
+            "--parent-pid", str(os.getpid())]
+    if upstream:
+        args += ["--upstream", upstream]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    try:
+        address = _read_line_with(proc, "listening on ", timeout, log_path)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return BaselineServer(proc, address)
+
+
+def _read_line_with(proc: subprocess.Popen, prefix: str, timeout: float, log_path: Path) -> str:
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"{proc.args[3]} baseline did not start within {timeout}s: {log_path.read_text()[-2000:]}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise RuntimeError(f"baseline exited with {proc.wait()} while starting: {log_path.read_text()[-2000:]}")
+        buf += chunk
+        for line in buf.decode(errors="replace").splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+
+@contextlib.contextmanager
+def running_supervisor(state_dir: Path) -> Iterator[SupervisorProcess]:
+    """A real supervisor for the duration of the block; stopped (drained, then
+    killed if it does not exit in time) however the block ends."""
+    supervisor = SupervisorProcess(state_dir)
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        try:
+            supervisor.stop(timeout=120)
+        except AssertionError:
+            pass  # stop() killed it after the deadline; nothing more to do
+        finally:
+            supervisor.kill()
+
+
+def deploy_and_send(supervisor: SupervisorProcess, name: str, wasm: bytes) -> tuple[float, float]:
+    """Deploy, then wait for the first reply; both must succeed. Returns the
+    seconds each part took, to see which one grows."""
+    start = time.perf_counter()
+    status = supervisor.lifecycle.DeployAgent(caxton_pb2.DeployAgentRequest(name=name, module=wasm), timeout=60).status
+    deployed = time.perf_counter()
+    assert status.state == caxton_pb2.AGENT_STATE_RUNNING, f"{name} is {caxton_pb2.AgentState.Name(status.state)}"
+    message = caxton_pb2.AgentMessage(receiver=name, sender="bench", content=PAYLOAD)
+    response = supervisor.messaging.Send(caxton_pb2.SendRequest(message=message), timeout=30)
+    answered = time.perf_counter()
+    assert response.has_reply and response.reply.content == PAYLOAD, "wrong first reply"
+    return deployed - start, answered - deployed
+
+
+# ------------------------------------------------------------ accounting
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+    except psutil.Error:
+        return 0.0
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by a set of processes over a stretch of the run, to
+    show where the time goes (client, supervisor, workers) per message."""
+
+    groups: dict[str, list[int]]
+    _start: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def __enter__(self) -> "CpuMeter":
+        self._start = {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {
+            name: sum(_cpu_seconds(pid) for pid in pids) - self._start[name] for name, pids in self.groups.items()
+        }
+
+    def per_message_us(self, messages: int) -> dict[str, float]:
+        return {f"cpu_us_per_msg_{name}": round(seconds / messages * 1e6, 1) for name, seconds in self.used.items()}
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    rss: int
+    uss: int
+    pss: int
+
+
+def memory_of(pid: int) -> MemorySample | None:
+    """RSS, USS and PSS of one process (None if it is gone)."""
+    try:
+        info = psutil.Process(pid).memory_full_info()
+    except psutil.Error:
+        return None
+    return MemorySample(info.rss, info.uss, info.pss)
+
+
+MIB = float(1 << 20)
