@@ -95,16 +95,47 @@ class WorkerCgroup:
         self.dirs = dirs  # controller ("memory", "cpu", "pids", or "" for v2) -> directory
         self.layers = layers
         self.memory_bytes = memory_bytes
+        self._oom_killed_at_removal: bool | None = None
+
+    @property
+    def procs_files(self) -> list[str]:
+        """The `cgroup.procs` files a process writes its pid to, to join."""
+        return [str(directory / "cgroup.procs") for directory in self.dirs.values()]
+
+    def adopt(self, pid: int) -> None:
+        """Make sure `pid` is in this cgroup (moving it in is idempotent). A
+        controller that refuses drops its layers from the report."""
+        for controller, directory in self.dirs.items():
+            try:
+                _write(directory / "cgroup.procs", str(pid))
+            except OSError as exc:
+                log.warning("cannot move worker %d into %s: %s", pid, directory, exc)
+                prefix = "cgroup-v2:" if self.version == 2 else f"cgroup-v1:{controller}"
+                self.layers = [layer for layer in self.layers if not layer.startswith(prefix)]
 
     def oom_killed(self) -> bool:
-        """Did the kernel's OOM killer kill a process in this cgroup?"""
+        """Did the kernel's OOM killer kill a process in this cgroup?
+
+        The kernel counts the kill only after sending SIGKILL, so a quickly
+        reaped worker can be gone before `oom_kill` moves; hitting the memory
+        limit at all (v1 failcnt, v2 "oom") counts as evidence too.
+        """
+        if self._oom_killed_at_removal is not None:
+            return self._oom_killed_at_removal
         if self.version == 2:
-            return _counter(self.dirs[""] / "memory.events", "oom_kill") > 0
+            events = self.dirs[""] / "memory.events"
+            return _counter(events, "oom_kill") > 0 or _counter(events, "oom") > 0
         memory = self.dirs.get("memory")
-        return memory is not None and _counter(memory / "memory.oom_control", "oom_kill") > 0
+        if memory is None:
+            return False
+        failcnt = (memory / "memory.failcnt").read_text().strip() if (memory / "memory.failcnt").exists() else "0"
+        return _counter(memory / "memory.oom_control", "oom_kill") > 0 or int(failcnt or 0) > 0
 
     def remove(self) -> None:
-        """Remove the directories; the worker must have exited."""
+        """Remove the directories; the worker must have exited. The OOM
+        verdict is kept: the exit may be described after the removal."""
+        if self._oom_killed_at_removal is None:
+            self._oom_killed_at_removal = self.oom_killed()
         for directory in self.dirs.values():
             try:
                 directory.rmdir()
@@ -185,13 +216,15 @@ class Cgroups:
 
     # ------------------------------------------------------------ per worker
 
-    def create(self, pid: int, limits: CgroupLimits) -> WorkerCgroup | None:
-        """Put `pid` in a new cgroup with `limits`; None where cgroups are off.
-        A controller that refuses a setting is left out of the layers."""
+    def create(self, limits: CgroupLimits) -> WorkerCgroup | None:
+        """A new, empty cgroup with `limits`; None where cgroups are off. A
+        controller that refuses a setting is left out of the layers. The
+        worker joins it itself, first thing (see `WorkerCgroup.procs_files`),
+        so that everything it allocates is charged to it."""
         if not self._bases:
             return None
         self._counter += 1
-        name = f"w{self._counter}-{pid}"
+        name = f"w{self._counter}"
         dirs: dict[str, Path] = {}
         layers: list[str] = []
         for controller, base in self._bases.items():
@@ -206,12 +239,6 @@ class Cgroups:
                 layers += self._limit_v2(directory, limits)
             else:
                 layers += self._limit_v1(controller, directory, limits)
-            try:
-                _write(directory / "cgroup.procs", str(pid))
-            except OSError as exc:
-                log.warning("cannot move worker %d into %s: %s", pid, directory, exc)
-                prefix = "cgroup-v2:" if self.version == 2 else f"cgroup-v1:{controller}"
-                layers = [layer for layer in layers if not layer.startswith(prefix)]
         return WorkerCgroup(self.version, dirs, layers, limits.memory_bytes)
 
     def _limit_v1(self, controller: str, directory: Path, limits: CgroupLimits) -> list[str]:

@@ -55,7 +55,7 @@ class ForkServer:
             self.popen, self._control, self._ready = popen, ours, False
         return popen
 
-    def spawn(self, socket_path: str, ready_w: int, timeout: float) -> int:
+    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, timeout: float) -> int:
         """Ask for a worker serving on `socket_path`; returns its pid."""
         with self._lock:
             control = self._control
@@ -66,7 +66,8 @@ class ForkServer:
                 if not self._ready:
                     self._expect(control, deadline, "ready")
                     self._ready = True
-                socket.send_fds(control, [json.dumps({"socket": socket_path}).encode()], [ready_w])
+                request = {"socket": socket_path, "cgroup_procs": cgroup_procs}
+                socket.send_fds(control, [json.dumps(request).encode()], [ready_w])
                 reply = self._expect(control, deadline, "pid")
             except (OSError, ValueError) as exc:
                 raise WorkerStartError(f"the fork server failed: {exc}") from exc

@@ -68,9 +68,18 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
     timeout = env.config.worker_start_timeout_s
     sandbox = env.config.sandbox
     limits = version.limits
-    process = env.launcher.spawn(timeout)
     os_memory = limits.memory_bytes + sandbox.memory_overhead_bytes
-    cgroup = env.cgroups.create(process.pid, CgroupLimits(os_memory, sandbox.cpu_cores, sandbox.pids_max))
+    cgroup = env.cgroups.create(CgroupLimits(os_memory, sandbox.cpu_cores, sandbox.pids_max))
+    try:
+        process = env.launcher.spawn(timeout, cgroup.procs_files if cgroup is not None else [])
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    if cgroup is not None:
+        # The worker joined on its own before importing anything; this only
+        # confirms it (and moves it if it could not).
+        cgroup.adopt(process.pid)
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup)
     try:
         instance.load(
@@ -282,7 +291,11 @@ class WorkerInstance:
     def _rpc_failure(self, doing: str, exc: grpc.RpcError) -> str:
         """A readable reason for a failed call to the worker. If the worker
         died, say how (waiting briefly for the exit to be reaped)."""
-        status: ExitStatus | None = self.process.wait_exit(0.5) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+        # A large worker killed by the kernel can take a moment to be reaped;
+        # its channel may also have been closed by the exit handler first.
+        status: ExitStatus | None = None
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            status = self.process.wait_exit(2.0)
         if status is not None:
             return f"worker {self.pid} of agent {self.agent!r} {self.describe_exit(status)} while {doing}"
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -180,8 +180,9 @@ class Launcher:
 
     # ------------------------------------------------------------ public
 
-    def spawn(self, timeout: float) -> WorkerProcess:
-        """Start a worker and wait until it is ready to take `Load`."""
+    def spawn(self, timeout: float, cgroup_procs: list[str] = ()) -> WorkerProcess:
+        """Start a worker and wait until it is ready to take `Load`. The
+        worker first joins the cgroups whose `cgroup.procs` files are given."""
         with self._counter_lock:
             self._counter += 1
             socket_path = os.path.join(self.runtime_dir, f"w{self._counter}.sock")
@@ -190,9 +191,9 @@ class Launcher:
         except FileNotFoundError:
             pass
         if self.fork_server is not None:
-            process = self._fork(socket_path, timeout)
+            process = self._fork(socket_path, list(cgroup_procs), timeout)
         else:
-            process = self._call(lambda: self._exec(socket_path))
+            process = self._call(lambda: self._exec(socket_path, list(cgroup_procs)))
         try:
             process.wait_ready(timeout)
         except WorkerStartError:
@@ -225,12 +226,13 @@ class Launcher:
         self._wake()
         return future.result()
 
-    def _exec(self, socket_path: str) -> WorkerProcess:
+    def _exec(self, socket_path: str, cgroup_procs: list[str]) -> WorkerProcess:
         ready_r, ready_w = os.pipe()
+        cgroup_args = [arg for path in cgroup_procs for arg in ("--cgroup-procs", path)]
         try:
             popen = subprocess.Popen(
                 [self._python, "-m", "worker", "--socket", socket_path,
-                 "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid())],
+                 "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid()), *cgroup_args],
                 pass_fds=(ready_w,),
                 stdin=subprocess.DEVNULL,
                 # Workers share the supervisor's stderr (the journal under
@@ -252,14 +254,14 @@ class Launcher:
         self._watch(process)
         return process
 
-    def _fork(self, socket_path: str, timeout: float) -> WorkerProcess:
+    def _fork(self, socket_path: str, cgroup_procs: list[str], timeout: float) -> WorkerProcess:
         """Ask the fork server for a worker (from the calling thread: the fork
         server does the forking), then watch it from the launcher thread. If
         the fork server has died, it is restarted and asked once more."""
         for attempt in (1, 2):
             ready_r, ready_w = os.pipe()
             try:
-                pid = self.fork_server.spawn(socket_path, ready_w, timeout)
+                pid = self.fork_server.spawn(socket_path, cgroup_procs, ready_w, timeout)
             except WorkerStartError:
                 os.close(ready_r)
                 if attempt == 2 or self._closing:

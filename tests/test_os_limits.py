@@ -77,14 +77,15 @@ def test_each_worker_gets_its_own_cgroup_v1(shared_supervisor):
 
 @pytest.mark.skipif(not (ROOT and CGROUP_V1_MEMORY), reason="needs a writable cgroup v1 memory controller (root)")
 def test_kernel_oom_kill_is_reported_as_such(supervisor):
-    # Give the worker process almost no memory beyond the agent's own limit,
-    # so that an agent filling its (allowed) linear memory pushes the worker
-    # over its cgroup limit and the kernel kills it.
-    sup = supervisor('[sandbox]\nmemory_overhead = "8MiB"\n')
+    # Give the worker process nothing beyond the agent's own memory limit:
+    # an agent that fills all the linear memory it is allowed then pushes
+    # the worker (which needs a few MiB of its own) past its cgroup limit,
+    # and the kernel kills it.
+    sup = supervisor('[sandbox]\nmemory_overhead = "0"\n')
     sup.deploy("hog-os", "hog", memory_bytes=512 << 20, timeout_ms=30_000)
     sup.deploy("hog-neighbour", "echo")
     with pytest.raises(grpc.RpcError) as info:
-        sup.send("hog-os", b"500", timeout=60)
+        sup.send("hog-os", b"511", timeout=60)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "OOM killer" in info.value.details()
     status = wait_until(lambda: (s := sup.status("hog-os")).state == caxton_pb2.AGENT_STATE_FAILED and s, 10, "the agent to fail")

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .limits import apply_process_guards
+from .limits import apply_process_guards, join_cgroups
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -19,12 +19,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--socket", required=True, help="Unix socket path to serve on")
     parser.add_argument("--ready-fd", type=int, required=True, help="pipe to write 'ready' to once serving")
     parser.add_argument("--parent-pid", type=int, required=True, help="the supervisor's pid")
+    parser.add_argument("--cgroup-procs", action="append", default=[],
+                        help="a cgroup.procs file to join before anything else (repeatable)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    # Guards first, before the heavy imports and long before any agent code.
+    # Into our cgroup before we allocate anything, so all of it is charged
+    # there; then the guards, before the heavy imports and any agent code.
+    join_cgroups(args.cgroup_procs)
     apply_process_guards(args.parent_pid)
     from .server import serve
 

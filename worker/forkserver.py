@@ -15,7 +15,7 @@ It holds no secrets: children share its memory image.
 
 Protocol, over a SOCK_SEQPACKET socket from the supervisor (one datagram per
 message): the server first sends {"ready": true}; then each request is
-{"socket": PATH} with the write end of the worker's ready pipe attached
+{"socket": PATH, "cgroup_procs": [PATH, ...]} with the write end of the worker's ready pipe attached
 (SCM_RIGHTS), answered by {"pid": N} or {"error": TEXT}.
 """
 
@@ -29,17 +29,19 @@ import sys
 import time
 import traceback
 
-from .limits import FORK_SERVER_PROCESS_NAME, apply_process_guards, die_with_parent, name_process
+from .limits import FORK_SERVER_PROCESS_NAME, apply_process_guards, die_with_parent, join_cgroups, name_process
 
 # How long a new worker waits to be re-parented to the supervisor. It takes
 # microseconds; if it never happens the supervisor is gone.
 _REPARENT_TIMEOUT_S = 5.0
 
 
-def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int) -> None:
+def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int,
+                   cgroup_procs: list[str]) -> None:
     """Runs in the forked worker; never returns."""
     status = 1
     try:
+        join_cgroups(cgroup_procs)
         control.close()
         os.setsid()
         deadline = time.monotonic() + _REPARENT_TIMEOUT_S
@@ -57,7 +59,8 @@ def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, supe
         os._exit(status)
 
 
-def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int) -> int:
+def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int,
+                 cgroup_procs: list[str]) -> int:
     """Double-fork a worker; returns its pid."""
     pid_r, pid_w = os.pipe()
     child = os.fork()
@@ -67,7 +70,7 @@ def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, superv
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(pid_w)
-                _become_worker(control, socket_path, ready_fd, supervisor_pid)
+                _become_worker(control, socket_path, ready_fd, supervisor_pid, cgroup_procs)
             os.write(pid_w, str(grandchild).encode())
         finally:
             os._exit(0)
@@ -94,7 +97,8 @@ def serve_forever(control: socket.socket, supervisor_pid: int) -> None:
             request = json.loads(message)
             if len(fds) != 1:
                 raise ValueError(f"expected 1 file descriptor, got {len(fds)}")
-            reply = {"pid": _fork_worker(control, request["socket"], fds[0], supervisor_pid)}
+            reply = {"pid": _fork_worker(control, request["socket"], fds[0], supervisor_pid,
+                                         list(request.get("cgroup_procs", [])))}
         except (OSError, ValueError, KeyError) as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         finally:

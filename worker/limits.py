@@ -57,6 +57,17 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def join_cgroups(procs_files: list[str]) -> None:
+    """Move this process into the cgroups the supervisor made for it. A
+    failure is not fatal: the supervisor confirms membership after start."""
+    for path in procs_files:
+        try:
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            pass
+
+
 def apply_process_guards(parent_pid: int) -> None:
     """Everything a worker does to itself before it imports anything heavy."""
     name_process(WORKER_PROCESS_NAME)
