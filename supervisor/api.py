@@ -72,7 +72,7 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     @_translate_errors
     def DeployAgent(self, request, context):
         agent, report = self._runtime.deploy(
-            request.name, request.module, request.limits, request.policy, request.label
+            request.name, request.module, request.limits, request.policy, request.label, request.restart
         )
         return caxton_pb2.DeployAgentResponse(status=agent.status(), report=report_to_proto(report))
 

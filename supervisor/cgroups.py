@@ -87,6 +87,15 @@ def _sweep_stale(parent: Path) -> None:
             log.debug("could not remove stale cgroup %s: %s", stale, exc)
 
 
+def _number(path: Path) -> int:
+    """A cgroup file holding one number; 0 if it is gone (the directory can
+    be removed by the exit handler while another thread asks)."""
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 class WorkerCgroup:
     """The cgroup directories of one worker."""
 
@@ -128,8 +137,7 @@ class WorkerCgroup:
         memory = self.dirs.get("memory")
         if memory is None:
             return False
-        failcnt = (memory / "memory.failcnt").read_text().strip() if (memory / "memory.failcnt").exists() else "0"
-        return _counter(memory / "memory.oom_control", "oom_kill") > 0 or int(failcnt or 0) > 0
+        return _counter(memory / "memory.oom_control", "oom_kill") > 0 or _number(memory / "memory.failcnt") > 0
 
     def remove(self) -> None:
         """Remove the directories; the worker must have exited. The OOM

@@ -16,6 +16,7 @@ from pathlib import Path
 from caxton.v1 import caxton_pb2
 
 from .policy import BUILTIN_POLICIES, Policy, PolicyError, policy_from_config
+from .restart import RestartSettings, settings_from_table
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,14 @@ class Config:
     # shared); "exec": a fresh interpreter per worker (slow, fresh ASLR).
     worker_start: str = "fork"
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    # Default restart policy (backoff and circuit breaker) for agents.
+    restart: RestartSettings = field(default_factory=RestartSettings)
+    # Liveness checks of running workers: a worker that misses
+    # `health_failures` checks in a row, each with `health_timeout_s` to
+    # answer, is hung and gets killed (then restarted by policy).
+    health_interval_s: float = 5.0
+    health_timeout_s: float = 2.0
+    health_failures: int = 2
 
 
 def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = False) -> int:
@@ -197,7 +206,7 @@ def _sandbox(table: dict) -> SandboxSettings:
 _KNOWN_KEYS = {
     "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
     "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
-    "worker_start", "sandbox",
+    "worker_start", "sandbox", "restart", "health_interval_s", "health_timeout_s", "health_failures",
 }
 _WORKER_START_MODES = ("fork", "exec")
 
@@ -231,7 +240,18 @@ def config_from_table(table: dict) -> Config:
     sandbox_table = table.get("sandbox", {})
     if not isinstance(sandbox_table, dict):
         raise ConfigError("sandbox: expected a table")
+    restart_table = table.get("restart", {})
+    if not isinstance(restart_table, dict):
+        raise ConfigError("restart: expected a table")
+    try:
+        restart = settings_from_table(restart_table)
+    except ValueError as exc:
+        raise ConfigError(f"restart.{exc}") from None
     return Config(
+        restart=restart,
+        health_interval_s=_positive_float(table, "health_interval_s", base.health_interval_s),
+        health_timeout_s=_positive_float(table, "health_timeout_s", base.health_timeout_s),
+        health_failures=_positive_int(table, "health_failures", base.health_failures),
         worker_start=worker_start,
         sandbox=_sandbox(sandbox_table),
         listen=_string(table, "listen", base.listen),

@@ -112,6 +112,7 @@ class WorkerInstance:
         self.process = process
         self.cgroup = cgroup
         self.enforcement: list[str] = []
+        self.kill_reason = ""
         self._config = config
         self.channel = grpc.insecure_channel(
             f"unix:{process.socket_path}",
@@ -212,7 +213,11 @@ class WorkerInstance:
             self.process.wait_exit(5.0)
         self.close()
 
-    def kill(self) -> None:
+    def kill(self, reason: str = "") -> None:
+        """SIGKILL the worker; `reason` (why the supervisor did it) becomes
+        part of how its exit is described."""
+        if reason and not self.kill_reason:
+            self.kill_reason = reason
         self._retiring = True
         self.process.kill()
         if self._mailbox is not None:
@@ -227,6 +232,8 @@ class WorkerInstance:
     def describe_exit(self, status: ExitStatus) -> str:
         """How the worker ended, naming the kernel's OOM killer when the
         worker's cgroup says it struck."""
+        if status.signal == signal.SIGKILL and self.kill_reason:
+            return f"was killed by the supervisor: it {self.kill_reason}"
         if status.signal == signal.SIGKILL and self.cgroup is not None and self.cgroup.oom_killed():
             return (f"was killed by the kernel's OOM killer: the worker passed its cgroup memory limit "
                     f"({self.cgroup.memory_bytes >> 20} MiB)")
@@ -251,42 +258,55 @@ class WorkerInstance:
 
     def _dispatch(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
         config = self._config
-        per_message_s = (self.limits.timeout_ms or 60_000) / 1000
-        handle = self.stub.Handle
         while True:
             batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, self._keep_taking)
             if not batch:
                 return
             self.inflight = len(batch)
             try:
-                # A worker that takes far longer than its agents' own
-                # timeouts allow is hung: the deadline turns that into an
-                # error instead of a dispatcher stuck forever.
-                response = handle(
-                    worker_pb2.HandleRequest(messages=[p.message for p in batch]),
-                    timeout=len(batch) * per_message_s + 5.0,
-                )
-            except grpc.RpcError as exc:
-                reason = self._rpc_failure("handling the message", exc)
+                keep_going = self._deliver(batch, on_result)
+            except Exception as exc:
+                # A bug here must not strand callers: whatever was not
+                # answered yet gets an error, and the loop goes on.
+                log.exception("[%s v%d] dispatching a batch failed", self.agent, self.version)
                 for pending in batch:
-                    pending.resolve(grpc.StatusCode.UNAVAILABLE, reason)
-                    on_result(False)
-                self.inflight = 0
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    self.kill()
-                if not self.process.alive or self._retiring:
-                    return
-                continue
-            for pending, result in zip(batch, response.results):
-                if result.logs:
-                    self._log_worker(result.logs)
-                if result.code == 0:
-                    pending.resolve(_OK, "", result.reply if result.has_reply else None)
-                    on_result(True)
-                else:
-                    pending.resolve(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error)
-                    on_result(False)
+                    if pending.resolve(grpc.StatusCode.INTERNAL, f"supervisor error while dispatching: {exc}"):
+                        on_result(False)
+                keep_going = True
             self.inflight = 0
+            if not keep_going:
+                return
+
+    def _deliver(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
+        """Send one batch to the worker and answer each message. Returns
+        False when this dispatcher should stop (worker gone or retiring)."""
+        per_message_s = (self.limits.timeout_ms or 60_000) / 1000
+        try:
+            # A worker that takes far longer than its agents' own timeouts
+            # allow is hung: the deadline turns that into an error instead of
+            # a dispatcher stuck forever.
+            response = self.stub.Handle(
+                worker_pb2.HandleRequest(messages=[p.message for p in batch]),
+                timeout=len(batch) * per_message_s + 5.0,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.kill(f"did not finish a batch of {len(batch)} messages in time")
+            reason = self._rpc_failure("handling the message", exc)
+            for pending in batch:
+                if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
+                    on_result(False)
+            return self.process.alive and not self._retiring
+        for pending, result in zip(batch, response.results):
+            if result.logs:
+                self._log_worker(result.logs)
+            if result.code == 0:
+                pending.resolve(_OK, "", result.reply if result.has_reply else None)
+                on_result(True)
+            else:
+                pending.resolve(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error)
+                on_result(False)
+        return True
 
     def _rpc_failure(self, doing: str, exc: grpc.RpcError) -> str:
         """A readable reason for a failed call to the worker. If the worker

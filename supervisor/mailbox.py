@@ -112,6 +112,9 @@ class Mailbox:
                         return []
                     self._cond.wait()
                 if not keep_waiting():
+                    # We may have consumed the notify meant for a message
+                    # that another (live) taker should now take: pass it on.
+                    self._cond.notify()
                     return []
                 batch: list[Pending] = []
                 size = 0

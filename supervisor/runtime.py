@@ -22,10 +22,11 @@ import grpc
 
 from caxton.v1 import caxton_pb2
 
-from .agent import Agent
+from .agent import Agent, restart_from_proto
 from .cgroups import Cgroups
 from .config import Config
 from .errors import AlreadyExists, CaxtonError, InvalidArgument, ModuleRejected, NotFound, ResourceExhausted
+from .health import HealthMonitor
 from .instance import WorkerEnv
 from .launcher import Launcher
 from .lifecycle import AgentState
@@ -72,6 +73,12 @@ class Runtime:
         self.env = WorkerEnv(config, self.launcher, self.store, self.cgroups, *_worker_identity(config.sandbox.user))
         self._agents: dict[str, Agent] = {}
         self._lock = threading.Lock()
+        self.health = HealthMonitor(
+            self._live_instances,
+            interval_s=config.health_interval_s,
+            timeout_s=config.health_timeout_s,
+            failures=config.health_failures,
+        )
         # Message ids the supervisor assigns: unique per supervisor boot and
         # cheap (no uuid per message on the hot path).
         self._boot = f"{int(time.time() * 1000):x}"
@@ -79,16 +86,26 @@ class Runtime:
 
     # ------------------------------------------------------------ startup / shutdown
 
+    def _live_instances(self) -> list:
+        return [instance for agent in list(self._agents.values()) for instance in list(agent.instances)]
+
     def restore(self) -> None:
-        """Bring every stored agent back to its desired state."""
+        """Bring every stored agent back to its desired state, then start
+        watching worker health."""
+        self._restore()
+        self.health.start()
+
+    def _restore(self) -> None:
         to_start = []
         for record in self.store.agents():
             version = self.store.version(record.name, record.current_version)
             if record.desired_state == "running":
-                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.UNLOADED)
+                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.UNLOADED,
+                              restart=record.restart)
                 to_start.append(agent)
             else:
-                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.STOPPED)
+                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.STOPPED,
+                              restart=record.restart)
             self._agents[record.name] = agent
         if not to_start:
             return
@@ -106,6 +123,7 @@ class Runtime:
     def shutdown(self, timeout: float) -> None:
         """Drain every agent in parallel within `timeout`, then end all workers.
         Desired states are left as they are, so a restart brings agents back."""
+        self.health.stop()
         agents = [a for a in self._agents.values() if a.state is AgentState.RUNNING]
         if agents:
             with ThreadPoolExecutor(max_workers=min(32, len(agents)), thread_name_prefix="drain") as pool:
@@ -152,9 +170,15 @@ class Runtime:
         memory_limit = self.config.limits.overlay(limits).memory_bytes if limits is not None else None
         return validate(module, policy, memory_limit)
 
-    def deploy(self, name: str, module: bytes, limits: caxton_pb2.ResourceLimits, policy_name: str, label: str) -> tuple[Agent, Report]:
+    def deploy(self, name: str, module: bytes, limits: caxton_pb2.ResourceLimits, policy_name: str, label: str,
+               restart: caxton_pb2.RestartPolicy | None = None) -> tuple[Agent, Report]:
         check_name(name)
         resolved = self.config.limits.overlay(limits)
+        restart_settings = restart_from_proto(self.config.restart, restart or caxton_pb2.RestartPolicy())
+        try:
+            restart_settings.check()
+        except ValueError as exc:
+            raise InvalidArgument(f"restart.{exc}") from None
         policy = self.policy(policy_name)
         report = validate(module, policy, resolved.memory_bytes)
         if not report.valid:
@@ -163,8 +187,8 @@ class Runtime:
             if name in self._agents:
                 raise AlreadyExists(f"an agent named {name!r} already exists (remove it first)")
             digest = self.store.put_module(report.wasm)
-            version = self.store.create_agent(name, policy.name, digest, resolved, label)
-            agent = Agent(name, policy.name, version, self.config, state=AgentState.UNLOADED)
+            version = self.store.create_agent(name, policy.name, digest, resolved, label, restart_settings)
+            agent = Agent(name, policy.name, version, self.config, state=AgentState.UNLOADED, restart=restart_settings)
             self._agents[name] = agent
         try:
             agent.start(self.env)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Limits
+from .restart import RestartSettings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS agents (
     desired_state   TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')),
     current_version INTEGER NOT NULL,
     policy          TEXT NOT NULL,
-    created_at      REAL NOT NULL
+    created_at      REAL NOT NULL,
+    restart         TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS versions (
     agent         TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
@@ -57,6 +59,7 @@ class AgentRecord:
     current_version: int
     policy: str
     created_at: float
+    restart: RestartSettings
 
 
 class StateStore:
@@ -111,13 +114,15 @@ class StateStore:
 
     # ------------------------------------------------------------ records
 
-    def create_agent(self, name: str, policy: str, module_sha256: str, limits: Limits, label: str) -> VersionRecord:
+    def create_agent(self, name: str, policy: str, module_sha256: str, limits: Limits, label: str,
+                     restart: RestartSettings = RestartSettings()) -> VersionRecord:
         now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT INTO agents (name, desired_state, current_version, policy, created_at) VALUES (?, 'running', 1, ?, ?)",
-                (name, policy, now),
+                "INSERT INTO agents (name, desired_state, current_version, policy, created_at, restart) "
+                "VALUES (?, 'running', 1, ?, ?, ?)",
+                (name, policy, now, json.dumps(dataclasses.asdict(restart))),
             )
             self._db.execute(
                 "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) VALUES (?, 1, ?, ?, ?, ?)",
@@ -140,9 +145,12 @@ class StateStore:
     def agents(self) -> list[AgentRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, desired_state, current_version, policy, created_at FROM agents ORDER BY name"
+                "SELECT name, desired_state, current_version, policy, created_at, restart FROM agents ORDER BY name"
             ).fetchall()
-        return [AgentRecord(*row) for row in rows]
+        return [
+            AgentRecord(*row[:5], restart=dataclasses.replace(RestartSettings(), **json.loads(row[5])))
+            for row in rows
+        ]
 
     def version(self, name: str, version: int) -> VersionRecord:
         with self._lock:

@@ -322,3 +322,36 @@ def test_fail_all_skips_already_done():
 
 def test_fail_all_on_empty_mailbox():
     assert Mailbox(limit=1).fail_all(grpc.StatusCode.UNAVAILABLE, "x") == 0
+
+
+def _wait_for_waiters(box: Mailbox, count: int) -> None:
+    # Condition wakes waiters first-in first-out; the test needs to know who
+    # waits first, so it peeks at the condition's waiter queue.
+    deadline = time.monotonic() + 5
+    while len(box._cond._waiters) < count:
+        assert time.monotonic() < deadline, "takers did not start waiting"
+        time.sleep(0.001)
+
+
+def test_a_retiring_taker_passes_the_wake_up_on():
+    """A put wakes one taker; if that one is retiring, the message must still
+    reach a live taker instead of waiting for the next put."""
+    box = Mailbox(limit=10)
+    retiring = threading.Event()
+    took: list = []
+    stop = threading.Event()
+    dead = threading.Thread(target=lambda: box.take_batch(10, 1 << 20, lambda: not retiring.is_set()), daemon=True)
+    live = threading.Thread(target=lambda: took.extend(box.take_batch(10, 1 << 20, lambda: not stop.is_set())),
+                            daemon=True)
+    dead.start()
+    _wait_for_waiters(box, 1)
+    live.start()
+    _wait_for_waiters(box, 2)
+    retiring.set()
+    box.put(make(b"m")[0])  # wakes the retiring taker first
+    live.join(5)
+    stop.set()
+    box.wake_all()
+    dead.join(5)
+    live.join(5)
+    assert len(took) == 1

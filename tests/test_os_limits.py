@@ -88,7 +88,11 @@ def test_kernel_oom_kill_is_reported_as_such(supervisor):
         sup.send("hog-os", b"511", timeout=60)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "OOM killer" in info.value.details()
-    status = wait_until(lambda: (s := sup.status("hog-os")).state == caxton_pb2.AGENT_STATE_FAILED and s, 10, "the agent to fail")
-    assert "OOM killer" in status.last_error and "cgroup memory limit" in status.last_error
+    # The restart policy brings it back, and status says what happened.
+    status = wait_until(lambda: (s := sup.status("hog-os")).instances and s, 10, "the agent to be restarted")
+    assert status.state == caxton_pb2.AGENT_STATE_RUNNING and status.restarts == 1
+    assert "OOM killer" in status.recent_failures[-1].reason
+    assert "cgroup memory limit" in status.recent_failures[-1].reason
+    assert sup.send("hog-os", b"1").reply.content == b"ok"
     # The supervisor and the neighbour are fine.
     assert sup.send("hog-neighbour", b"still here").reply.content == b"still here"

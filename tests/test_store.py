@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from supervisor.config import Limits
+from supervisor.restart import RestartSettings
 from supervisor.store import AgentRecord, StateStore, VersionRecord
 
 WASM_A = b"\x00asm\x01\x00\x00\x00" + b"A" * 32
@@ -82,7 +83,8 @@ def test_create_agent_round_trip(store):
 
     (agent,) = store.agents()
     assert agent == AgentRecord(
-        name="echo", desired_state="running", current_version=1, policy="strict", created_at=created.deployed_at
+        name="echo", desired_state="running", current_version=1, policy="strict", created_at=created.deployed_at,
+        restart=RestartSettings(),
     )
     assert store.version("echo", 1) == created
     assert isinstance(store.version("echo", 1).limits, Limits)
@@ -232,3 +234,15 @@ def test_reopen_sees_same_records(tmp_path):
         assert not second.module_path(a).exists()
     finally:
         second.close()
+
+
+def test_restart_settings_round_trip(tmp_path):
+    store = StateStore(tmp_path / "state")
+    digest = store.put_module(b"\0asm\1\0\0\0")
+    settings = RestartSettings(initial_delay_s=0.05, max_failures=2, window_s=10.0)
+    store.create_agent("tuned", "default", digest, Limits(), "", settings)
+    store.create_agent("plain", "default", digest, Limits(), "")
+    store.close()
+    records = {r.name: r for r in StateStore(tmp_path / "state").agents()}
+    assert records["tuned"].restart == settings
+    assert records["plain"].restart == RestartSettings()

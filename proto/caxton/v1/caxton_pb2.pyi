@@ -94,19 +94,37 @@ class ResourceLimits(_message.Message):
     max_message_bytes: int
     def __init__(self, memory_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
+class RestartPolicy(_message.Message):
+    __slots__ = ("initial_delay_ms", "factor", "max_delay_ms", "reset_after_s", "max_failures", "window_s")
+    INITIAL_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    RESET_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    initial_delay_ms: int
+    factor: float
+    max_delay_ms: int
+    reset_after_s: int
+    max_failures: int
+    window_s: int
+    def __init__(self, initial_delay_ms: _Optional[int] = ..., factor: _Optional[float] = ..., max_delay_ms: _Optional[int] = ..., reset_after_s: _Optional[int] = ..., max_failures: _Optional[int] = ..., window_s: _Optional[int] = ...) -> None: ...
+
 class DeployAgentRequest(_message.Message):
-    __slots__ = ("name", "module", "limits", "policy", "label")
+    __slots__ = ("name", "module", "limits", "policy", "label", "restart")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: bytes
     limits: ResourceLimits
     policy: str
     label: str
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    restart: RestartPolicy
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
 
 class DeployAgentResponse(_message.Message):
     __slots__ = ("status", "report")
@@ -193,7 +211,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy")
+    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +227,9 @@ class AgentStatus(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     DEPLOYED_AT_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RESTART_IN_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: AgentState
     version: int
@@ -224,7 +245,18 @@ class AgentStatus(_message.Message):
     last_error: str
     deployed_at: float
     policy: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ...) -> None: ...
+    restart: RestartPolicy
+    recent_failures: _containers.RepeatedCompositeFieldContainer[Failure]
+    next_restart_in_s: float
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("at", "reason")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    reason: str
+    def __init__(self, at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ValidateModuleRequest(_message.Message):
     __slots__ = ("module", "policy", "limits")

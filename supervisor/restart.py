@@ -1,0 +1,217 @@
+"""Restart policy for agent workers: exponential backoff plus a circuit breaker.
+
+The shape follows Erlang/OTP's supervisor restart intensity (a sliding window
+of failure timestamps that either allows a restart or gives up), systemd's
+RestartSteps/RestartMaxDelaySec and Kubernetes' CrashLoopBackOff (delays that
+double up to a cap, reset after a healthy run). The first step is
+milliseconds, not seconds: a one-off crash of a worker should cost almost
+nothing, while a crash loop backs off quickly and, past the breaker limit,
+stops burning CPU and leaves the agent Failed for an operator to look at.
+
+Everything here is pure: the caller passes the monotonic time (`now`) into
+every call and may inject the random source, so the policy can be tested
+with plain floats and a seeded rng, and the supervisor decides where the
+clock and the sleeping live.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import NamedTuple, get_type_hints
+
+
+@dataclass(frozen=True)
+class RestartSettings:
+    """How one agent's worker is restarted. Immutable so that one instance
+    can be shared by every agent's policy and loaded once from config."""
+
+    initial_delay_s: float = 0.01  # first restart after 10 ms
+    factor: float = 2.0
+    max_delay_s: float = 30.0
+    jitter: float = 0.2  # +-20 % uniform jitter, applied to each delay
+    reset_after_s: float = 30.0  # running healthy this long resets the backoff
+    max_failures: int = 5  # breaker: more than this many failures ...
+    window_s: float = 60.0  # ... within this window opens the breaker
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad field.
+
+        Comparisons are written as `not (ok)` so that NaN, which compares
+        false to everything, is rejected rather than slipping through.
+        """
+        if not 0 <= self.initial_delay_s < math.inf:
+            raise ValueError(f"initial_delay_s: expected a finite number >= 0, got {self.initial_delay_s!r}")
+        if not 1 <= self.factor < math.inf:
+            raise ValueError(f"factor: expected a finite number >= 1, got {self.factor!r}")
+        if not 0 <= self.max_delay_s < math.inf:
+            raise ValueError(f"max_delay_s: expected a finite number >= 0, got {self.max_delay_s!r}")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter: expected 0 <= jitter < 1, got {self.jitter!r}")
+        if not 0 < self.reset_after_s < math.inf:
+            raise ValueError(f"reset_after_s: expected a finite number > 0, got {self.reset_after_s!r}")
+        if not (isinstance(self.max_failures, int) and self.max_failures >= 1):
+            raise ValueError(f"max_failures: expected an integer >= 1, got {self.max_failures!r}")
+        if not 0 < self.window_s < math.inf:
+            raise ValueError(f"window_s: expected a finite number > 0, got {self.window_s!r}")
+
+
+_FIELD_TYPES = get_type_hints(RestartSettings)
+
+
+def settings_from_table(table: dict, base: RestartSettings = RestartSettings()) -> RestartSettings:
+    """Build settings from a parsed TOML table, keys named like the fields.
+
+    Keys missing from the table keep their value from `base`. Unknown keys are
+    an error rather than ignored, so that a typo (`max_failure = 3`) does not
+    silently leave the default in force.
+    """
+    unknown = sorted(set(table) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"unknown restart setting(s): {', '.join(unknown)}")
+    values: dict[str, float | int] = {}
+    for key, value in table.items():
+        # bool is an int subclass, but `max_failures = true` is a mistake.
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if _FIELD_TYPES[key] is int:
+            if not isinstance(value, int):
+                raise ValueError(f"{key}: expected an integer, got {value!r}")
+            values[key] = value
+        else:
+            # TOML writes `window_s = 60` as an integer; that is a fine float.
+            if not isinstance(value, (int, float)):
+                raise ValueError(f"{key}: expected a number, got {value!r}")
+            values[key] = float(value)
+    settings = replace(base, **values)
+    settings.check()
+    return settings
+
+
+class Decision(enum.Enum):
+    RESTART = "restart"
+    GIVE_UP = "give_up"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do about one failure, with the numbers behind it for logs
+    and status output."""
+
+    decision: Decision
+    delay_s: float  # how long to wait before restarting (0 when giving up)
+    failures_in_window: int
+    reason: str
+
+
+class _Failure(NamedTuple):
+    at: float
+    reason: str
+    # False for failures an operator reset has forgiven: they stay visible in
+    # `recent_failures` for diagnosis but no longer count towards the breaker.
+    counts: bool
+
+
+class RestartPolicy:
+    """Per-agent restart state: backoff + circuit breaker.
+
+    The backoff step and the breaker window are deliberately separate: a
+    healthy run resets the backoff so that the next crash is cheap again,
+    but the breaker counts every failure by time, so an agent that crashes
+    just after each healthy period still trips it if that happens too often.
+    `now` must not go backwards between calls (pass time.monotonic()).
+    """
+
+    def __init__(self, settings: RestartSettings, rng: random.Random | None = None) -> None:
+        settings.check()
+        self.settings = settings
+        # A private Random by default so that jitter neither reads nor
+        # disturbs the global random state other code may have seeded.
+        self._rng = rng if rng is not None else random.Random()
+        # Only the newest max_failures + 1 failures can decide the breaker,
+        # so older ones are dropped: memory stays bounded in a crash loop.
+        self._failures: deque[_Failure] = deque(maxlen=settings.max_failures + 1)
+        self._attempt = 0
+        self._started_at: float | None = None
+        self._open_reason: str | None = None
+
+    def on_start(self, now: float) -> None:
+        """The agent's worker came up healthy at `now`."""
+        self._started_at = now
+
+    def on_failure(self, now: float, reason: str) -> Verdict:
+        """A worker died or hung at `now`; decide whether and when to restart."""
+        if self._failures and now < self._failures[-1].at:
+            raise ValueError(f"now={now!r} is before the previous failure at {self._failures[-1].at!r}")
+        s = self.settings
+        if self._started_at is not None and now - self._started_at >= s.reset_after_s:
+            self._attempt = 0
+        # The worker is down now; only a new on_start can begin a healthy run.
+        self._started_at = None
+
+        self._failures.append(_Failure(now, reason, counts=True))
+        # The window is (now - window_s, now]: a failure exactly window_s old
+        # has left it, so failures spaced exactly window_s apart never add up.
+        while now - self._failures[0].at >= s.window_s:
+            self._failures.popleft()
+        in_window = sum(f.counts for f in self._failures)
+
+        if self._open_reason is None and in_window > s.max_failures:
+            self._open_reason = f"{in_window} failures within {s.window_s:g}s (limit {s.max_failures}): circuit open"
+            return Verdict(Decision.GIVE_UP, 0.0, in_window, self._open_reason)
+        if self._open_reason is not None:
+            # Sticky: only an operator reset() closes the breaker, so an agent
+            # that was given up on is never restarted behind anyone's back.
+            return Verdict(Decision.GIVE_UP, 0.0, in_window, f"{self._open_reason}; waiting for operator reset")
+
+        delay = self._delay(self._attempt)
+        self._attempt += 1
+        return Verdict(
+            Decision.RESTART,
+            delay,
+            in_window,
+            f"restart {self._attempt} ({in_window}/{s.max_failures} failures in {s.window_s:g}s window); "
+            f"next attempt in {delay:.3g}s",
+        )
+
+    def reset(self) -> None:
+        """Operator reset (StartAgent on a Failed agent): close the breaker and
+        return the backoff to its first step.
+
+        Past failures stay in `recent_failures` so the operator can still see
+        why the agent failed, but no longer count towards the breaker:
+        otherwise the first failure after a reset would reopen it at once.
+        """
+        self._failures = deque(
+            (f._replace(counts=False) for f in self._failures), maxlen=self._failures.maxlen
+        )
+        self._attempt = 0
+        self._started_at = None
+        self._open_reason = None
+
+    @property
+    def recent_failures(self) -> list[tuple[float, str]]:
+        """(time, reason) of the failures within the window as of the latest
+        failure, newest last; at most max_failures + 1 of them."""
+        return [(f.at, f.reason) for f in self._failures]
+
+    @property
+    def attempt(self) -> int:
+        """Consecutive restarts since the last healthy period."""
+        return self._attempt
+
+    def _delay(self, step: int) -> float:
+        s = self.settings
+        try:
+            base = min(s.max_delay_s, s.initial_delay_s * s.factor**step)
+        except OverflowError:
+            # factor**step past the float range: a long crash loop under a
+            # loose breaker, far beyond the cap (unless there is no delay at all).
+            base = s.max_delay_s if s.initial_delay_s > 0 else 0.0
+        # Jitter spreads the restarts of agents that crashed together (e.g. a
+        # shared dependency went away) so they do not all come back at once.
+        jittered = base * self._rng.uniform(1 - s.jitter, 1 + s.jitter)
+        return min(max(jittered, 0.0), s.max_delay_s)
