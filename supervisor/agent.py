@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
+from typing import Callable
 
 import grpc
 
@@ -19,11 +20,14 @@ from caxton.v1 import caxton_pb2
 
 from .config import Config, Limits
 from .errors import FailedPrecondition, Unavailable, WorkerStartError
-from .instance import InstanceStartError, WorkerEnv, WorkerInstance, launch_instance
+from .instance import InstanceStartError, WorkerEnv, WorkerInstance
 from .launcher import ExitStatus
 from .lifecycle import AgentState, Event, IllegalTransition, transition
 from .mailbox import Mailbox, Pending
+from . import rollout
+from .events import EventBus
 from .restart import Decision, RestartPolicy, RestartSettings
+from .rollout import launch_many
 from .store import VersionRecord
 
 log = logging.getLogger("caxton.agent")
@@ -40,11 +44,13 @@ _PROTO_STATE = {
 
 class Agent:
     def __init__(self, name: str, policy: str, version: VersionRecord, config: Config, *, state: AgentState,
-                 restart: RestartSettings | None = None):
+                 restart: RestartSettings | None = None, replicas: int = 1, events: EventBus | None = None):
         self.name = name
         self.policy = policy
         self.version = version
+        self.replicas = replicas
         self._config = config
+        self._events = events or EventBus()
         self.restart_settings = restart or config.restart
         self._restart_policy = RestartPolicy(self.restart_settings)
         self._restart_timer: threading.Timer | None = None
@@ -113,7 +119,8 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, env: WorkerEnv) -> None:
-        """Load the current version into a new worker and start serving.
+        """Load the current version into new workers (one per replica) and
+        start serving.
 
         Also the operator's reset after a failure: the circuit breaker closes
         and the backoff starts again from its first step. On failure the agent
@@ -128,7 +135,7 @@ class Agent:
                 self._restart_policy.reset()
             self._env = env
             try:
-                instance = launch_instance(env, self.version)
+                instances = launch_many(env, self.version, self.replicas)
             except InstanceStartError as exc:
                 self._fail(f"failed to start: {exc}")
                 raise FailedPrecondition(f"agent {self.name!r} failed to start: {exc}") from exc
@@ -138,18 +145,33 @@ class Agent:
             with self._state_lock:
                 self.last_error = ""
                 self._set_state(Event.START)
-            self._attach(instance)
-            log.info("[%s v%d] running in worker %d", self.name, self.version.version, instance.pid)
+            self._attach(instances)
+            pids = ", ".join(str(i.pid) for i in instances)
+            log.info("[%s v%d] running in worker(s) %s", self.name, self.version.version, pids)
+            self._publish("started", f"running in worker(s) {pids}")
 
-    def _attach(self, instance: WorkerInstance) -> None:
-        """Put a started instance into service. It is listed before its exit
-        callback is registered, so that a worker that has already died is
-        handled as a failure (and restarted) rather than forgotten."""
+    def _publish(self, kind: str, message: str = "", version: int | None = None) -> None:
+        self._events.publish(self.name, kind, self.version.version if version is None else version, message)
+
+    def _attach(self, instances: list[WorkerInstance], *, replacing: VersionRecord | None = None) -> list[WorkerInstance]:
+        """Put started instances into service, all in one step under the
+        state lock (with `replacing`, in place of the current ones, which are
+        returned retired, and with that version becoming the one in service). They are listed before their exit callbacks are
+        registered, so that a worker that has already died is handled as a
+        failure (and restarted) rather than forgotten."""
         with self._state_lock:
-            self.instances.append(instance)
+            old: list[WorkerInstance] = []
+            if replacing is not None:
+                old, self.instances = self.instances, []
+                for instance in old:
+                    instance.retire(self.mailbox, drain=False)
+                self.version = replacing
+            self.instances.extend(instances)
             self._restart_policy.on_start(time.monotonic())
-        instance.process.add_exit_callback(lambda status: self._on_exit(instance, status))
-        instance.serve(self.mailbox, self._count)
+        for instance in instances:
+            instance.process.add_exit_callback(lambda status, i=instance: self._on_exit(i, status))
+            instance.serve(self.mailbox, self._count)
+        return old
 
     def _fail(self, reason: str) -> None:
         with self._state_lock:
@@ -157,6 +179,7 @@ class Agent:
             self._set_state(Event.FAIL)
         self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
         log.error("[%s] %s", self.name, reason)
+        self._publish("failed", reason)
 
     def _on_exit(self, instance: WorkerInstance, status: ExitStatus) -> None:
         """Launcher callback: a worker of this agent exited."""
@@ -168,6 +191,7 @@ class Agent:
             self.instances.remove(instance)
         reason = f"worker {instance.pid} {instance.describe_exit(status)}"
         log.error("[%s v%d] %s", self.name, instance.version, reason)
+        self._publish("worker-exited", reason, instance.version)
         instance.close()
         self._worker_failed(reason)
 
@@ -177,11 +201,15 @@ class Agent:
         policy gives up they are answered UNAVAILABLE with the reason."""
         now = time.monotonic()
         with self._state_lock:
-            if self.state is not AgentState.RUNNING or self.instances:
-                return  # draining or stopped on purpose, or replicas remain
+            if self.state is not AgentState.RUNNING or len(self.instances) >= self.replicas:
+                return  # draining or stopped on purpose, or already replaced
+            if self._restart_timer is not None:
+                return  # a restart is already on its way; it tops up all replicas
             verdict = self._restart_policy.on_failure(now, reason)
+            survivors: list[WorkerInstance] = []
             if verdict.decision is Decision.GIVE_UP:
                 self.last_error = f"{verdict.reason}; last failure: {reason}"
+                survivors, self.instances = self.instances, []
                 self._set_state(Event.FAIL)
             else:
                 self.last_error = reason
@@ -192,27 +220,33 @@ class Agent:
                 self._restart_timer.start()
         if verdict.decision is Decision.GIVE_UP:
             log.error("[%s] giving up: %s", self.name, self.last_error)
+            rollout.discard(survivors)
             self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
+            self._publish("failed", self.last_error)
         else:
             log.warning("[%s] %s", self.name, verdict.reason)
+            self._publish("restarting", verdict.reason)
 
     def _restart(self) -> None:
-        """Timer callback: start a replacement worker for the same version,
-        limits and name."""
+        """Timer callback: start replacement workers for the same version,
+        limits and name, up to the desired replica count."""
         failure = None
         with self._op_lock:
             with self._state_lock:
                 self._restart_due = None
                 self._restart_timer = None
-                if self.state is not AgentState.RUNNING or self.instances or self._env is None:
+                missing = self.replicas - len(self.instances)
+                if self.state is not AgentState.RUNNING or missing <= 0 or self._env is None:
                     return  # stopped, removed or restarted meanwhile
             try:
-                instance = launch_instance(self._env, self.version)
+                instances = launch_many(self._env, self.version, missing)
             except (InstanceStartError, WorkerStartError) as exc:
                 failure = f"restart failed: {exc}"
             else:
-                self._attach(instance)
-                log.info("[%s v%d] restarted in worker %d", self.name, self.version.version, instance.pid)
+                self._attach(instances)
+                pids = ", ".join(str(i.pid) for i in instances)
+                log.info("[%s v%d] restarted in worker(s) %s", self.name, self.version.version, pids)
+                self._publish("restarted", f"restarted in worker(s) {pids}")
         if failure is not None:
             self._worker_failed(failure)
 
@@ -250,6 +284,60 @@ class Agent:
             with self._state_lock:
                 self._set_state(Event.STOPPED)
             log.info("[%s] stopped", self.name)
+            self._publish("stopped")
+
+    def reload(self, env: WorkerEnv, version: VersionRecord, warmup: list[bytes], drain_timeout: float,
+               commit: Callable[[VersionRecord], None]) -> tuple[float, float]:
+        """Switch to `version` without downtime; returns the seconds from the
+        call to the traffic switch and to the old workers being gone.
+
+        New workers start beside the old ones and must load, init, answer a
+        health check and the warm-up messages. Then, under the state lock,
+        the old workers stop taking batches and the new ones start: messages
+        queued from that moment go to the new version, and a batch already
+        inside an old worker finishes there. `commit(version)` records the
+        switch durably before the old workers drain, so a supervisor that dies
+        mid-reload comes back with whichever version was last switched to.
+        If anything fails before the switch, the new workers are discarded
+        and the old version keeps serving untouched.
+        """
+        started = time.monotonic()
+        with self._op_lock:
+            if self.state is not AgentState.RUNNING:
+                raise FailedPrecondition(f"agent {self.name!r} is {self.state.value}; only a running agent can be reloaded")
+            old_version = self.version.version
+            self._publish("reload-started", f"v{old_version} -> v{version.version}", version.version)
+            try:
+                fresh = launch_many(env, version, self.replicas)
+            except (InstanceStartError, WorkerStartError) as exc:
+                self._publish("reload-failed", str(exc), version.version)
+                raise FailedPrecondition(f"reload of {self.name!r} to v{version.version} failed, "
+                                         f"v{old_version} keeps serving: {exc}") from exc
+            try:
+                rollout.prove_ready(fresh, warmup, self._config.worker_start_timeout_s)
+            except InstanceStartError as exc:
+                rollout.discard(fresh)
+                self._publish("reload-failed", str(exc), version.version)
+                raise FailedPrecondition(f"reload of {self.name!r} to v{version.version} failed, "
+                                         f"v{old_version} keeps serving: {exc}") from exc
+            self._publish("reload-ready", f"{len(fresh)} new worker(s) healthy", version.version)
+            self._env = env
+            old = self._attach(fresh, replacing=version)
+            commit(version)
+            switched = time.monotonic() - started
+            self._publish("reload-switched", f"traffic on v{version.version} after {switched * 1000:.0f} ms",
+                          version.version)
+            deadline = time.monotonic() + drain_timeout
+            for instance in old:
+                if not instance.wait_idle(deadline):
+                    log.warning("[%s] old worker %d did not finish within the drain timeout", self.name, instance.pid)
+            for instance in old:
+                instance.shutdown(timeout=max(1.0, deadline - time.monotonic()))
+            drained = time.monotonic() - started
+            self._publish("reload-drained", f"v{old_version} drained after {drained * 1000:.0f} ms", version.version)
+            log.info("[%s] reloaded v%d -> v%d (switch %.0f ms, drained %.0f ms)", self.name, old_version,
+                     version.version, switched * 1000, drained * 1000)
+            return switched, drained
 
     def kill(self) -> None:
         """Kill every worker at once (supervisor exit after its drain timeout)."""
@@ -290,8 +378,18 @@ class Agent:
             deployed_at=self.version.deployed_at,
             policy=self.policy,
         )
+        status.replicas = self.replicas
         for at, reason in failures:
             status.recent_failures.add(at=wall - (now - at), reason=reason)
+        by_version: dict[int, caxton_pb2.VersionInService] = {}
+        for instance in instances:
+            entry = by_version.setdefault(instance.version, caxton_pb2.VersionInService(version=instance.version))
+            entry.replicas += 1
+            entry.messages += instance.handled
+        total = sum(v.messages for v in by_version.values())
+        for entry in sorted(by_version.values(), key=lambda v: v.version):
+            entry.share = entry.messages / total if total else 1.0 / len(by_version)
+            status.versions.append(entry)
         for instance in instances:
             stats = instance.stats()
             entry = status.instances.add(

@@ -65,26 +65,73 @@ def _deadline(context: grpc.ServicerContext) -> tuple[float | None, float | None
     return time.monotonic() + remaining, remaining
 
 
+# How often an idle WatchEvents stream checks that its client is still there.
+_WATCH_POLL_S = 1.0
+
+
 class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     def __init__(self, runtime: Runtime):
         self._runtime = runtime
 
+    def _status(self, agent) -> caxton_pb2.AgentStatus:
+        status = agent.status()
+        for record in self._runtime.history(agent.name):
+            status.history.add(
+                version=record.version, label=record.label, module_sha256=record.module_sha256,
+                limits=record.limits.to_proto(), deployed_at=record.deployed_at,
+            )
+        return status
+
     @_translate_errors
     def DeployAgent(self, request, context):
         agent, report = self._runtime.deploy(
-            request.name, request.module, request.limits, request.policy, request.label, request.restart
+            request.name, request.module, request.limits, request.policy, request.label, request.restart,
+            request.replicas,
         )
-        return caxton_pb2.DeployAgentResponse(status=agent.status(), report=report_to_proto(report))
+        return caxton_pb2.DeployAgentResponse(status=self._status(agent), report=report_to_proto(report))
 
     @_translate_errors
     def StopAgent(self, request, context):
         agent = self._runtime.stop(request.name, request.timeout_ms)
-        return caxton_pb2.StopAgentResponse(status=agent.status())
+        return caxton_pb2.StopAgentResponse(status=self._status(agent))
 
     @_translate_errors
     def StartAgent(self, request, context):
         agent = self._runtime.start(request.name)
-        return caxton_pb2.StartAgentResponse(status=agent.status())
+        return caxton_pb2.StartAgentResponse(status=self._status(agent))
+
+    @_translate_errors
+    def HotReloadAgent(self, request, context):
+        agent, from_version, report, switched, drained = self._runtime.hot_reload(
+            request.name, request.module, request.limits, request.policy, request.label, list(request.warmup),
+            request.drain_timeout_ms,
+        )
+        return caxton_pb2.HotReloadAgentResponse(
+            status=self._status(agent), from_version=from_version, to_version=agent.version.version,
+            report=report_to_proto(report), switched_after_s=switched, drained_after_s=drained,
+        )
+
+    @_translate_errors
+    def RollbackAgent(self, request, context):
+        agent, from_version, switched, drained = self._runtime.rollback(
+            request.name, request.to_version, request.drain_timeout_ms
+        )
+        return caxton_pb2.HotReloadAgentResponse(
+            status=self._status(agent), from_version=from_version, to_version=agent.version.version,
+            switched_after_s=switched, drained_after_s=drained,
+        )
+
+    def WatchEvents(self, request, context) -> Iterator[caxton_pb2.Event]:
+        subscription = self._runtime.events.subscribe(request.agent)
+        try:
+            while context.is_active() and not subscription.closed:
+                event = subscription.next(_WATCH_POLL_S)
+                if event is not None:
+                    yield caxton_pb2.Event(
+                        at=event.at, agent=event.agent, kind=event.kind, version=event.version, message=event.message
+                    )
+        finally:
+            self._runtime.events.unsubscribe(subscription)
 
     @_translate_errors
     def RemoveAgent(self, request, context):
@@ -93,11 +140,11 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
 
     @_translate_errors
     def GetAgentStatus(self, request, context):
-        return self._runtime.get(request.name).status()
+        return self._status(self._runtime.get(request.name))
 
     @_translate_errors
     def ListAgents(self, request, context):
-        return caxton_pb2.ListAgentsResponse(agents=[a.status() for a in self._runtime.agents()])
+        return caxton_pb2.ListAgentsResponse(agents=[self._status(a) for a in self._runtime.agents()])
 
     @_translate_errors
     def ValidateModule(self, request, context):

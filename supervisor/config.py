@@ -120,6 +120,8 @@ class Config:
     health_interval_s: float = 5.0
     health_timeout_s: float = 2.0
     health_failures: int = 2
+    # Versions kept per agent (with their modules) for rollback.
+    keep_versions: int = 5
 
 
 def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = False) -> int:
@@ -207,6 +209,7 @@ _KNOWN_KEYS = {
     "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
     "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
     "worker_start", "sandbox", "restart", "health_interval_s", "health_timeout_s", "health_failures",
+    "keep_versions",
 }
 _WORKER_START_MODES = ("fork", "exec")
 
@@ -252,6 +255,7 @@ def config_from_table(table: dict) -> Config:
         health_interval_s=_positive_float(table, "health_interval_s", base.health_interval_s),
         health_timeout_s=_positive_float(table, "health_timeout_s", base.health_timeout_s),
         health_failures=_positive_int(table, "health_failures", base.health_failures),
+        keep_versions=_positive_int(table, "keep_versions", base.keep_versions),
         worker_start=worker_start,
         sandbox=_sandbox(sandbox_table),
         listen=_string(table, "listen", base.listen),

@@ -33,6 +33,8 @@ _OK = grpc.StatusCode.OK
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 
+_DATA_LIMIT_SLACK = 64 << 20
+
 # Room for the protobuf framing around a batch of max-size messages.
 _GRPC_MESSAGE_LIMIT = 64 << 20
 
@@ -86,7 +88,10 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
             str(env.store.module_path(version.module_sha256)),
             str(env.store.cache_dir),
             worker_pb2.OsLimits(
-                data_bytes=os_memory,
+                # RLIMIT_DATA is the backstop where cgroups are unavailable;
+                # where they are, the cgroup is the precise limit, so the
+                # rlimit sits a little above it rather than racing it.
+                data_bytes=os_memory + _DATA_LIMIT_SLACK,
                 open_files=sandbox.open_files,
                 cpu_seconds=sandbox.cpu_seconds,
                 uid=env.uid,
@@ -124,6 +129,7 @@ class WorkerInstance:
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
         self.started_at = time.monotonic()
         self.inflight = 0
+        self.handled = 0  # messages answered by this worker (any outcome)
         self._retiring = False
         # While draining, the dispatcher keeps taking until the mailbox is
         # empty: messages already accepted are still handled.
@@ -297,6 +303,7 @@ class WorkerInstance:
                 if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
                     on_result(False)
             return self.process.alive and not self._retiring
+        self.handled += len(batch)
         for pending, result in zip(batch, response.results):
             if result.logs:
                 self._log_worker(result.logs)

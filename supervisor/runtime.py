@@ -25,7 +25,16 @@ from caxton.v1 import caxton_pb2
 from .agent import Agent, restart_from_proto
 from .cgroups import Cgroups
 from .config import Config
-from .errors import AlreadyExists, CaxtonError, InvalidArgument, ModuleRejected, NotFound, ResourceExhausted
+from .errors import (
+    AlreadyExists,
+    CaxtonError,
+    FailedPrecondition,
+    InvalidArgument,
+    ModuleRejected,
+    NotFound,
+    ResourceExhausted,
+)
+from .events import EventBus
 from .health import HealthMonitor
 from .instance import WorkerEnv
 from .launcher import Launcher
@@ -38,6 +47,8 @@ from .validation import Report, validate
 log = logging.getLogger("caxton.runtime")
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Each replica is a process; this keeps one request from asking for a host's worth.
+MAX_REPLICAS = 64
 
 
 def _worker_identity(user: str) -> tuple[int, int, str]:
@@ -72,6 +83,7 @@ class Runtime:
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
         self.env = WorkerEnv(config, self.launcher, self.store, self.cgroups, *_worker_identity(config.sandbox.user))
         self._agents: dict[str, Agent] = {}
+        self.events = EventBus()
         self._lock = threading.Lock()
         self.health = HealthMonitor(
             self._live_instances,
@@ -99,13 +111,11 @@ class Runtime:
         to_start = []
         for record in self.store.agents():
             version = self.store.version(record.name, record.current_version)
+            state = AgentState.UNLOADED if record.desired_state == "running" else AgentState.STOPPED
+            agent = Agent(record.name, record.policy, version, self.config, state=state, restart=record.restart,
+                          replicas=record.replicas, events=self.events)
             if record.desired_state == "running":
-                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.UNLOADED,
-                              restart=record.restart)
                 to_start.append(agent)
-            else:
-                agent = Agent(record.name, record.policy, version, self.config, state=AgentState.STOPPED,
-                              restart=record.restart)
             self._agents[record.name] = agent
         if not to_start:
             return
@@ -130,6 +140,7 @@ class Runtime:
                 list(pool.map(lambda a: self._quietly(a.stop, timeout), agents))
         for agent in self._agents.values():
             agent.kill()
+        self.events.close()
         self.launcher.close()
         self.cgroups.close()
         self.store.close()
@@ -171,8 +182,11 @@ class Runtime:
         return validate(module, policy, memory_limit)
 
     def deploy(self, name: str, module: bytes, limits: caxton_pb2.ResourceLimits, policy_name: str, label: str,
-               restart: caxton_pb2.RestartPolicy | None = None) -> tuple[Agent, Report]:
+               restart: caxton_pb2.RestartPolicy | None = None, replicas: int = 0) -> tuple[Agent, Report]:
         check_name(name)
+        replicas = replicas or 1
+        if replicas > MAX_REPLICAS:
+            raise InvalidArgument(f"replicas: at most {MAX_REPLICAS}, got {replicas}")
         resolved = self.config.limits.overlay(limits)
         restart_settings = restart_from_proto(self.config.restart, restart or caxton_pb2.RestartPolicy())
         try:
@@ -187,8 +201,9 @@ class Runtime:
             if name in self._agents:
                 raise AlreadyExists(f"an agent named {name!r} already exists (remove it first)")
             digest = self.store.put_module(report.wasm)
-            version = self.store.create_agent(name, policy.name, digest, resolved, label, restart_settings)
-            agent = Agent(name, policy.name, version, self.config, state=AgentState.UNLOADED, restart=restart_settings)
+            version = self.store.create_agent(name, policy.name, digest, resolved, label, restart_settings, replicas)
+            agent = Agent(name, policy.name, version, self.config, state=AgentState.UNLOADED, restart=restart_settings,
+                          replicas=replicas, events=self.events)
             self._agents[name] = agent
         try:
             agent.start(self.env)
@@ -200,7 +215,61 @@ class Runtime:
                 self.store.delete_agent(name)
             raise
         log.info("deployed %s v%d (%s, sha256 %s)", name, version.version, policy.name, digest[:12])
+        self.events.publish(name, "deployed", version.version, f"sha256 {digest[:12]}, policy {policy.name}")
         return agent, report
+
+    def hot_reload(self, name: str, module: bytes, limits: caxton_pb2.ResourceLimits, policy_name: str, label: str,
+                   warmup: list[bytes], drain_timeout_ms: int) -> tuple[Agent, int, Report, float, float]:
+        """Validate and record a new version, then switch to it with no
+        downtime (see Agent.reload). The version record stays in history
+        even if the switch fails, so the attempt is visible."""
+        agent = self.get(name)
+        resolved = agent.limits.overlay(limits)
+        policy = self.policy(policy_name or agent.policy)
+        report = validate(module, policy, resolved.memory_bytes)
+        if not report.valid:
+            self.events.publish(name, "reload-failed", agent.version.version, f"module rejected: {report.summary()}")
+            raise ModuleRejected(
+                f"module rejected by policy {policy.name!r}, v{agent.version.version} keeps serving: {report.summary()}",
+                report,
+            )
+        digest = self.store.put_module(report.wasm)
+        version = self.store.add_version(name, digest, resolved, label)
+        from_version = agent.version.version
+        switched, drained = self._switch(agent, version, warmup, drain_timeout_ms)
+        return agent, from_version, report, switched, drained
+
+    def rollback(self, name: str, to_version: int, drain_timeout_ms: int) -> tuple[Agent, int, float, float]:
+        """Go back to `to_version` (default: the newest version older than
+        the current one) through the same zero-downtime path."""
+        agent = self.get(name)
+        current = agent.version.version
+        kept = {v.version: v for v in self.store.versions(name)}
+        if to_version:
+            if to_version not in kept:
+                raise NotFound(f"agent {name!r} has no version {to_version} (kept: {sorted(kept)})")
+            if to_version == current:
+                raise FailedPrecondition(f"agent {name!r} is already on v{current}")
+            target = kept[to_version]
+        else:
+            older = [v for v in kept if v < current]
+            if not older:
+                raise FailedPrecondition(f"agent {name!r} has no version older than v{current} to roll back to")
+            target = kept[max(older)]
+        switched, drained = self._switch(agent, target, [], drain_timeout_ms)
+        return agent, current, switched, drained
+
+    def _switch(self, agent: Agent, version, warmup: list[bytes], drain_timeout_ms: int) -> tuple[float, float]:
+        def commit(record) -> None:
+            self.store.set_current_version(agent.name, record.version)
+
+        drain = drain_timeout_ms / 1000 if drain_timeout_ms else self.config.stop_timeout_s
+        switched, drained = agent.reload(self.env, version, warmup, drain, commit)
+        self.store.prune_versions(agent.name, self.config.keep_versions, version.version)
+        return switched, drained
+
+    def history(self, name: str) -> list:
+        return self.store.versions(name)
 
     def stop(self, name: str, timeout_ms: int) -> Agent:
         agent = self.get(name)
@@ -223,6 +292,7 @@ class Runtime:
             self._agents.pop(name, None)
             self.store.delete_agent(name)
         log.info("removed %s", name)
+        self.events.publish(name, "removed", agent.version.version)
 
     # ------------------------------------------------------------ messages
 

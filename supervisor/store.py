@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS agents (
     current_version INTEGER NOT NULL,
     policy          TEXT NOT NULL,
     created_at      REAL NOT NULL,
-    restart         TEXT NOT NULL DEFAULT '{}'
+    restart         TEXT NOT NULL DEFAULT '{}',
+    replicas        INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS versions (
     agent         TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
@@ -60,6 +61,7 @@ class AgentRecord:
     policy: str
     created_at: float
     restart: RestartSettings
+    replicas: int = 1
 
 
 class StateStore:
@@ -115,14 +117,14 @@ class StateStore:
     # ------------------------------------------------------------ records
 
     def create_agent(self, name: str, policy: str, module_sha256: str, limits: Limits, label: str,
-                     restart: RestartSettings = RestartSettings()) -> VersionRecord:
+                     restart: RestartSettings = RestartSettings(), replicas: int = 1) -> VersionRecord:
         now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT INTO agents (name, desired_state, current_version, policy, created_at, restart) "
-                "VALUES (?, 'running', 1, ?, ?, ?)",
-                (name, policy, now, json.dumps(dataclasses.asdict(restart))),
+                "INSERT INTO agents (name, desired_state, current_version, policy, created_at, restart, replicas) "
+                "VALUES (?, 'running', 1, ?, ?, ?, ?)",
+                (name, policy, now, json.dumps(dataclasses.asdict(restart)), replicas),
             )
             self._db.execute(
                 "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) VALUES (?, 1, ?, ?, ?, ?)",
@@ -145,12 +147,55 @@ class StateStore:
     def agents(self) -> list[AgentRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, desired_state, current_version, policy, created_at, restart FROM agents ORDER BY name"
+                "SELECT name, desired_state, current_version, policy, created_at, restart, replicas "
+                "FROM agents ORDER BY name"
             ).fetchall()
         return [
-            AgentRecord(*row[:5], restart=dataclasses.replace(RestartSettings(), **json.loads(row[5])))
+            AgentRecord(*row[:5], restart=dataclasses.replace(RestartSettings(), **json.loads(row[5])), replicas=row[6])
             for row in rows
         ]
+
+    def add_version(self, name: str, module_sha256: str, limits: Limits, label: str) -> VersionRecord:
+        """Record a new version (the next number); not yet current."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            (latest,) = self._db.execute("SELECT MAX(version) FROM versions WHERE agent = ?", (name,)).fetchone()
+            number = (latest or 0) + 1
+            self._db.execute(
+                "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, number, label, module_sha256, json.dumps(dataclasses.asdict(limits)), now),
+            )
+        return VersionRecord(name, number, label, module_sha256, limits, now)
+
+    def set_current_version(self, name: str, version: int) -> None:
+        """The switch point of a reload or rollback: after a crash, the
+        supervisor serves whatever version this last recorded."""
+        with self._lock:
+            self._db.execute("UPDATE agents SET current_version = ? WHERE name = ?", (version, name))
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT agent, version, label, module_sha256, limits, deployed_at FROM versions "
+                "WHERE agent = ? ORDER BY version",
+                (name,),
+            ).fetchall()
+        return [VersionRecord(a, v, l, d, Limits(**json.loads(lim)), at) for a, v, l, d, lim, at in rows]
+
+    def prune_versions(self, name: str, keep: int, current: int) -> None:
+        """Forget all but the newest `keep` versions (never the current one)
+        and their modules, so history stays bounded."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            rows = self._db.execute(
+                "SELECT version, module_sha256 FROM versions WHERE agent = ? ORDER BY version DESC", (name,)
+            ).fetchall()
+            doomed = [(v, d) for v, d in rows[keep:] if v != current]
+            for version, _ in doomed:
+                self._db.execute("DELETE FROM versions WHERE agent = ? AND version = ?", (name, version))
+            for digest in {d for _, d in doomed}:
+                self._collect_module(digest)
 
     def version(self, name: str, version: int) -> VersionRecord:
         with self._lock:

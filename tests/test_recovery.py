@@ -19,7 +19,7 @@ from .harness import alive, wait_until
 
 FAST = '''
 health_interval_s = 0.2
-health_timeout_s = 0.3
+health_timeout_s = 1.0
 health_failures = 2
 [restart]
 initial_delay_s = 0.05

@@ -111,20 +111,22 @@ class RestartPolicy(_message.Message):
     def __init__(self, initial_delay_ms: _Optional[int] = ..., factor: _Optional[float] = ..., max_delay_ms: _Optional[int] = ..., reset_after_s: _Optional[int] = ..., max_failures: _Optional[int] = ..., window_s: _Optional[int] = ...) -> None: ...
 
 class DeployAgentRequest(_message.Message):
-    __slots__ = ("name", "module", "limits", "policy", "label", "restart")
+    __slots__ = ("name", "module", "limits", "policy", "label", "restart", "replicas")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: bytes
     limits: ResourceLimits
     policy: str
     label: str
     restart: RestartPolicy
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class DeployAgentResponse(_message.Message):
     __slots__ = ("status", "report")
@@ -211,7 +213,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s")
+    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +232,9 @@ class AgentStatus(_message.Message):
     RESTART_FIELD_NUMBER: _ClassVar[int]
     RECENT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     NEXT_RESTART_IN_S_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: AgentState
     version: int
@@ -248,7 +253,36 @@ class AgentStatus(_message.Message):
     restart: RestartPolicy
     recent_failures: _containers.RepeatedCompositeFieldContainer[Failure]
     next_restart_in_s: float
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ...) -> None: ...
+    replicas: int
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInService]
+    history: _containers.RepeatedCompositeFieldContainer[VersionRecord]
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ...) -> None: ...
+
+class VersionInService(_message.Message):
+    __slots__ = ("version", "replicas", "messages", "share")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    replicas: int
+    messages: int
+    share: float
+    def __init__(self, version: _Optional[int] = ..., replicas: _Optional[int] = ..., messages: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
+
+class VersionRecord(_message.Message):
+    __slots__ = ("version", "label", "module_sha256", "limits", "deployed_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODULE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_AT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    label: str
+    module_sha256: str
+    limits: ResourceLimits
+    deployed_at: float
+    def __init__(self, version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., deployed_at: _Optional[float] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("at", "reason")
@@ -257,6 +291,70 @@ class Failure(_message.Message):
     at: float
     reason: str
     def __init__(self, at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class HotReloadAgentRequest(_message.Message):
+    __slots__ = ("name", "module", "limits", "policy", "label", "warmup", "drain_timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    module: bytes
+    limits: ResourceLimits
+    policy: str
+    label: str
+    warmup: _containers.RepeatedScalarFieldContainer[bytes]
+    drain_timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., warmup: _Optional[_Iterable[bytes]] = ..., drain_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class RollbackAgentRequest(_message.Message):
+    __slots__ = ("name", "to_version", "drain_timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    to_version: int
+    drain_timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., to_version: _Optional[int] = ..., drain_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class HotReloadAgentResponse(_message.Message):
+    __slots__ = ("status", "from_version", "to_version", "report", "switched_after_s", "drained_after_s")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    SWITCHED_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    status: AgentStatus
+    from_version: int
+    to_version: int
+    report: ValidationReport
+    switched_after_s: float
+    drained_after_s: float
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., report: _Optional[_Union[ValidationReport, _Mapping]] = ..., switched_after_s: _Optional[float] = ..., drained_after_s: _Optional[float] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    def __init__(self, agent: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("at", "agent", "kind", "version", "message")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    agent: str
+    kind: str
+    version: int
+    message: str
+    def __init__(self, at: _Optional[float] = ..., agent: _Optional[str] = ..., kind: _Optional[str] = ..., version: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ValidateModuleRequest(_message.Message):
     __slots__ = ("module", "policy", "limits")

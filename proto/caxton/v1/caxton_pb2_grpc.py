@@ -71,6 +71,21 @@ class AgentLifecycleStub:
                 request_serializer=caxton_dot_v1_dot_caxton__pb2.ValidateModuleRequest.SerializeToString,
                 response_deserializer=caxton_dot_v1_dot_caxton__pb2.ValidationReport.FromString,
                 _registered_method=True)
+        self.HotReloadAgent = channel.unary_unary(
+                '/caxton.v1.AgentLifecycle/HotReloadAgent',
+                request_serializer=caxton_dot_v1_dot_caxton__pb2.HotReloadAgentRequest.SerializeToString,
+                response_deserializer=caxton_dot_v1_dot_caxton__pb2.HotReloadAgentResponse.FromString,
+                _registered_method=True)
+        self.RollbackAgent = channel.unary_unary(
+                '/caxton.v1.AgentLifecycle/RollbackAgent',
+                request_serializer=caxton_dot_v1_dot_caxton__pb2.RollbackAgentRequest.SerializeToString,
+                response_deserializer=caxton_dot_v1_dot_caxton__pb2.HotReloadAgentResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/caxton.v1.AgentLifecycle/WatchEvents',
+                request_serializer=caxton_dot_v1_dot_caxton__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=caxton_dot_v1_dot_caxton__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class AgentLifecycleServicer:
@@ -123,8 +138,33 @@ class AgentLifecycleServicer:
 
     def ValidateModule(self, request, context):
         """Dry run of the validation DeployAgent applies; never deploys.
-        Field numbers 8-15 are reserved for HotReloadAgent, RollbackAgent and
-        WatchEvents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HotReloadAgent(self, request, context):
+        """Replaces the running version without downtime: validates the new module,
+        starts new workers beside the old ones, runs caxton_init, health-checks
+        them (and runs the warm-up messages), switches traffic atomically, then
+        drains the old workers (in-flight messages finish, caxton_shutdown runs).
+        If anything fails before the switch, nothing changes, the old version
+        keeps serving, and the error says why (INVALID_ARGUMENT for a rejected
+        module, FAILED_PRECONDITION for a failed init or health check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackAgent(self, request, context):
+        """Goes back to an earlier version through the same zero-downtime path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Lifecycle, restart and rollout events as they happen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +207,21 @@ def add_AgentLifecycleServicer_to_server(servicer, server):
                     servicer.ValidateModule,
                     request_deserializer=caxton_dot_v1_dot_caxton__pb2.ValidateModuleRequest.FromString,
                     response_serializer=caxton_dot_v1_dot_caxton__pb2.ValidationReport.SerializeToString,
+            ),
+            'HotReloadAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.HotReloadAgent,
+                    request_deserializer=caxton_dot_v1_dot_caxton__pb2.HotReloadAgentRequest.FromString,
+                    response_serializer=caxton_dot_v1_dot_caxton__pb2.HotReloadAgentResponse.SerializeToString,
+            ),
+            'RollbackAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackAgent,
+                    request_deserializer=caxton_dot_v1_dot_caxton__pb2.RollbackAgentRequest.FromString,
+                    response_serializer=caxton_dot_v1_dot_caxton__pb2.HotReloadAgentResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=caxton_dot_v1_dot_caxton__pb2.WatchEventsRequest.FromString,
+                    response_serializer=caxton_dot_v1_dot_caxton__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +415,87 @@ class AgentLifecycle:
             '/caxton.v1.AgentLifecycle/ValidateModule',
             caxton_dot_v1_dot_caxton__pb2.ValidateModuleRequest.SerializeToString,
             caxton_dot_v1_dot_caxton__pb2.ValidationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HotReloadAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/caxton.v1.AgentLifecycle/HotReloadAgent',
+            caxton_dot_v1_dot_caxton__pb2.HotReloadAgentRequest.SerializeToString,
+            caxton_dot_v1_dot_caxton__pb2.HotReloadAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/caxton.v1.AgentLifecycle/RollbackAgent',
+            caxton_dot_v1_dot_caxton__pb2.RollbackAgentRequest.SerializeToString,
+            caxton_dot_v1_dot_caxton__pb2.HotReloadAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/caxton.v1.AgentLifecycle/WatchEvents',
+            caxton_dot_v1_dot_caxton__pb2.WatchEventsRequest.SerializeToString,
+            caxton_dot_v1_dot_caxton__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,90 @@
+"""A fan-out of lifecycle, restart and rollout events to WatchEvents streams.
+
+Publishing never blocks the supervisor: each subscriber has a bounded
+queue, and a subscriber that falls behind loses its oldest events and is told
+how many with an `events-dropped` event, instead of slowing everyone down.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    at: float  # Unix seconds
+    agent: str
+    kind: str
+    version: int
+    message: str
+
+
+class Subscription:
+    def __init__(self, agent: str, limit: int):
+        self.agent = agent  # "" = every agent
+        self._limit = limit
+        self._queue: deque[AgentEvent] = deque()
+        self._dropped = 0
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def _offer(self, event: AgentEvent) -> None:
+        with self._cond:
+            if len(self._queue) >= self._limit:
+                self._queue.popleft()
+                self._dropped += 1
+            self._queue.append(event)
+            self._cond.notify()
+
+    def next(self, timeout: float) -> AgentEvent | None:
+        """The next event, or None after `timeout` seconds without one (so
+        the caller can check whether its client is still there)."""
+        with self._cond:
+            if not self._queue and not self.closed:
+                self._cond.wait(timeout)
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                return AgentEvent(time.time(), self.agent, "events-dropped", 0,
+                                  f"{dropped} events dropped: this watcher fell behind")
+            return self._queue.popleft() if self._queue else None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class EventBus:
+    def __init__(self, subscriber_limit: int = 1000):
+        self._limit = subscriber_limit
+        self._subscribers: list[Subscription] = []
+        self._lock = threading.Lock()
+
+    def publish(self, agent: str, kind: str, version: int, message: str = "") -> None:
+        event = AgentEvent(time.time(), agent, kind, version, message)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            if not subscription.agent or subscription.agent == agent:
+                subscription._offer(event)
+
+    def subscribe(self, agent: str = "") -> Subscription:
+        subscription = Subscription(agent, self._limit)
+        with self._lock:
+            self._subscribers.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.close()
+        with self._lock:
+            if subscription in self._subscribers:
+                self._subscribers.remove(subscription)
+
+    def close(self) -> None:
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, []
+        for subscription in subscribers:
+            subscription.close()
