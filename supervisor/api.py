@@ -124,6 +124,9 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     def WatchEvents(self, request, context) -> Iterator[caxton_pb2.Event]:
         subscription = self._runtime.events.subscribe(request.agent)
         try:
+            # Tells the client it is subscribed: it can now start what it
+            # wants to watch without missing the first events.
+            yield caxton_pb2.Event(at=time.time(), agent=request.agent, kind="watching")
             while context.is_active() and not subscription.closed:
                 event = subscription.next(_WATCH_POLL_S)
                 if event is not None:

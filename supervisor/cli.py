@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,14 @@ def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
             "max_message_bytes": limits.max_message_bytes,
         },
         "policy": status.policy,
+        "replicas": status.replicas,
+        "versions": [
+            {"version": v.version, "replicas": v.replicas, "messages": v.messages, "share": round(v.share, 4)}
+            for v in status.versions
+        ],
+        "history": [{"version": h.version, "label": h.label, "module_sha256": h.module_sha256,
+                     "deployed_at": h.deployed_at} for h in status.history],
+        "recent_failures": [{"at": f.at, "reason": f.reason} for f in status.recent_failures],
         "last_error": status.last_error,
         "deployed_at": status.deployed_at,
     }
@@ -119,6 +129,55 @@ def _report_from_error(exc: grpc.RpcError) -> caxton_pb2.ValidationReport | None
     return None
 
 
+def _event_line(event: caxton_pb2.Event) -> str:
+    at = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
+    version = f" v{event.version}" if event.version else ""
+    return f"{at} {event.agent}{version} {event.kind}" + (f": {event.message}" if event.message else "")
+
+
+_FINAL_KINDS = {"reload-drained", "reload-failed"}
+_FINAL_EVENT_WAIT_S = 2.0
+
+
+class _Progress:
+    """Prints an agent's events while a reload or rollback runs. It waits
+    for the stream's `watching` event before the caller starts, so that no
+    progress line is missed."""
+
+    def __init__(self, lifecycle, name: str, out):
+        self._call = lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(agent=name))
+        self._out = out
+        self._subscribed = threading.Event()
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_Progress":
+        self._thread.start()
+        self._subscribed.wait(10)
+        return self
+
+    def _run(self) -> None:
+        try:
+            for event in self._call:
+                if event.kind == "watching":
+                    self._subscribed.set()
+                    continue
+                print(_event_line(event), file=self._out, flush=True)
+                if event.kind in _FINAL_KINDS:
+                    self._finished.set()
+        except grpc.RpcError:
+            pass  # cancelled when the command is done
+        finally:
+            self._subscribed.set()
+
+    def __exit__(self, *exc) -> None:
+        # The call's answer can overtake the last event on the stream; give
+        # that event a moment to arrive so the progress ends with it.
+        self._finished.wait(_FINAL_EVENT_WAIT_S)
+        self._call.cancel()
+        self._thread.join(5)
+
+
 def run(args: argparse.Namespace) -> int:
     channel = grpc.insecure_channel(args.address)
     lifecycle = caxton_pb2_grpc.AgentLifecycleStub(channel)
@@ -128,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     if command == "deploy":
         request = caxton_pb2.DeployAgentRequest(
             name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
-            label=args.label or "",
+            label=args.label or "", replicas=args.replicas or 0,
         )
         response = lifecycle.DeployAgent(request, timeout=timeout)
         if args.json:
@@ -165,6 +224,30 @@ def run(args: argparse.Namespace) -> int:
     elif command == "remove":
         lifecycle.RemoveAgent(caxton_pb2.RemoveAgentRequest(name=args.name), timeout=timeout)
         print(f"removed {args.name}")
+    elif command in ("reload", "rollback"):
+        drain_ms = int(args.drain_timeout * 1000) if args.drain_timeout else 0
+        with _Progress(lifecycle, args.name, sys.stderr):
+            if command == "reload":
+                request = caxton_pb2.HotReloadAgentRequest(
+                    name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
+                    label=args.label or "", warmup=[w.encode() for w in args.warmup], drain_timeout_ms=drain_ms,
+                )
+                response = lifecycle.HotReloadAgent(request, timeout=timeout)
+            else:
+                request = caxton_pb2.RollbackAgentRequest(name=args.name, to_version=args.to or 0,
+                                                          drain_timeout_ms=drain_ms)
+                response = lifecycle.RollbackAgent(request, timeout=timeout)
+        print(f"{'reloaded' if command == 'reload' else 'rolled back'} {args.name} "
+              f"v{response.from_version} -> v{response.to_version} "
+              f"(switched after {response.switched_after_s * 1000:.0f} ms, "
+              f"old drained after {response.drained_after_s * 1000:.0f} ms)")
+    elif command == "events":
+        try:
+            for event in lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(agent=args.name or "")):
+                if event.kind != "watching":
+                    print(_event_line(event), flush=True)
+        except KeyboardInterrupt:
+            return 0
     elif command == "validate":
         request = caxton_pb2.ValidateModuleRequest(module=_read_module(args.module), policy=args.policy or "")
         report = lifecycle.ValidateModule(request, timeout=timeout)
@@ -194,7 +277,29 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--max-message-bytes", help="largest message content in or out")
     deploy.add_argument("--policy", help="validation policy name")
     deploy.add_argument("--label", help="free-form version label")
+    deploy.add_argument("--replicas", type=int, help="worker processes behind the name (default 1)")
     deploy.add_argument("--json", action="store_true")
+
+    reload = commands.add_parser("reload", help="replace an agent's module with no downtime")
+    reload.add_argument("name")
+    reload.add_argument("module", help=".wasm or .wat file")
+    reload.add_argument("--memory", help="new linear memory limit (default: keep)")
+    reload.add_argument("--fuel", type=int)
+    reload.add_argument("--timeout-ms", type=int)
+    reload.add_argument("--max-message-bytes")
+    reload.add_argument("--policy", help="validation policy (default: the agent's)")
+    reload.add_argument("--label", help="free-form version label")
+    reload.add_argument("--warmup", action="append", default=[],
+                        help="a message each new worker must answer before the switch (repeatable)")
+    reload.add_argument("--drain-timeout", type=float, help="seconds the old workers get to finish")
+
+    rollback = commands.add_parser("rollback", help="go back to an earlier version with no downtime")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", type=int, help="version number (default: the one before the current)")
+    rollback.add_argument("--drain-timeout", type=float, help="seconds the old workers get to finish")
+
+    events = commands.add_parser("events", help="follow lifecycle, restart and rollout events")
+    events.add_argument("name", nargs="?", help="only this agent's events")
 
     send = commands.add_parser("send", help="send a message and print the reply")
     send.add_argument("name")

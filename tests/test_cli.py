@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
 import pytest
 
-from .harness import AGENTS, EXAMPLES, ROOT
+from .harness import AGENTS, EXAMPLES, ROOT, wait_until
 
 ECHO = str(EXAMPLES / "echo.wat")
 CLI_TIMEOUT = 90  # seconds for any one CLI invocation
@@ -337,3 +338,65 @@ def test_nothing_listening_fails_fast(args):
     line = error_line(result)
     assert line.startswith(("caxton: UNAVAILABLE: ", "caxton: DEADLINE_EXCEEDED: "))
     assert elapsed < 15, f"took {elapsed:.1f}s with --rpc-timeout 2"
+
+
+def test_reload_shows_progress_and_rollback_goes_back(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup.address, "deploy", "cli-swap", str(AGENTS / "version1.wat")))
+    result = cli(sup.address, "reload", "cli-swap", str(AGENTS / "version2.wat"), "--label", "two", "--warmup", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("reloaded cli-swap v1 -> v2 (switched after ")
+    progress = [line.split()[3].rstrip(":") for line in result.stderr.splitlines()]
+    assert progress == ["reload-started", "reload-ready", "reload-switched", "reload-drained"]
+    assert ok(cli(sup.address, "send", "cli-swap", "x")) == "v2:x"
+
+    failed = cli(sup.address, "reload", "cli-swap", str(AGENTS / "init_fails.wat"))
+    assert failed.returncode == 1
+    assert "reload-failed" in failed.stderr
+    assert "caxton: FAILED_PRECONDITION: reload of 'cli-swap' to v3 failed, v2 keeps serving" in failed.stderr
+    assert ok(cli(sup.address, "send", "cli-swap", "x")) == "v2:x"
+
+    back = cli(sup.address, "rollback", "cli-swap", "--to", "1")
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.decode().startswith("rolled back cli-swap v2 -> v1")
+    assert ok(cli(sup.address, "send", "cli-swap", "x")) == "v1:x"
+    status = json.loads(ok(cli(sup.address, "status", "cli-swap", "--json")))
+    assert status["version"] == 1
+    assert [h["version"] for h in status["history"]] == [1, 2, 3]
+    assert [v["version"] for v in status["versions"]] == [1]
+
+
+def test_rollback_to_a_missing_version_is_not_found(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup.address, "deploy", "cli-norollback", ECHO))
+    assert error_line(cli(sup.address, "rollback", "cli-norollback", "--to", "9")).startswith("caxton: NOT_FOUND:")
+    assert error_line(cli(sup.address, "rollback", "cli-norollback")).startswith("caxton: FAILED_PRECONDITION:")
+
+
+def test_events_follows_the_stream(shared_supervisor):
+    sup = shared_supervisor
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli", "--address", sup.address, "events", "cli-evented"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, text=True,
+    )
+    try:
+        # Deploy until the follower has seen it (it may subscribe after the
+        # first deploy); each round removes the agent again.
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+        reader.start()
+
+        def seen() -> bool:
+            if any(" deployed" in line for line in lines):
+                return True
+            cli(sup.address, "deploy", "cli-evented", ECHO)
+            cli(sup.address, "remove", "cli-evented")
+            return any(" deployed" in line for line in lines)
+
+        wait_until(seen, 30, "the follower to print a deployed event")
+        assert all(" cli-evented " in line for line in lines)
+    finally:
+        follower.terminate()
+        follower.wait(10)
