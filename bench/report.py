@@ -103,6 +103,13 @@ ROWS: list[Row] = [
     Row("deploy", "deploy.cold.p50", "deploy.cached.p50", "cold ≤ 300 ms"),
     Row("deploy", "deploy.cold.max"),
     Row("deploy", "deploy.cached.max"),
+    Row("recovery", "recovery.fork.p50", "recovery.fork.cold.p50", "≤ 150 ms; fork: tens of ms"),
+    Row("recovery", "recovery.fork.p99", "recovery.fork.cold.p50"),
+    Row("recovery", "recovery.fork.max"),
+    Row("recovery", "recovery.exec.p50", "recovery.exec.cold.p50", "≤ 150 ms"),
+    Row("recovery", "recovery.exec.p99", "recovery.exec.cold.p50"),
+    Row("recovery", "recovery.exec.max"),
+    Row("recovery", "recovery.exec.p50", "recovery.fork.p50"),
     *_memory_rows((10, 50, 100, 200)),
 ]
 
