@@ -350,3 +350,12 @@ def test_limit_errors_name_the_limits_table():
         config_from_table({"limits": {"fuel": -1}})
     with pytest.raises(ConfigError, match=r"^limits\.memory"):
         config_from_table({"limits": {"memory": 0}})
+
+
+def test_the_shipped_example_config_loads():
+    """systemd/caxton.toml documents every setting; it must stay valid."""
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parent.parent / "systemd" / "caxton.toml")
+    assert config.restart.max_failures == 5 and config.sandbox.user == "nobody"
+    assert "tight" in config.policies and config.keep_versions == 5
