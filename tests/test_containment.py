@@ -106,7 +106,9 @@ def test_infinite_loop_runs_out_of_fuel_quickly(shared_supervisor):
     with Neighbour(sup, "fuel-neighbour") as neighbour:
         for name, content in (("fuel-loop", b"x"), ("fuel-attacker", b"loop"), ("fuel-loop", b"again")):
             _, elapsed = attack(sup, name, content, grpc.StatusCode.RESOURCE_EXHAUSTED, "fuel")
-            assert elapsed < 2.0, f"{name}: running out of 10M fuel took {elapsed:.2f}s"
+            # 10M fuel is milliseconds of wasm; the bound only has to tell a
+            # fuel trap from the 5 s wall-clock timeout, even on a busy host.
+            assert elapsed < 4.0, f"{name}: running out of 10M fuel took {elapsed:.2f}s"
     neighbour.check()
     # loop.wat loops on every message: it still gets each one, in the same worker.
     assert pid_of(sup, "fuel-loop") == loop_pid
@@ -127,7 +129,8 @@ def test_infinite_loop_with_huge_fuel_hits_the_timeout(shared_supervisor):
     neighbour.check()
     during = neighbour.trips_during(start, end)
     assert during, "the neighbour did not answer while the attacker was spinning"
-    assert min(during) < 0.1, f"the neighbour's fastest answer during the attack took {min(during):.3f}s"
+    # Faster than the attacker's own 300 ms timeout: it was not waiting for it.
+    assert min(during) < 0.25, f"the neighbour's fastest answer during the attack took {min(during):.3f}s"
     assert_still_answers(sup, "timeout-attacker", pid)
     assert sup.status("timeout-attacker").instances[0].resets == 1
 
