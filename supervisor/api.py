@@ -19,7 +19,7 @@ import grpc
 
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
-from .errors import CaxtonError, ModuleRejected
+from .errors import CaxtonError, DeadlineExceeded, MessageFailed, ModuleRejected
 from .runtime import Runtime, reply_envelope
 from .validation import Report
 
@@ -53,6 +53,11 @@ def _translate_errors(method: Callable) -> Callable:
             context.abort(exc.code, exc.message)
         except CaxtonError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            # A bug, not the caller's fault: logged in full here, reported as
+            # INTERNAL with the gist rather than grpc's bare UNKNOWN.
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
 
     return wrapper
 
@@ -173,10 +178,10 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
         pending = self._runtime.submit(message, deadline, callback)
         if not done.wait(remaining):
             pending.cancel()
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply from agent {message.receiver!r} before the deadline")
+            raise DeadlineExceeded(f"no reply from agent {message.receiver!r} before the deadline")
         code, error, reply = outcome[0]
         if code is not _OK:
-            context.abort(code, error)
+            raise MessageFailed(code, error)
         if reply is None:
             return caxton_pb2.SendResponse(has_reply=False)
         return caxton_pb2.SendResponse(reply=reply_envelope(message, reply), has_reply=True)

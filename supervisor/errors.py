@@ -46,6 +46,15 @@ class DeadlineExceeded(CaxtonError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class MessageFailed(CaxtonError):
+    """A message's outcome was an error with this status (from the worker,
+    or from the supervisor on the worker's behalf)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 class ModuleRejected(InvalidArgument):
     """The module failed validation; `report` holds every finding."""
 

@@ -87,14 +87,17 @@ class WorkerProcess:
         """
         deadline = time.monotonic() + timeout
         buf = b""
+        # poll, not select: a supervisor with hundreds of agents has
+        # descriptors numbered past select()'s limit of 1024.
+        poller = select.poll()
+        poller.register(self._ready_fd, select.POLLIN)
         try:
             while b"\n" not in buf:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.kill()
                     raise WorkerStartError(f"worker {self.pid} did not become ready within {timeout:.1f}s; killed it")
-                readable, _, _ = select.select([self._ready_fd], [], [], remaining)
-                if not readable:
+                if not poller.poll(remaining * 1000):
                     continue
                 chunk = os.read(self._ready_fd, 64)
                 if not chunk:

@@ -46,3 +46,26 @@ def test_is_frozen_and_comparable():
     assert ExitStatus(3) == ExitStatus(3)
     with pytest.raises(Exception):
         ExitStatus(3).returncode = 4  # type: ignore[misc]
+
+
+def test_wait_ready_handles_descriptors_past_select_limit():
+    """A supervisor with hundreds of agents holds descriptors numbered past
+    1024, where select() fails; readiness must still be seen."""
+    import os
+    import resource
+
+    from supervisor.launcher import WorkerProcess
+
+    high = 1500
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= high:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (high + 10, max(high + 10, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, high)
+    os.close(read_end)
+    try:
+        os.write(write_end, b"ready\n")
+        WorkerProcess(os.getpid(), "/nonexistent.sock", high).wait_ready(timeout=2)
+        with pytest.raises(OSError):
+            os.fstat(high)  # wait_ready closed it
+    finally:
+        os.close(write_end)
