@@ -85,6 +85,53 @@ def _memory_rows(steps: Sequence[int]) -> list[Row]:
     return rows
 
 
+def _hotswap_rows() -> list[Row]:
+    """Per start mode and replica count: the supervisor's own durations
+    (request to switch, to old workers drained) and the client's wall time
+    of the call against a cold deploy of as many replicas; the slowest Send
+    the callers saw during the reloads, and messages lost (must be 0)."""
+    rows: list[Row] = []
+    for mode in ("fork", "exec"):
+        for replicas in (1, 3):
+            key = f"hotswap.{mode}.r{replicas}"
+            rows += [
+                Row("hot swap", f"{key}.switched.p50", f"{key}.cold.p50"),
+                Row("hot swap", f"{key}.drained.p50", f"{key}.switched.p50"),
+                Row("hot swap", f"{key}.call.p50", f"{key}.cold.p50"),
+                Row("hot swap", f"{key}.call.p99", f"{key}.cold.p50"),
+                Row("hot swap", f"{key}.idle.switched.p50", f"{key}.cold.p50"),
+                Row("hot swap", f"{key}.idle.call.p50", f"{key}.cold.p50"),
+                Row("hot swap", f"{key}.send.max"),
+                Row("hot swap", f"{key}.lost", target="0"),
+            ]
+    rows.append(Row("hot swap", "hotswap.exec.r1.call.p50", "hotswap.fork.r1.call.p50"))
+    return rows
+
+
+def _scale_rows(steps: Sequence[int]) -> list[Row]:
+    """Per step of bench_scale.py: deploy time and memory per agent against
+    the first step, the supervisor's RSS, threads and descriptors against
+    itself with no agents, and the step's wall time."""
+    rows: list[Row] = []
+    first = steps[0]
+    for n in steps:
+        base = None if n == first else f"scale.{first}"
+        rows += [
+            Row("scale", f"scale.{n}.deploy_p50", f"{base}.deploy_p50" if base else None,
+                "≤ 30 ms" if n == first else ""),
+            Row("scale", f"scale.{n}.deploy_p99", f"{base}.deploy_p99" if base else None),
+            Row("scale", f"scale.{n}.pss", f"{base}.pss" if base else None, "≤ 10 MiB"),
+            Row("scale", f"scale.{n}.uss", f"{base}.uss" if base else None),
+            Row("scale", f"scale.{n}.used_per_agent"),
+            Row("scale", f"scale.{n}.supervisor_rss", "scale.0.supervisor_rss"),
+            Row("scale", f"scale.{n}.supervisor_threads", "scale.0.supervisor_threads"),
+            Row("scale", f"scale.{n}.supervisor_fds", "scale.0.supervisor_fds"),
+            Row("scale", f"scale.{n}.idle_cpu"),
+            Row("scale", f"scale.{n}.step_s"),
+        ]
+    return rows
+
+
 ROWS: list[Row] = [
     Row("round trip", "roundtrip.send.p50", "roundtrip.one_hop.p50"),
     Row("round trip", "roundtrip.send.p50", "roundtrip.two_hop.p50", "≤ 1.3"),
@@ -111,6 +158,8 @@ ROWS: list[Row] = [
     Row("recovery", "recovery.exec.max"),
     Row("recovery", "recovery.exec.p50", "recovery.fork.p50"),
     *_memory_rows((10, 50, 100, 200)),
+    *_hotswap_rows(),
+    *_scale_rows((10, 100, 500, 1000)),
 ]
 
 
@@ -119,6 +168,8 @@ def _fmt(figure: Figure) -> str:
     if math.isnan(value):
         return "n/a"
     if figure.unit in ("msg/s", "µs") and value >= 100:
+        return f"{value:,.0f} {figure.unit}"
+    if figure.unit in ("threads", "fds", "msg"):  # counts
         return f"{value:,.0f} {figure.unit}"
     if figure.unit == "µs":
         return f"{value:.1f} {figure.unit}"
