@@ -8,6 +8,8 @@ import signal
 import psutil
 import pytest
 
+from caxton.v1 import caxton_pb2
+
 from .harness import SupervisorProcess, alive, wait_until, worker_pids_of
 
 
@@ -56,3 +58,20 @@ def test_sigkill_of_the_supervisor_leaves_no_fork_server_and_no_worker(forking):
     assert len(everything) == 3  # two workers and the fork server
     forking.kill()
     wait_until(lambda: not any(alive(p) for p in everything), 10, "workers and fork server to die with the supervisor")
+
+
+def test_a_hung_fork_server_is_replaced(tmp_path):
+    sup = SupervisorProcess(tmp_path / "hung", config='worker_start = "fork"\nworker_start_timeout_s = 2.0\n').start()
+    try:
+        sup.deploy("before-hang", "echo")
+        stuck = _fork_server_pid(sup)
+        os.kill(stuck, signal.SIGSTOP)
+        # The start waits for the stuck server only until its deadline, then
+        # a new fork server is started and asked again.
+        status = sup.deploy("after-hang", "echo")
+        assert status.state == caxton_pb2.AGENT_STATE_RUNNING
+        assert sup.send("after-hang", b"ok").reply.content == b"ok"
+        wait_until(lambda: not alive(stuck), 10, "the stuck fork server to be killed")
+        assert sup.send("before-hang", b"still").reply.content == b"still"
+    finally:
+        sup.stop()
