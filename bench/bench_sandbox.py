@@ -8,7 +8,11 @@ both the Sandbox's own overhead and the cost of metering show:
   whole per-message path (budgets, alloc, write, handle, read, bookkeeping);
 - a bare `caxton_handle` call through wasmtime's `Func.__call__`, with the
   content already in linear memory: the floor of one call into wasm;
-- a bare `caxton_alloc` + `caxton_handle` pair: the two calls the ABI needs.
+- a bare `caxton_alloc` + `caxton_handle` pair: the two calls the ABI needs;
+- the same pair with `wasmtime.Val` arguments instead of ints (cheaper in
+  `Func.__call__`, see worker/sandbox.py): the floor the public API allows;
+- `WorkerService.Handle` on a batch of 256 messages, per message, called
+  in-process (no gRPC): the sandbox path plus building the reply protobufs.
 
 The bare calls use an engine configured like the worker's (fuel/epoch on or
 off, no up-front memory reservation) but are built here from the public
@@ -19,18 +23,22 @@ re-arming them per message is part of what Sandbox.handle costs.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 import pytest
 import wasmtime
 
 from caxton.v1 import caxton_pb2
+from caxton.worker.v1 import worker_pb2
 from worker.sandbox import Sandbox, SandboxLimits
+from worker.service import WorkerService
 
 from . import report
 from .support import PAYLOAD
 
 ROUNDS = 30
-ITERATIONS = {"sandbox": 500, "bare_handle": 3000, "bare_alloc_handle": 2000}
+ITERATIONS = {"sandbox": 500, "bare_handle": 3000, "bare_alloc_handle": 2000, "bare_val_alloc_handle": 2000}
+BATCH = 256
 LIMITS = {
     "metered": SandboxLimits(memory_bytes=64 << 20, fuel=1_000_000_000, timeout_ms=5000, max_message_bytes=1 << 20),
     "unmetered": SandboxLimits(memory_bytes=64 << 20, fuel=0, timeout_ms=0, max_message_bytes=1 << 20),
@@ -39,6 +47,8 @@ LABELS = {
     "sandbox": "Sandbox.handle",
     "bare_handle": "bare caxton_handle",
     "bare_alloc_handle": "bare alloc+handle",
+    "bare_val_alloc_handle": "bare alloc+handle (Val args)",
+    "service": "WorkerService.Handle per message",
 }
 _LEN = len(PAYLOAD)
 
@@ -105,7 +115,7 @@ def test_sandbox_handle(benchmark, echo_path: Path, metering: str) -> None:
 
 @pytest.mark.benchmark(group="in-worker: time per 100-byte message")
 @pytest.mark.parametrize("metering", list(LIMITS))
-@pytest.mark.parametrize("kind", ["bare_handle", "bare_alloc_handle"])
+@pytest.mark.parametrize("kind", ["bare_handle", "bare_alloc_handle", "bare_val_alloc_handle"])
 def test_bare_calls(benchmark, echo_path: Path, metering: str, kind: str) -> None:
     store, alloc, handle, memory = _bare_instance(echo_path, LIMITS[metering])
     ptr = alloc(store, _LEN)
@@ -114,10 +124,46 @@ def test_bare_calls(benchmark, echo_path: Path, metering: str, kind: str) -> Non
     if kind == "bare_handle":
         def call() -> int:
             return handle(store, ptr, _LEN)
-    else:
+    elif kind == "bare_alloc_handle":
         def call() -> int:
             return handle(store, alloc(store, _LEN), _LEN)
+    else:
+        i32 = functools.lru_cache(maxsize=16)(wasmtime.Val.i32)  # Vals cached, as the worker does
+        length = i32(_LEN)
+
+        def call() -> int:
+            return handle(store, i32(alloc(store, length)), length)
     result = benchmark.pedantic(call, rounds=ROUNDS, iterations=ITERATIONS[kind], warmup_rounds=1)
     assert result == expected, f"caxton_handle returned {result:#x}, expected {expected:#x}"
     assert memory.read(store, ptr, ptr + _LEN) == PAYLOAD
     _record(benchmark, metering, kind)
+
+
+@pytest.mark.benchmark(group="in-worker: time per 100-byte message")
+@pytest.mark.parametrize("metering", list(LIMITS))
+def test_service_handle(benchmark, echo_path: Path, metering: str) -> None:
+    limits = LIMITS[metering]
+    service = WorkerService(on_exit=lambda status: None)
+    context = None  # only used to abort, which a loaded worker never does here
+    loaded = service.Load(
+        worker_pb2.LoadRequest(
+            agent="echo",
+            module_path=str(echo_path),
+            limits=worker_pb2.Limits(memory_bytes=limits.memory_bytes, fuel=limits.fuel,
+                                     timeout_ms=limits.timeout_ms, max_message_bytes=limits.max_message_bytes),
+            os_limits=worker_pb2.OsLimits(uid=-1, gid=-1),  # leave this process's limits and user alone
+        ),
+        context,
+    )
+    assert not loaded.error and loaded.init_code == 0
+    message = caxton_pb2.AgentMessage(receiver="echo", sender="bench", content=PAYLOAD)
+    request = worker_pb2.HandleRequest(messages=[message] * BATCH)
+    response = benchmark.pedantic(service.Handle, args=(request, context), rounds=ROUNDS, iterations=4,
+                                  warmup_rounds=1)
+    assert [(r.code, r.has_reply, r.reply) for r in response.results] == [(0, True, PAYLOAD)] * BATCH
+    service.Shutdown(worker_pb2.ShutdownRequest(), context)
+    # Per message: the fastest round divided by the batch size.
+    best_us = benchmark.stats.stats.min * 1e6 / BATCH
+    benchmark.extra_info.update(per_call_us=round(best_us, 2), batch=BATCH,
+                                median_round_us=round(benchmark.stats.stats.median * 1e6 / BATCH, 2))
+    report.record(f"worker.{metering}.service", best_us, "µs", f"{LABELS['service']} ({metering})")

@@ -7,7 +7,6 @@ instead of reading host memory.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import time
 from dataclasses import dataclass
@@ -39,14 +38,46 @@ class LogRecord:
     text: str
 
 
+class MemoryView:
+    """A `memoryview` over one instance's linear memory, for bounds-checked
+    reads and writes by slicing.
+
+    Fast path: `data_len` and `data_ptr` are an FFI round trip each, and
+    `Memory.read`/`write` (or ctypes memmove/string_at) cost several times a
+    memoryview slice. A linear memory never shrinks, and its base address
+    only moves when it grows, so `refresh()` reads the size (one FFI call)
+    and rebuilds the view only when the size changed. Call `refresh()`
+    whenever wasm may have run since the last look (after each call into
+    the agent, at the start of each host call), and use `data` only until
+    the next call into wasm. Callers check bounds against the size
+    themselves: a slice past the end would be silently short.
+    """
+
+    __slots__ = ("_store", "_memory", "data", "size")
+
+    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory):
+        self._store = store
+        self._memory = memory
+        self.data = memoryview(b"")
+        self.size = 0
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Re-read the size, and re-map the view if the memory grew; returns the size."""
+        size = self._memory.data_len(self._store)
+        if size != self.size:
+            self.data = memoryview(self._memory.get_buffer_ptr(self._store, size)).cast("B")
+            self.size = size
+        return size
+
+
 class HostCalls:
     """Host-side state for the `caxton` imports of one sandbox."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time, max_message_bytes: int):
         self._clock = clock
         self._max_message_bytes = max_message_bytes
-        self._store: wasmtime.Store | None = None
-        self._memory: wasmtime.Memory | None = None
+        self._view: MemoryView | None = None
         self._message: caxton_pb2.AgentMessage | None = None
         self._envelope: bytes | None = None
         self.logs: list[LogRecord] = []
@@ -58,10 +89,9 @@ class HostCalls:
         linker.define_func("caxton", "send", wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), self._send)
         linker.define_func("caxton", "message_info", wasmtime.FuncType([_I32, _I32], [_I32]), self._message_info)
 
-    def bind(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
-        """Point the host calls at a (new) instance's store and memory."""
-        self._store = store
-        self._memory = memory
+    def bind(self, view: MemoryView) -> None:
+        """Point the host calls at a (new) instance's memory."""
+        self._view = view
 
     def begin(self, message: caxton_pb2.AgentMessage | None) -> None:
         """Set the message the agent is handling now."""
@@ -78,29 +108,28 @@ class HostCalls:
 
     # ------------------------------------------------------------ memory
 
-    def _bounds(self, ptr: int, length: int) -> int:
-        """Base address of linear memory, after checking [ptr, ptr+length)."""
+    def _span(self, ptr: int, length: int) -> memoryview:
+        """The view of [ptr, ptr+length) in linear memory, after checking it."""
         ptr &= 0xFFFFFFFF
         length &= 0xFFFFFFFF
-        size = self._memory.data_len(self._store)
+        # The agent may have grown its memory since the last host call.
+        view = self._view
+        size = view.refresh()
         if ptr + length > size:
             raise wasmtime.WasmtimeError(
                 f"host call got [{ptr}, {ptr + length}) outside linear memory of {size} bytes"
             )
-        return ctypes.addressof(self._memory.data_ptr(self._store).contents) + ptr
-
-    def _read(self, ptr: int, length: int) -> bytes:
-        return ctypes.string_at(self._bounds(ptr, length), length & 0xFFFFFFFF)
+        return view.data[ptr : ptr + length]
 
     # ------------------------------------------------------------ imports
 
     def _log(self, level: int, ptr: int, length: int) -> None:
         if len(self.logs) >= MAX_LOG_RECORDS:
-            self._bounds(ptr, length)
+            self._span(ptr, length)
             self._dropped += 1
             return
-        data = self._read(ptr, min(length & 0xFFFFFFFF, MAX_LOG_BYTES))
-        self.logs.append(LogRecord(max(0, min(3, level)), data.decode("utf-8", "replace")))
+        data = self._span(ptr, min(length & 0xFFFFFFFF, MAX_LOG_BYTES))
+        self.logs.append(LogRecord(max(0, min(3, level)), str(data, "utf-8", "replace")))
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -108,8 +137,8 @@ class HostCalls:
     def _send(self, to_ptr: int, to_len: int, msg_ptr: int, msg_len: int) -> int:
         # Pointers are checked even though sending is not available yet, so
         # that an agent's bad pointer fails the same way it will later.
-        self._bounds(to_ptr, to_len)
-        self._bounds(msg_ptr, msg_len)
+        self._span(to_ptr, to_len)
+        self._span(msg_ptr, msg_len)
         if msg_len & 0xFFFFFFFF > self._max_message_bytes:
             return SEND_TOO_LARGE
         return SEND_DENIED
@@ -119,7 +148,7 @@ class HostCalls:
             self._envelope = envelope_json(self._message) if self._message is not None else b"{}"
         envelope = self._envelope
         if len(envelope) <= buf_cap & 0xFFFFFFFF:
-            ctypes.memmove(self._bounds(buf_ptr, len(envelope)), envelope, len(envelope))
+            self._span(buf_ptr, len(envelope))[:] = envelope
         return len(envelope)
 
 

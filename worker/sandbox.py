@@ -12,7 +12,7 @@ The agent ABI (version 1) is documented in docs/agent-abi.md.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -26,7 +26,7 @@ import wasmtime
 
 from caxton.v1 import caxton_pb2
 
-from .hostcalls import HostCalls, LogRecord
+from .hostcalls import HostCalls, LogRecord, MemoryView
 
 # Trap codes that mean "the agent ran out of a budget" rather than "the agent
 # is broken": they map to their own gRPC status codes.
@@ -54,6 +54,18 @@ EPOCH_TICK_S = 0.005
 _NO_DEADLINE_TICKS = 1 << 62
 
 _U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+
+# Fast path: arguments to caxton_alloc/caxton_handle are passed as
+# wasmtime.Val, not int. For an int, Func.__call__ builds and compares two
+# throwaway ValTypes over FFI per argument just to learn its type; a Val
+# skips most of that (about 2.5 µs per argument). Val.i32 wraps exactly as
+# the int path does, and the exports' signatures are checked at deploy
+# (supervisor/validation.py), so the Val types always match. Building a Val
+# costs ~0.4 µs itself (a ctypes union), and the same few values recur
+# (allocators that reset per message hand out the same pointer; lengths
+# repeat), so they are cached: a Val is never modified after creation.
+_i32 = functools.lru_cache(maxsize=4096)(wasmtime.Val.i32)
 
 _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 # Bump when engine_config() changes, so stale compiled modules are not reused.
@@ -219,13 +231,14 @@ class Sandbox:
         # store itself must not be touched from a second thread.
         self.memory_bytes = 0
         self._store: wasmtime.Store | None = None
+        self._view: MemoryView | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> int:
         """Instantiate and run `caxton_init`. Returns its code (0 = started)."""
         self._instantiate()
-        self.memory_bytes = self._memory.data_len(self._store)
+        self.memory_bytes = self._view.size
         init = self._exports.get("caxton_init")
         if init is None:
             return 0
@@ -280,10 +293,10 @@ class Sandbox:
             raise LoadError(f"module cannot be instantiated: {_trap_text(exc)}") from exc
         exports = instance.exports(store)
         self._exports = {name: exports[name] for name in ("caxton_init", "caxton_shutdown") if name in exports}
-        self._memory = exports["memory"]
         self._alloc = exports["caxton_alloc"]
         self._handle = exports["caxton_handle"]
-        self.host.bind(store, self._memory)
+        self._view = MemoryView(store, exports["memory"])
+        self.host.bind(self._view)
 
     def _arm(self) -> None:
         """Refill the per-message budgets. An engine with epoch interruption
@@ -304,28 +317,39 @@ class Sandbox:
             reply = self._call(message.content)
         except AgentError:
             self.errors += 1
+            # The agent (or the instance that replaced it) may have grown.
+            self.memory_bytes = self._view.refresh()
             raise
-        finally:
-            self.memory_bytes = self._memory.data_len(self._store)
         return Outcome(reply, self.host.take_logs())
 
     def _call(self, content: bytes) -> bytes | None:
         limits = self.limits
-        if len(content) > limits.max_message_bytes:
+        length = len(content)
+        if length > limits.max_message_bytes:
             raise AgentError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message of {len(content)} bytes exceeds max_message_bytes ({limits.max_message_bytes})",
+                f"message of {length} bytes exceeds max_message_bytes ({limits.max_message_bytes})",
             )
         store = self._store
+        view = self._view
+        length_val = _i32(length)
         self._arm()
         try:
-            ptr = self._alloc(store, len(content)) & _U32
+            ptr = self._alloc(store, length_val) & _U32
             if ptr == 0:
+                raise AgentError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"caxton_alloc could not allocate {length} bytes")
+            # caxton_alloc may have grown (and so moved) memory: one refresh
+            # serves the bounds check and the write.
+            size = view.refresh()
+            if ptr + length > size:
                 raise AgentError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"caxton_alloc could not allocate {len(content)} bytes"
+                    grpc.StatusCode.INTERNAL,
+                    f"caxton_alloc returned [{ptr}, {ptr + length}) outside memory of {size} bytes",
                 )
-            self._write(ptr, content)
-            packed = self._handle(store, ptr, len(content)) & 0xFFFFFFFFFFFFFFFF
+            # A slice assignment into the cached view (see MemoryView) is the
+            # cheapest copy into linear memory from Python.
+            view.data[ptr : ptr + length] = content
+            packed = self._handle(store, _i32(ptr), length_val) & _U64
         except wasmtime.Trap as exc:
             self._reset()
             code = _TRAP_STATUS.get(exc.trap_code, grpc.StatusCode.INTERNAL)
@@ -333,6 +357,9 @@ class Sandbox:
         except wasmtime.WasmtimeError as exc:
             self._reset()
             raise AgentError(grpc.StatusCode.INTERNAL, f"agent failed: {exc}", reset=True) from exc
+        # One refresh after caxton_handle serves the reply's bounds check,
+        # the read and the memory figure for Stats.
+        size = self.memory_bytes = view.refresh()
         if packed == 0:
             return None
         reply_ptr, reply_len = packed >> 32, packed & _U32
@@ -341,30 +368,12 @@ class Sandbox:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"reply of {reply_len} bytes exceeds max_message_bytes ({limits.max_message_bytes})",
             )
-        return self._read(reply_ptr, reply_len)
-
-    def _write(self, ptr: int, data: bytes) -> None:
-        size = self._memory.data_len(self._store)
-        if ptr + len(data) > size:
+        if reply_ptr + reply_len > size:
             raise AgentError(
                 grpc.StatusCode.INTERNAL,
-                f"caxton_alloc returned [{ptr}, {ptr + len(data)}) outside memory of {size} bytes",
+                f"agent returned a reply at [{reply_ptr}, {reply_ptr + reply_len}) outside its memory of {size} bytes",
             )
-        # memmove straight into linear memory: Memory.write goes through a
-        # slower generic path. The base address is fetched per call because
-        # memory.grow may move it.
-        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
-        ctypes.memmove(base + ptr, data, len(data))
-
-    def _read(self, ptr: int, length: int) -> bytes:
-        size = self._memory.data_len(self._store)
-        if ptr + length > size:
-            raise AgentError(
-                grpc.StatusCode.INTERNAL,
-                f"agent returned a reply at [{ptr}, {ptr + length}) outside its memory of {size} bytes",
-            )
-        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
-        return ctypes.string_at(base + ptr, length)
+        return view.data[reply_ptr : reply_ptr + reply_len].tobytes()
 
     def _reset(self) -> None:
         """Replace the instance after a trap. `caxton_init` runs again; if the

@@ -79,27 +79,34 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     def Handle(self, request: worker_pb2.HandleRequest, context: grpc.ServicerContext) -> worker_pb2.HandleResponse:
         with self._lock:
             sandbox = self._require_sandbox(context)
+            response = worker_pb2.HandleResponse()
+            # Fast path: each result is built in place with `results.add()`;
+            # building HandleResults first and passing the list to
+            # HandleResponse(results=...) copies every one of them again.
+            add = response.results.add
             with sandbox.running():
-                results = [self._handle_one(sandbox, message) for message in request.messages]
-            return worker_pb2.HandleResponse(results=results)
+                for message in request.messages:
+                    self._handle_one(sandbox, message, add)
+            return response
 
-    def _handle_one(self, sandbox: Sandbox, message) -> worker_pb2.HandleResult:
+    def _handle_one(self, sandbox: Sandbox, message, add: Callable[..., worker_pb2.HandleResult]) -> None:
         try:
             outcome = sandbox.handle(message)
         except AgentError as exc:
-            return worker_pb2.HandleResult(
-                code=exc.code.value[0], error=exc.message, logs=_log_records(sandbox.take_logs())
-            )
+            add(code=exc.code.value[0], error=exc.message, logs=_log_records(sandbox.take_logs()))
+            return
         except LoadError as exc:
             # The trapped instance could not be replaced: this worker is no
             # longer able to serve. Exiting makes the supervisor see a crash
             # and apply its restart policy.
             log.error("cannot replace trapped instance: %s", exc)
             self._on_exit(3)
-            return worker_pb2.HandleResult(code=grpc.StatusCode.UNAVAILABLE.value[0], error=str(exc))
-        if outcome.reply is None:
-            return worker_pb2.HandleResult(logs=_log_records(outcome.logs))
-        return worker_pb2.HandleResult(reply=outcome.reply, has_reply=True, logs=_log_records(outcome.logs))
+            add(code=grpc.StatusCode.UNAVAILABLE.value[0], error=str(exc))
+            return
+        result = add() if outcome.reply is None else add(reply=outcome.reply, has_reply=True)
+        # Most messages log nothing: skip the conversion then.
+        if outcome.logs:
+            result.logs.extend(_log_records(outcome.logs))
 
     def Stats(self, request: worker_pb2.StatsRequest, context: grpc.ServicerContext) -> worker_pb2.StatsResponse:
         # Read without the message lock so that status stays responsive while
