@@ -30,7 +30,7 @@ import wasmtime
 
 from caxton.v1 import caxton_pb2
 from caxton.worker.v1 import worker_pb2
-from worker.sandbox import Sandbox, SandboxLimits
+from worker.sandbox import Sandbox, SandboxLimits, engine_config
 from worker.service import WorkerService
 
 from . import report
@@ -61,13 +61,9 @@ def echo_path(tmp_path_factory: pytest.TempPathFactory, echo_wasm: bytes) -> Pat
 
 
 def _bare_engine(limits: SandboxLimits) -> wasmtime.Engine:
-    config = wasmtime.Config()
-    config.consume_fuel = limits.fuel > 0
-    config.epoch_interruption = limits.timeout_ms > 0
-    config.memory_reservation = 0
-    config.memory_guard_size = 0
-    config.memory_reservation_for_growth = 0
-    return wasmtime.Engine(config)
+    """The engine the worker itself would build, so the baseline differs
+    from Sandbox.handle only in what the Sandbox adds around the call."""
+    return wasmtime.Engine(engine_config(limits))
 
 
 def _bare_instance(path: Path, limits: SandboxLimits) -> tuple[wasmtime.Store, wasmtime.Func, wasmtime.Func, wasmtime.Memory]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,10 @@ class WorkerCgroup:
         self.layers = layers
         self.memory_bytes = memory_bytes
         self._oom_killed_at_removal: bool | None = None
+        # The exit handler removes the directories while the dispatcher may
+        # be asking why the worker died: one lock makes "read the counters"
+        # and "remember them, then remove" exclusive.
+        self._lock = threading.Lock()
 
     @property
     def procs_files(self) -> list[str]:
@@ -129,8 +134,12 @@ class WorkerCgroup:
         reaped worker can be gone before `oom_kill` moves; hitting the memory
         limit at all (v1 failcnt, v2 "oom") counts as evidence too.
         """
-        if self._oom_killed_at_removal is not None:
-            return self._oom_killed_at_removal
+        with self._lock:
+            if self._oom_killed_at_removal is not None:
+                return self._oom_killed_at_removal
+            return self._read_oom()
+
+    def _read_oom(self) -> bool:
         if self.version == 2:
             events = self.dirs[""] / "memory.events"
             return _counter(events, "oom_kill") > 0 or _counter(events, "oom") > 0
@@ -142,13 +151,14 @@ class WorkerCgroup:
     def remove(self) -> None:
         """Remove the directories; the worker must have exited. The OOM
         verdict is kept: the exit may be described after the removal."""
-        if self._oom_killed_at_removal is None:
-            self._oom_killed_at_removal = self.oom_killed()
-        for directory in self.dirs.values():
-            try:
-                directory.rmdir()
-            except OSError as exc:
-                log.debug("could not remove %s: %s", directory, exc)
+        with self._lock:
+            if self._oom_killed_at_removal is None:
+                self._oom_killed_at_removal = self._read_oom()
+            for directory in self.dirs.values():
+                try:
+                    directory.rmdir()
+                except OSError as exc:
+                    log.debug("could not remove %s: %s", directory, exc)
 
 
 class Cgroups:
