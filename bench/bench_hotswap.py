@@ -52,7 +52,7 @@ from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess, module, wait_until
 
 from . import report
-from .support import PAYLOAD, with_custom_section
+from .support import PAYLOAD, running_supervisor, with_custom_section
 
 # exec-started workers make this file ~6x longer (~70 s of its ~95 s);
 # CAXTON_BENCH_QUICK=1 keeps fork only.
@@ -69,26 +69,10 @@ GROUP = "hot swap: HotReloadAgent under load"
 _names = itertools.count()
 
 
-@contextlib.contextmanager
-def _supervisor(state_dir: Path, config: str) -> Iterator[SupervisorProcess]:
-    """Like support.running_supervisor, with a config file."""
-    sup = SupervisorProcess(state_dir, config=config)
-    sup.start()
-    try:
-        yield sup
-    finally:
-        try:
-            sup.stop(timeout=120)
-        except AssertionError:
-            pass  # stop() killed it after the deadline
-        finally:
-            sup.kill()
-
-
 @pytest.fixture(scope="module", params=MODES)
 def mode_supervisor(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, SupervisorProcess]]:
     mode = request.param
-    with _supervisor(tmp_path_factory.mktemp(f"hotswap-{mode}") / "state", CONFIG.format(mode=mode)) as sup:
+    with running_supervisor(tmp_path_factory.mktemp(f"hotswap-{mode}") / "state", CONFIG.format(mode=mode)) as sup:
         yield mode, sup
 
 

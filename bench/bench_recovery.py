@@ -48,7 +48,7 @@ from caxton.v1 import caxton_pb2
 from tests.harness import SupervisorProcess, alive, wait_until
 
 from . import report
-from .support import deploy_and_send, numbered_payload, payload_number, with_custom_section
+from .support import deploy_and_send, numbered_payload, payload_number, running_supervisor, with_custom_section
 
 MODES = ["fork", "exec"]
 KILLS = 30
@@ -76,26 +76,10 @@ _names = itertools.count()
 _numbers = itertools.count(1)
 
 
-@contextlib.contextmanager
-def _supervisor(state_dir: Path, config: str) -> Iterator[SupervisorProcess]:
-    """Like support.running_supervisor, with a config file."""
-    sup = SupervisorProcess(state_dir, config=config)
-    sup.start()
-    try:
-        yield sup
-    finally:
-        try:
-            sup.stop(timeout=120)
-        except AssertionError:
-            pass  # stop() killed it after the deadline
-        finally:
-            sup.kill()
-
-
 @pytest.fixture(scope="module", params=MODES)
 def mode_supervisor(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, SupervisorProcess]]:
     mode = request.param
-    with _supervisor(tmp_path_factory.mktemp(f"recovery-{mode}") / "state", CONFIG.format(mode=mode)) as sup:
+    with running_supervisor(tmp_path_factory.mktemp(f"recovery-{mode}") / "state", CONFIG.format(mode=mode)) as sup:
         yield mode, sup
 
 

@@ -132,10 +132,11 @@ def _read_line_with(proc: subprocess.Popen, prefix: str, timeout: float, log_pat
 
 
 @contextlib.contextmanager
-def running_supervisor(state_dir: Path) -> Iterator[SupervisorProcess]:
-    """A real supervisor for the duration of the block; stopped (drained, then
-    killed if it does not exit in time) however the block ends."""
-    supervisor = SupervisorProcess(state_dir)
+def running_supervisor(state_dir: Path, config: str | None = None) -> Iterator[SupervisorProcess]:
+    """A real supervisor (with an optional TOML config) for the duration of
+    the block; stopped (drained, then killed if it does not exit in time)
+    however the block ends."""
+    supervisor = SupervisorProcess(state_dir, config=config)
     supervisor.start()
     try:
         yield supervisor
