@@ -38,7 +38,6 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import grpc

@@ -18,7 +18,6 @@ from typing import Callable
 
 import grpc
 
-from caxton.v1 import caxton_pb2
 from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
 
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup

@@ -10,7 +10,7 @@ import pytest
 
 from caxton.v1 import caxton_pb2
 
-from .harness import SupervisorProcess, wait_until
+from .harness import wait_until
 
 ROOT = os.geteuid() == 0
 CGROUP_V1_MEMORY = os.access("/sys/fs/cgroup/memory", os.W_OK) and not os.path.exists("/sys/fs/cgroup/cgroup.controllers")

@@ -8,7 +8,6 @@ line to the ready pipe, and then waits for `Load`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .limits import apply_process_guards, join_cgroups
