@@ -111,6 +111,9 @@ class Config:
     # "fork": workers forked from a pre-warmed fork server (fast, pages
     # shared); "exec": a fresh interpreter per worker (slow, fresh ASLR).
     worker_start: str = "fork"
+    # Started-but-empty workers kept ready, so deploys, restarts and reloads
+    # do not wait for a process to start (0 = none).
+    worker_pool: int = 2
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     # Default restart policy (backoff and circuit breaker) for agents.
     restart: RestartSettings = field(default_factory=RestartSettings)
@@ -209,7 +212,7 @@ _KNOWN_KEYS = {
     "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
     "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
     "worker_start", "sandbox", "restart", "health_interval_s", "health_timeout_s", "health_failures",
-    "keep_versions",
+    "keep_versions", "worker_pool",
 }
 _WORKER_START_MODES = ("fork", "exec")
 
@@ -256,6 +259,7 @@ def config_from_table(table: dict) -> Config:
         health_timeout_s=_positive_float(table, "health_timeout_s", base.health_timeout_s),
         health_failures=_positive_int(table, "health_failures", base.health_failures),
         keep_versions=_positive_int(table, "keep_versions", base.keep_versions),
+        worker_pool=_positive_int(table, "worker_pool", base.worker_pool, allow_zero=True),
         worker_start=worker_start,
         sandbox=_sandbox(sandbox_table),
         listen=_string(table, "listen", base.listen),

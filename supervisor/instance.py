@@ -23,6 +23,7 @@ from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
 from .launcher import ExitStatus, Launcher, WorkerProcess
+from .pool import SparePool
 from .mailbox import Mailbox, Pending
 from .store import StateStore, VersionRecord
 
@@ -54,6 +55,7 @@ class WorkerEnv:
     launcher: Launcher
     store: StateStore
     cgroups: Cgroups
+    pool: SparePool
     # The unprivileged identity workers switch to (-1 = stay as we are).
     uid: int = -1
     gid: int = -1
@@ -71,15 +73,18 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
     limits = version.limits
     os_memory = limits.memory_bytes + sandbox.memory_overhead_bytes
     cgroup = env.cgroups.create(CgroupLimits(os_memory, sandbox.cpu_cores, sandbox.pids_max))
-    try:
-        process = env.launcher.spawn(timeout, cgroup.procs_files if cgroup is not None else [])
-    except BaseException:
-        if cgroup is not None:
-            cgroup.remove()
-        raise
+    # A spare from the pool joins its cgroup now, so only what it allocates
+    # from here on is charged there; a worker started for this instance
+    # joins before it allocates anything.
+    process = env.pool.take()
+    if process is None:
+        try:
+            process = env.launcher.spawn(timeout, cgroup.procs_files if cgroup is not None else [])
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
     if cgroup is not None:
-        # The worker joined on its own before importing anything; this only
-        # confirms it (and moves it if it could not).
         cgroup.adopt(process.pid)
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup)
     try:

@@ -40,6 +40,7 @@ from .instance import WorkerEnv
 from .launcher import Launcher
 from .lifecycle import AgentState
 from .mailbox import Pending
+from .pool import SparePool
 from .policy import Policy
 from .store import StateStore
 from .validation import Report, validate
@@ -81,7 +82,9 @@ class Runtime:
         os.chmod(self.runtime_dir, 0o700)
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start)
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
-        self.env = WorkerEnv(config, self.launcher, self.store, self.cgroups, *_worker_identity(config.sandbox.user))
+        self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s)
+        self.env = WorkerEnv(config, self.launcher, self.store, self.cgroups, self.pool,
+                             *_worker_identity(config.sandbox.user))
         self._agents: dict[str, Agent] = {}
         self.events = EventBus()
         self._lock = threading.Lock()
@@ -141,6 +144,7 @@ class Runtime:
         for agent in self._agents.values():
             agent.kill()
         self.events.close()
+        self.pool.close()
         self.launcher.close()
         self.cgroups.close()
         self.store.close()

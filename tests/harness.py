@@ -60,11 +60,16 @@ def alive(pid: int) -> bool:
         return False
 
 
-def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False) -> list[int]:
-    """Worker processes (and, if asked, the fork server) started by the
-    supervisor with this pid, alive now. Forked workers share the fork
-    server's command line; their process name tells them apart."""
-    names = {"caxton-worker", "caxton-forksrv"} if include_fork_server else {"caxton-worker"}
+def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False, include_spares: bool = False) -> list[int]:
+    """Worker processes serving agents (and, if asked, the fork server and
+    the spare workers) started by the supervisor with this pid, alive now.
+    Forked workers share the fork server's command line; their process name
+    tells them apart."""
+    names = {"caxton-worker"}
+    if include_fork_server:
+        names.add("caxton-forksrv")
+    if include_spares:
+        names.add("caxton-spare")
     pids = []
     for proc in psutil.process_iter(["cmdline", "name"]):
         cmdline = proc.info["cmdline"] or []
@@ -78,8 +83,9 @@ def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False) ->
 
 
 def leftover_workers() -> list[int]:
-    """Workers or fork servers of any supervisor started here, still alive."""
-    return [pid for sup in _started_pids for pid in worker_pids_of(sup, include_fork_server=True)]
+    """Workers, spares or fork servers of any supervisor started here, still alive."""
+    return [pid for sup in _started_pids
+            for pid in worker_pids_of(sup, include_fork_server=True, include_spares=True)]
 
 
 class SupervisorProcess:

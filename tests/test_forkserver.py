@@ -54,8 +54,12 @@ def test_killing_the_fork_server_leaves_workers_serving(forking):
 def test_sigkill_of_the_supervisor_leaves_no_fork_server_and_no_worker(forking):
     forking.deploy("doomed-a", "echo")
     forking.deploy("doomed-b", "echo")
-    everything = worker_pids_of(forking.pid, include_fork_server=True)
-    assert len(everything) == 3  # two workers and the fork server
+    def all_processes() -> list[int] | None:
+        pids = worker_pids_of(forking.pid, include_fork_server=True, include_spares=True)
+        return pids if len(pids) == 5 else None
+
+    # two workers, the fork server, and the spares (2 by default) once refilled
+    everything = wait_until(all_processes, 10, "the spare pool to refill")
     forking.kill()
     wait_until(lambda: not any(alive(p) for p in everything), 10, "workers and fork server to die with the supervisor")
 
@@ -75,3 +79,23 @@ def test_a_hung_fork_server_is_replaced(tmp_path):
         assert sup.send("before-hang", b"still").reply.content == b"still"
     finally:
         sup.stop()
+
+
+def test_spare_workers_serve_one_agent_each(forking):
+    def spares() -> list[int] | None:
+        pids = set(worker_pids_of(forking.pid, include_spares=True)) - set(forking.worker_pids())
+        return sorted(pids) if len(pids) == 2 else None
+
+    ready = wait_until(spares, 10, "two spare workers")
+    first = forking.deploy("from-spare-a", "echo").instances[0].pid
+    second = forking.deploy("from-spare-b", "echo").instances[0].pid
+    # Both agents were served by the spares that were waiting, each by its own.
+    assert sorted([first, second]) == ready
+    assert psutil.Process(first).name() == "caxton-worker"
+    # The pool refills with new processes, never with ones that served.
+    refilled = wait_until(spares, 10, "the pool to refill")
+    assert not set(refilled) & {first, second}
+    # A spare that dies is replaced, and deploys keep working.
+    os.kill(refilled[0], signal.SIGKILL)
+    wait_until(lambda: (s := spares()) and refilled[0] not in s, 10, "the dead spare to be replaced")
+    assert forking.send("from-spare-a", b"a").reply.content == b"a"

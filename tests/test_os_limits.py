@@ -81,7 +81,9 @@ def test_kernel_oom_kill_is_reported_as_such(supervisor):
     # an agent that fills all the linear memory it is allowed then pushes
     # the worker (which needs a few MiB of its own) past its cgroup limit,
     # and the kernel kills it.
-    sup = supervisor('[sandbox]\nmemory_overhead = "0"\n')
+    # No spare pool: a spare's start-up memory is charged before it joins
+    # the cgroup, and this test needs all of the worker's memory counted.
+    sup = supervisor('worker_pool = 0\n[sandbox]\nmemory_overhead = "0"\n')
     sup.deploy("hog-os", "hog", memory_bytes=512 << 20, timeout_ms=30_000)
     sup.deploy("hog-neighbour", "echo")
     with pytest.raises(grpc.RpcError) as info:

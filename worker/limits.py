@@ -24,6 +24,8 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_NO_NEW_PRIVS = 38
 
+# A worker is "caxton-spare" until it loads an agent, "caxton-worker" after.
+SPARE_PROCESS_NAME = "caxton-spare"
 WORKER_PROCESS_NAME = "caxton-worker"
 FORK_SERVER_PROCESS_NAME = "caxton-forksrv"
 
@@ -40,8 +42,14 @@ def _prctl(option: int, arg: int) -> None:
 def name_process(name: str) -> None:
     """Set the name `ps -o comm`, `top` and psutil show (15 bytes at most).
     Forked workers share the fork server's command line; the name tells
-    them apart."""
-    _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    them apart. Tools read the main thread's name, and prctl(PR_SET_NAME)
+    names only the calling thread, so the main thread's comm file is
+    written instead: that works from any thread (Load runs on an RPC one)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -70,7 +78,7 @@ def join_cgroups(procs_files: list[str]) -> None:
 
 def apply_process_guards(parent_pid: int) -> None:
     """Everything a worker does to itself before it imports anything heavy."""
-    name_process(WORKER_PROCESS_NAME)
+    name_process(SPARE_PROCESS_NAME)
     die_with_parent(parent_pid)
     # Forbid gaining privileges through exec of setuid binaries.
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)

@@ -17,7 +17,7 @@ import grpc
 from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
 
 from .hostcalls import LogRecord
-from .limits import OsLimits, apply_os_limits
+from .limits import WORKER_PROCESS_NAME, OsLimits, apply_os_limits, name_process
 from .sandbox import AgentError, LoadError, Sandbox, SandboxLimits
 
 log = logging.getLogger("caxton.worker")
@@ -42,6 +42,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 # A worker serves one agent instance in its whole life.
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this worker has already loaded an agent")
             self._loaded = True
+            name_process(WORKER_PROCESS_NAME)
             limits = SandboxLimits(
                 memory_bytes=request.limits.memory_bytes,
                 fuel=request.limits.fuel,
