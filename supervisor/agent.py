@@ -110,10 +110,8 @@ class Agent:
         self.mailbox.put(pending)
 
     def _count(self, ok: bool) -> None:
-        if ok:
-            self.messages += 1
-        else:
-            self.messages += 1
+        self.messages += 1
+        if not ok:
             self.errors += 1
 
     # ------------------------------------------------------------ lifecycle

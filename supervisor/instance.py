@@ -132,7 +132,6 @@ class WorkerInstance:
         )
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
         self.started_at = time.monotonic()
-        self.inflight = 0
         self.handled = 0  # messages answered by this worker (any outcome)
         self._retiring = False
         # While draining, the dispatcher keeps taking until the mailbox is
@@ -140,7 +139,6 @@ class WorkerInstance:
         self._draining = False
         self._mailbox: Mailbox | None = None
         self._dispatcher: threading.Thread | None = None
-        self._idle = threading.Condition()
 
     @property
     def pid(self) -> int:
@@ -272,7 +270,6 @@ class WorkerInstance:
             batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, self._keep_taking)
             if not batch:
                 return
-            self.inflight = len(batch)
             try:
                 keep_going = self._deliver(batch, on_result)
             except Exception as exc:
@@ -283,7 +280,6 @@ class WorkerInstance:
                     if pending.resolve(grpc.StatusCode.INTERNAL, f"supervisor error while dispatching: {exc}"):
                         on_result(False)
                 keep_going = True
-            self.inflight = 0
             if not keep_going:
                 return
 
