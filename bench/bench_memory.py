@@ -34,7 +34,7 @@ import pytest
 from tests.harness import SupervisorProcess, worker_pids_of
 
 from . import report
-from .support import MIB, deploy_and_send, memory_of, running_supervisor
+from .support import MIB, grow_fleet, memory_of, running_supervisor
 
 # Deploys take tens of milliseconds with the fork server, so the 200 step
 # costs seconds; CAXTON_BENCH_QUICK=1 stops at 100 (e.g. with exec-started
@@ -64,18 +64,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def test_memory_per_agent(benchmark, fleet: Fleet, echo_wasm: bytes, count: int) -> None:
     supervisor = fleet.supervisor
     first_new = len(fleet.names)
-    names = iter(f"mem-{i}" for i in range(first_new, count))
-
-    def setup() -> tuple[tuple[SupervisorProcess, str, bytes], dict]:
-        return (supervisor, next(names), echo_wasm), {}
-
-    splits: list[tuple[float, float]] = []
-
-    def deploy(sup: SupervisorProcess, name: str, wasm: bytes) -> None:
-        splits.append(deploy_and_send(sup, name, wasm))
-        fleet.names.append(name)
-
-    benchmark.pedantic(deploy, setup=setup, rounds=count - first_new)
+    splits = grow_fleet(benchmark, supervisor, fleet.names, "mem", count, echo_wasm)
 
     pids = supervisor.worker_pids()
     assert len(pids) == count, f"{len(pids)} workers for {count} agents"

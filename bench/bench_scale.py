@@ -50,7 +50,7 @@ from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess, alive, worker_pids_of
 
 from . import report
-from .support import MIB, deploy_and_send, memory_of, numbered_payload, payload_number
+from .support import MIB, grow_fleet, memory_of, numbered_payload, payload_number
 
 _BASE_STEPS = (10, 100, 500, 1000)
 SCALE = int(os.environ.get("CAXTON_BENCH_SCALE") or ("100" if os.environ.get("CAXTON_BENCH_QUICK") == "1" else "500"))
@@ -206,20 +206,10 @@ def test_scale(benchmark, fleet: Fleet, echo_wasm: bytes, count: int) -> None:
     supervisor = fleet.supervisor
     step_start = time.perf_counter()
     first_new = len(fleet.names)
-    names = iter(f"scale-{i}" for i in range(first_new, count))
-
-    def setup() -> tuple[tuple[SupervisorProcess, str, bytes], dict]:
-        return (supervisor, next(names), echo_wasm), {}
-
     splits: list[tuple[float, float]] = []
-
-    def deploy(sup: SupervisorProcess, name: str, wasm: bytes) -> None:
-        splits.append(deploy_and_send(sup, name, wasm))
-        fleet.names.append(name)
-
     failure: BaseException | None = None
     try:
-        benchmark.pedantic(deploy, setup=setup, rounds=count - first_new)
+        splits = grow_fleet(benchmark, supervisor, fleet.names, "scale", count, echo_wasm)
     except (grpc.RpcError, AssertionError) as exc:
         failure = exc
     deploy_seconds = time.perf_counter() - step_start

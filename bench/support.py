@@ -166,6 +166,26 @@ def deploy_and_send(supervisor: SupervisorProcess, name: str, wasm: bytes) -> tu
 # ------------------------------------------------------------ accounting
 
 
+def grow_fleet(benchmark, supervisor: SupervisorProcess, names: list[str], prefix: str, count: int,
+               wasm: bytes) -> list[tuple[float, float]]:
+    """Deploy agents until `names` (the agents already running) reaches
+    `count`, each deploy one benchmark round. Returns each deploy's
+    (deploy, first reply) seconds; `names` grows as agents come up, so a
+    failure part way leaves it accurate for the caller's diagnosis."""
+    pending = iter(f"{prefix}-{i}" for i in range(len(names), count))
+    splits: list[tuple[float, float]] = []
+
+    def setup() -> tuple[tuple[str], dict]:
+        return (next(pending),), {}
+
+    def deploy(name: str) -> None:
+        splits.append(deploy_and_send(supervisor, name, wasm))
+        names.append(name)
+
+    benchmark.pedantic(deploy, setup=setup, rounds=count - len(names))
+    return splits
+
+
 def _cpu_seconds(pid: int) -> float:
     try:
         times = psutil.Process(pid).cpu_times()
