@@ -2,12 +2,13 @@ PYTHON ?= .venv/bin/python
 
 .PHONY: proto test bench run
 
-# The one command that regenerates the protobuf and gRPC code in proto/caxton.
+# The one command that regenerates the protobuf and gRPC code in proto/caxton
+# (needs the dev extra: pip install -e '.[dev]').
 # Generated *_pb2*.py files are committed and never edited by hand.
 proto:
 	$(PYTHON) -m grpc_tools.protoc -I proto \
 		--python_out=proto --pyi_out=proto --grpc_python_out=proto \
-		proto/caxton/v1/caxton.proto proto/caxton/worker/v1/worker.proto
+		proto/caxton/v1/caxton.proto proto/caxton/internal/v1/worker.proto
 
 test:
 	.ci/run
@@ -21,4 +22,4 @@ bench:
 		--benchmark-columns=min,median,mean,max,rounds,iterations --benchmark-sort=name
 
 run:
-	$(PYTHON) -m supervisor --deploy-examples
+	$(PYTHON) -m caxton.supervisor --deploy-examples

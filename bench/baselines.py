@@ -29,13 +29,13 @@ from concurrent import futures
 
 import grpc
 
+from caxton.contract import MAX_GRPC_MESSAGE_BYTES
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 # Same bounds as the supervisor and the worker.
-MAX_GRPC_MESSAGE = 64 << 20
 _OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
 _PR_SET_PDEATHSIG = 1

@@ -29,9 +29,9 @@ import pytest
 import wasmtime
 
 from caxton.v1 import caxton_pb2
-from caxton.worker.v1 import worker_pb2
-from worker.sandbox import Sandbox, SandboxLimits, engine_config
-from worker.service import WorkerService
+from caxton.internal.v1 import worker_pb2
+from caxton.worker.sandbox import Sandbox, SandboxLimits, engine_config
+from caxton.worker.service import WorkerService
 
 from . import report
 from .support import PAYLOAD

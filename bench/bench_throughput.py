@@ -33,7 +33,7 @@ import pytest
 
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess
-from worker.sandbox import Sandbox, SandboxLimits
+from caxton.worker.sandbox import Sandbox, SandboxLimits
 
 from . import report
 from .support import CpuMeter, numbered_payload, payload_number

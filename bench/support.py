@@ -99,10 +99,8 @@ def start_baseline(kind: str, listen: str, *, upstream: str | None = None, threa
             "--parent-pid", str(os.getpid())]
     if upstream:
         args += ["--upstream", upstream]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
     try:
         address = _read_line_with(proc, "listening on ", timeout, log_path)
     except BaseException:

@@ -1,4 +1,4 @@
-"""`caxton-supervisor` / `python -m supervisor`: run the Caxton supervisor."""
+"""`caxton-supervisor` / `python -m caxton.supervisor`: run the Caxton supervisor."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from caxton import __version__
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples" / "agents"
+from .config import ConfigError, load_config
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="caxton-supervisor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="caxton-supervisor", description="Run the Caxton supervisor.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--listen", help="address for the public API (default 127.0.0.1:50051)")
     parser.add_argument("--state-dir", type=Path, help="where agents and modules are kept (default ./.caxton)")
     parser.add_argument("--deploy-examples", action="store_true",
-                        help="deploy the example agents in examples/agents if they are not deployed yet")
+                        help="deploy the example agents (echo, uppercase, counter) if they are not deployed yet")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -50,9 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     _raise_open_file_limit()
     from .server import Supervisor, run
 
-    examples = EXAMPLES_DIR if args.deploy_examples else None
     try:
-        supervisor = Supervisor(config, examples_dir=examples)
+        supervisor = Supervisor(config, deploy_examples=args.deploy_examples)
     except (OSError, ValueError) as exc:
         print(f"caxton-supervisor: {exc}", file=sys.stderr)
         sys.exit(1)

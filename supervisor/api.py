@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import grpc
 
+from caxton.contract import REPORT_METADATA_KEY
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 from .errors import CaxtonError, DeadlineExceeded, MessageFailed, ModuleRejected
@@ -25,7 +26,6 @@ from .validation import Report
 
 log = logging.getLogger("caxton.api")
 
-REPORT_METADATA_KEY = "caxton-validation-report-bin"
 _OK = grpc.StatusCode.OK
 
 

@@ -8,11 +8,11 @@ instead of misbehaving later.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from caxton.contract import parse_size
 from caxton.v1 import caxton_pb2
 
 from .policy import BUILTIN_POLICIES, Policy, PolicyError, policy_from_config
@@ -21,24 +21,6 @@ from .restart import RestartSettings, settings_from_table
 
 class ConfigError(ValueError):
     pass
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """'10MB' -> 10_000_000, '64MiB' -> 67_108_864, 4096 -> 4096."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"size must not be negative: {text}")
-        return text
-    match = _SIZE.match(str(text))
-    if not match:
-        raise ValueError(f"not a size: {text!r} (examples: 4096, 10MB, 64MiB)")
-    number, unit = match.groups()
-    return int(number) * _UNITS[(unit or "b").lower()]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,12 @@ import time
 
 from .errors import WorkerStartError
 
+# Workers and the fork server run the installed `caxton` package in isolated
+# mode: neither the current directory nor PYTHONPATH nor the user's site
+# directory is on their import path, so a stray `caxton.py` or `worker.py`
+# where the supervisor was started can never run in their place.
+WORKER_PYTHON_FLAGS = ("-I",)
+
 
 class ForkServer:
     def __init__(self, python: str, env: dict[str, str]):
@@ -37,7 +43,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             popen = subprocess.Popen(
-                [self._python, "-m", "worker.forkserver", "--control-fd", str(theirs.fileno()),
+                [self._python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker.forkserver", "--control-fd", str(theirs.fileno()),
                  "--parent-pid", str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,

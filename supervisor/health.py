@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import grpc
 
-from caxton.worker.v1 import worker_pb2
+from caxton.internal.v1 import worker_pb2
 
 from .instance import WorkerInstance
 

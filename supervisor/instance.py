@@ -18,7 +18,8 @@ from typing import Callable
 
 import grpc
 
-from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
+from caxton.contract import MAX_GRPC_MESSAGE_BYTES
+from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
@@ -35,8 +36,6 @@ _LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging
 
 _DATA_LIMIT_SLACK = 64 << 20
 
-# Room for the protobuf framing around a batch of max-size messages.
-_GRPC_MESSAGE_LIMIT = 64 << 20
 
 
 class InstanceStartError(Exception):
@@ -126,8 +125,8 @@ class WorkerInstance:
         self.channel = grpc.insecure_channel(
             f"unix:{process.socket_path}",
             options=[
-                ("grpc.max_receive_message_length", _GRPC_MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", _GRPC_MESSAGE_LIMIT),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
             ],
         )
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)

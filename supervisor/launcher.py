@@ -11,7 +11,7 @@ Workers start one of two ways (`worker_start` in the config):
 - "fork" (default): forked by the pre-warmed fork server (worker/forkserver.py)
   in tens of milliseconds, sharing its memory pages. The supervisor is a child
   subreaper, so those workers become its children and it reaps them itself.
-- "exec": a fresh `python -m worker` each time: hundreds of milliseconds, but
+- "exec": a fresh `python -I -m caxton.worker` each time: hundreds of milliseconds, but
   fresh address-space randomisation per worker.
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import WorkerStartError
-from .forkserver import ForkServer
+from .forkserver import WORKER_PYTHON_FLAGS, ForkServer
 
 log = logging.getLogger("caxton.launcher")
 
@@ -234,7 +234,7 @@ class Launcher:
         cgroup_args = [arg for path in cgroup_procs for arg in ("--cgroup-procs", path)]
         try:
             popen = subprocess.Popen(
-                [self._python, "-m", "worker", "--socket", socket_path,
+                [self._python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker", "--socket", socket_path,
                  "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid()), *cgroup_args],
                 pass_fds=(ready_w,),
                 stdin=subprocess.DEVNULL,
@@ -375,11 +375,6 @@ def _wait_pidfd(pidfd: int) -> int | None:
 
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
-    # Workers must import the same code the supervisor runs, wherever the
-    # supervisor was started from.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proto = os.path.join(root, "proto")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, proto, env.get("PYTHONPATH", "")) if p)
     # One malloc arena: grpc under a tight address-space limit behaves, and an
     # idle worker keeps less memory.
     env.setdefault("MALLOC_ARENA_MAX", "1")

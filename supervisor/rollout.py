@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from caxton.v1 import caxton_pb2
-from caxton.worker.v1 import worker_pb2
+from caxton.internal.v1 import worker_pb2
 
 from .instance import InstanceStartError, WorkerEnv, WorkerInstance, launch_instance
 from .store import VersionRecord

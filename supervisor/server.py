@@ -11,12 +11,13 @@ import logging
 import queue
 import signal
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from caxton import examples
+from caxton.contract import MAX_GRPC_MESSAGE_BYTES
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 from .api import AgentLifecycleService, MessagingService
@@ -26,8 +27,6 @@ from .runtime import Runtime
 
 log = logging.getLogger("caxton.supervisor")
 
-# Frames of SendStream may carry many messages.
-MAX_GRPC_MESSAGE = 64 << 20
 SERVICE_NAMES = (
     caxton_pb2.DESCRIPTOR.services_by_name["AgentLifecycle"].full_name,
     caxton_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name,
@@ -35,15 +34,15 @@ SERVICE_NAMES = (
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, examples_dir: Path | None = None):
+    def __init__(self, config: Config, *, deploy_examples: bool = False):
         self.config = config
-        self._examples_dir = examples_dir
+        self._deploy_examples_at_start = deploy_examples
         self.runtime = Runtime(config)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="api"),
             options=[
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -60,24 +59,25 @@ class Supervisor:
 
     def start(self) -> None:
         self.runtime.restore()
-        if self._examples_dir is not None:
-            self._deploy_examples(self._examples_dir)
+        if self._deploy_examples_at_start:
+            self._deploy_examples()
         self.server.start()
         for name in ("",) + SERVICE_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (state in %s)", self.config.listen.rsplit(":", 1)[0] + f":{self.port}", self.config.state_dir)
 
-    def _deploy_examples(self, directory: Path) -> None:
-        """Deploy each examples/agents/NAME.wat as agent NAME unless an agent
-        of that name exists already (so restarts keep their state)."""
-        for path in sorted(directory.glob("*.wat")):
+    def _deploy_examples(self) -> None:
+        """Deploy each example agent (package data) as agent NAME unless an
+        agent of that name exists already (so restarts keep their state)."""
+        for path in examples.agents():
+            name = path.name.removesuffix(".wat")
             try:
-                self.runtime.get(path.stem)
+                self.runtime.get(name)
                 continue
             except NotFound:
                 pass
             try:
-                self.runtime.deploy(path.stem, path.read_bytes(), caxton_pb2.ResourceLimits(), "", "example")
+                self.runtime.deploy(name, path.read_bytes(), caxton_pb2.ResourceLimits(), "", "example")
             except CaxtonError as exc:
                 log.error("could not deploy example %s: %s", path.name, exc.message)
 

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
-from supervisor.policy import KNOWN_FEATURES, Policy, PolicyError
-from supervisor.wasm_reader import (
+from caxton.supervisor.policy import KNOWN_FEATURES, Policy, PolicyError
+from caxton.supervisor.wasm_reader import (
     MAGIC,
     WASM_PAGE_SIZE,
     ExternKind,

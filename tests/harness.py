@@ -89,7 +89,7 @@ def leftover_workers() -> list[int]:
 
 
 class SupervisorProcess:
-    """A `python -m supervisor` subprocess with its own state directory."""
+    """A `python -m caxton.supervisor` subprocess with its own state directory."""
 
     def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None):
         self.state_dir = Path(state_dir)
@@ -106,13 +106,11 @@ class SupervisorProcess:
     # ------------------------------------------------------------ process
 
     def start(self, timeout: float = 60.0) -> "SupervisorProcess":
-        args = [sys.executable, "-m", "supervisor", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir)]
+        args = [sys.executable, "-m", "caxton.supervisor", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
         log.close()
         _started_pids.add(self.proc.pid)
         try:

@@ -19,14 +19,12 @@ CLI_TIMEOUT = 90  # seconds for any one CLI invocation
 
 
 def cli(address: str, *args: str, rpc_timeout: float | None = None, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run `python -m supervisor.cli --address ADDRESS ARGS...`; stdout as bytes, stderr as text."""
-    argv = [sys.executable, "-m", "supervisor.cli", "--address", address]
+    """Run `python -m caxton --address ADDRESS ARGS...`; stdout as bytes, stderr as text."""
+    argv = [sys.executable, "-m", "caxton", "--address", address]
     if rpc_timeout is not None:
         argv += ["--rpc-timeout", str(rpc_timeout)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
     result = subprocess.run(
-        argv + list(args), capture_output=True, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, timeout=timeout,
+        argv + list(args), capture_output=True, stdin=subprocess.DEVNULL, cwd=ROOT, timeout=timeout,
     )
     result.stderr = result.stderr.decode(errors="replace")
     return result
@@ -375,11 +373,9 @@ def test_rollback_to_a_missing_version_is_not_found(shared_supervisor):
 
 def test_events_follows_the_stream(shared_supervisor):
     sup = shared_supervisor
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "proto"), env.get("PYTHONPATH", "")) if p)
     follower = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "--address", sup.address, "events", "cli-evented"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT, text=True,
+        [sys.executable, "-m", "caxton", "--address", sup.address, "events", "cli-evented"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True,
     )
     try:
         # Deploy until the follower has seen it (it may subscribe after the

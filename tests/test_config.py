@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from caxton.v1 import caxton_pb2
-from supervisor.config import Config, ConfigError, Limits, config_from_table, load_config, parse_size
-from supervisor.policy import BUILTIN_POLICIES, Policy
+from caxton.supervisor.config import Config, ConfigError, Limits, config_from_table, load_config, parse_size
+from caxton.supervisor.policy import BUILTIN_POLICIES, Policy
 
 # ------------------------------------------------------------ parse_size
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from supervisor.launcher import ExitStatus
+from caxton.supervisor.launcher import ExitStatus
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_wait_ready_handles_descriptors_past_select_limit():
     import os
     import resource
 
-    from supervisor.launcher import WorkerProcess
+    from caxton.supervisor.launcher import WorkerProcess
 
     high = 1500
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= high:

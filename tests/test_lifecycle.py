@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from supervisor.lifecycle import AgentState, Event, IllegalTransition, allowed, transition
+from caxton.supervisor.lifecycle import AgentState, Event, IllegalTransition, allowed, transition
 
 S, E = AgentState, Event
 

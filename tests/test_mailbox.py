@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from caxton.v1 import caxton_pb2
-from supervisor.errors import ResourceExhausted, Unavailable
-from supervisor.mailbox import DEADLINE_EXCEEDED, Mailbox, Pending
+from caxton.supervisor.errors import ResourceExhausted, Unavailable
+from caxton.supervisor.mailbox import DEADLINE_EXCEEDED, Mailbox, Pending
 
 JOIN_TIMEOUT = 5.0
 

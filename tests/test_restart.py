@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from supervisor.restart import Decision, RestartPolicy, RestartSettings, Verdict, settings_from_table
+from caxton.supervisor.restart import Decision, RestartPolicy, RestartSettings, Verdict, settings_from_table
 
 NO_JITTER = RestartSettings(jitter=0.0)
 

@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from supervisor.config import Limits
-from supervisor.restart import RestartSettings
-from supervisor.store import AgentRecord, StateStore, VersionRecord
+from caxton.supervisor.config import Limits
+from caxton.supervisor.restart import RestartSettings
+from caxton.supervisor.store import AgentRecord, StateStore, VersionRecord
 
 WASM_A = b"\x00asm\x01\x00\x00\x00" + b"A" * 32
 WASM_B = b"\x00asm\x01\x00\x00\x00" + b"B" * 32

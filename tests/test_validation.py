@@ -11,8 +11,8 @@ import hashlib
 import pytest
 import wasmtime
 
-from supervisor import validation
-from supervisor.policy import (
+from caxton.supervisor import validation
+from caxton.supervisor.policy import (
     BUILTIN_POLICIES,
     CAXTON_IMPORTS,
     KNOWN_FEATURES,
@@ -21,8 +21,8 @@ from supervisor.policy import (
     PolicyError,
     policy_from_config,
 )
-from supervisor.validation import ModuleFormatError, Report, Severity, to_wasm, validate
-from supervisor.wasm_reader import ExternKind, FuncType, Limits, WasmReadError, read_module
+from caxton.supervisor.validation import ModuleFormatError, Report, Severity, to_wasm, validate
+from caxton.supervisor.wasm_reader import ExternKind, FuncType, Limits, WasmReadError, read_module
 
 STRICT = BUILTIN_POLICIES["strict"]
 DEFAULT = BUILTIN_POLICIES["default"]

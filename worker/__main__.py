@@ -1,4 +1,4 @@
-"""Entry point of a worker process: `python -m worker --socket PATH ...`.
+"""Entry point of a worker process: `python -I -m caxton.worker --socket PATH ...`.
 
 A worker serves exactly one agent instance over a private gRPC service on a
 Unix socket. It starts empty, tells the supervisor it is ready by writing one
@@ -14,7 +14,7 @@ from .limits import apply_process_guards, join_cgroups
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker")
+    parser = argparse.ArgumentParser(prog="python -I -m caxton.worker")
     parser.add_argument("--socket", required=True, help="Unix socket path to serve on")
     parser.add_argument("--ready-fd", type=int, required=True, help="pipe to write 'ready' to once serving")
     parser.add_argument("--parent-pid", type=int, required=True, help="the supervisor's pid")

@@ -108,7 +108,7 @@ def serve_forever(control: socket.socket, supervisor_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.forkserver")
+    parser = argparse.ArgumentParser(prog="python -I -m caxton.worker.forkserver")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -9,12 +9,11 @@ from concurrent import futures
 
 import grpc
 
-from caxton.worker.v1 import worker_pb2_grpc
+from caxton.contract import MAX_GRPC_MESSAGE_BYTES
+from caxton.internal.v1 import worker_pb2_grpc
 
 from .service import WorkerService
 
-# Batches of messages can be large; the supervisor bounds them.
-MAX_GRPC_MESSAGE = 64 << 20
 
 
 def serve(socket_path: str, ready_fd: int) -> int:
@@ -37,8 +36,8 @@ def serve(socket_path: str, ready_fd: int) -> int:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="rpc"),
         options=[
-            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -14,7 +14,7 @@ from typing import Callable
 
 import grpc
 
-from caxton.worker.v1 import worker_pb2, worker_pb2_grpc
+from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
 from .hostcalls import LogRecord
 from .limits import WORKER_PROCESS_NAME, OsLimits, apply_os_limits, name_process

@@ -19,75 +19,19 @@ from google.protobuf import json_format
 
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
-from .config import parse_size
+from caxton import __version__
+from caxton.contract import DEFAULT_ADDRESS, REPORT_METADATA_KEY, parse_size, state_name, status_dict
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-REPORT_METADATA_KEY = "caxton-validation-report-bin"
 
 
 class CliError(Exception):
     pass
 
 
-def _state_name(state: int) -> str:
-    return caxton_pb2.AgentState.Name(state).removeprefix("AGENT_STATE_").lower()
-
-
-def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
-    """The JSON shape of `status --json` (a stable interface for scripts)."""
-    limits = status.limits
-    return {
-        "name": status.name,
-        "state": _state_name(status.state),
-        "version": status.version,
-        "label": status.label,
-        "module_sha256": status.module_sha256,
-        "pid": status.instances[0].pid if status.instances else None,
-        "instances": [
-            {
-                "pid": i.pid,
-                "version": i.version,
-                "uptime_s": round(i.uptime_s, 3),
-                "memory_bytes": i.memory_bytes,
-                "rss_bytes": i.rss_bytes,
-                "messages": i.messages,
-                "errors": i.errors,
-                "resets": i.resets,
-                "enforcement": list(i.enforcement),
-            }
-            for i in status.instances
-        ],
-        "uptime_s": round(status.uptime_s, 3),
-        "memory_bytes": status.memory_bytes,
-        "messages": status.messages,
-        "errors": status.errors,
-        "restarts": status.restarts,
-        "resets": sum(i.resets for i in status.instances),
-        "enforcement": list(status.instances[0].enforcement) if status.instances else [],
-        "limits": {
-            "memory_bytes": limits.memory_bytes,
-            "fuel": limits.fuel,
-            "timeout_ms": limits.timeout_ms,
-            "max_message_bytes": limits.max_message_bytes,
-        },
-        "policy": status.policy,
-        "replicas": status.replicas,
-        "versions": [
-            {"version": v.version, "replicas": v.replicas, "messages": v.messages, "share": round(v.share, 4)}
-            for v in status.versions
-        ],
-        "history": [{"version": h.version, "label": h.label, "module_sha256": h.module_sha256,
-                     "deployed_at": h.deployed_at} for h in status.history],
-        "recent_failures": [{"at": f.at, "reason": f.reason} for f in status.recent_failures],
-        "last_error": status.last_error,
-        "deployed_at": status.deployed_at,
-    }
-
-
 def _status_line(status: caxton_pb2.AgentStatus) -> str:
     pids = ",".join(str(i.pid) for i in status.instances) or "-"
     return (
-        f"{status.name:<20} {_state_name(status.state):<9} v{status.version:<4} pid {pids:<8} "
+        f"{status.name:<20} {state_name(status.state):<9} v{status.version:<4} pid {pids:<8} "
         f"messages {status.messages:<8} errors {status.errors:<6} restarts {status.restarts}"
         + (f"  ({status.last_error})" if status.last_error else "")
     )
@@ -264,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caxton", description="Command-line client for the Caxton supervisor.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"supervisor address (default {DEFAULT_ADDRESS})")
     parser.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for the supervisor")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from caxton.worker.v1 import worker_pb2 as caxton_dot_worker_dot_v1_dot_worker__pb2
+from caxton.internal.v1 import worker_pb2 as caxton_dot_internal_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in caxton/worker/v1/worker_pb2_grpc.py depends on'
+        + ' but the generated code in caxton/internal/v1/worker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -35,24 +35,24 @@ class WorkerStub:
             channel: A grpc.Channel.
         """
         self.Load = channel.unary_unary(
-                '/caxton.worker.v1.Worker/Load',
-                request_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.LoadRequest.SerializeToString,
-                response_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.LoadResponse.FromString,
+                '/caxton.internal.v1.Worker/Load',
+                request_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.LoadRequest.SerializeToString,
+                response_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.LoadResponse.FromString,
                 _registered_method=True)
         self.Handle = channel.unary_unary(
-                '/caxton.worker.v1.Worker/Handle',
-                request_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.HandleRequest.SerializeToString,
-                response_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.HandleResponse.FromString,
+                '/caxton.internal.v1.Worker/Handle',
+                request_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.HandleRequest.SerializeToString,
+                response_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.HandleResponse.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
-                '/caxton.worker.v1.Worker/Stats',
-                request_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.StatsRequest.SerializeToString,
-                response_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.StatsResponse.FromString,
+                '/caxton.internal.v1.Worker/Stats',
+                request_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.StatsRequest.SerializeToString,
+                response_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.StatsResponse.FromString,
                 _registered_method=True)
         self.Shutdown = channel.unary_unary(
-                '/caxton.worker.v1.Worker/Shutdown',
-                request_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.ShutdownRequest.SerializeToString,
-                response_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.ShutdownResponse.FromString,
+                '/caxton.internal.v1.Worker/Shutdown',
+                request_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.ShutdownRequest.SerializeToString,
+                response_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
 
 
@@ -93,29 +93,29 @@ def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Load': grpc.unary_unary_rpc_method_handler(
                     servicer.Load,
-                    request_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.LoadRequest.FromString,
-                    response_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.LoadResponse.SerializeToString,
+                    request_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.LoadRequest.FromString,
+                    response_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.LoadResponse.SerializeToString,
             ),
             'Handle': grpc.unary_unary_rpc_method_handler(
                     servicer.Handle,
-                    request_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.HandleRequest.FromString,
-                    response_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.HandleResponse.SerializeToString,
+                    request_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.HandleRequest.FromString,
+                    response_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.HandleResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.StatsRequest.FromString,
-                    response_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.StatsResponse.SerializeToString,
+                    request_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.StatsRequest.FromString,
+                    response_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.StatsResponse.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
-                    request_deserializer=caxton_dot_worker_dot_v1_dot_worker__pb2.ShutdownRequest.FromString,
-                    response_serializer=caxton_dot_worker_dot_v1_dot_worker__pb2.ShutdownResponse.SerializeToString,
+                    request_deserializer=caxton_dot_internal_dot_v1_dot_worker__pb2.ShutdownRequest.FromString,
+                    response_serializer=caxton_dot_internal_dot_v1_dot_worker__pb2.ShutdownResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'caxton.worker.v1.Worker', rpc_method_handlers)
+            'caxton.internal.v1.Worker', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('caxton.worker.v1.Worker', rpc_method_handlers)
+    server.add_registered_method_handlers('caxton.internal.v1.Worker', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -136,9 +136,9 @@ class Worker:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/caxton.worker.v1.Worker/Load',
-            caxton_dot_worker_dot_v1_dot_worker__pb2.LoadRequest.SerializeToString,
-            caxton_dot_worker_dot_v1_dot_worker__pb2.LoadResponse.FromString,
+            '/caxton.internal.v1.Worker/Load',
+            caxton_dot_internal_dot_v1_dot_worker__pb2.LoadRequest.SerializeToString,
+            caxton_dot_internal_dot_v1_dot_worker__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -163,9 +163,9 @@ class Worker:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/caxton.worker.v1.Worker/Handle',
-            caxton_dot_worker_dot_v1_dot_worker__pb2.HandleRequest.SerializeToString,
-            caxton_dot_worker_dot_v1_dot_worker__pb2.HandleResponse.FromString,
+            '/caxton.internal.v1.Worker/Handle',
+            caxton_dot_internal_dot_v1_dot_worker__pb2.HandleRequest.SerializeToString,
+            caxton_dot_internal_dot_v1_dot_worker__pb2.HandleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,9 +190,9 @@ class Worker:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/caxton.worker.v1.Worker/Stats',
-            caxton_dot_worker_dot_v1_dot_worker__pb2.StatsRequest.SerializeToString,
-            caxton_dot_worker_dot_v1_dot_worker__pb2.StatsResponse.FromString,
+            '/caxton.internal.v1.Worker/Stats',
+            caxton_dot_internal_dot_v1_dot_worker__pb2.StatsRequest.SerializeToString,
+            caxton_dot_internal_dot_v1_dot_worker__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -217,9 +217,9 @@ class Worker:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/caxton.worker.v1.Worker/Shutdown',
-            caxton_dot_worker_dot_v1_dot_worker__pb2.ShutdownRequest.SerializeToString,
-            caxton_dot_worker_dot_v1_dot_worker__pb2.ShutdownResponse.FromString,
+            '/caxton.internal.v1.Worker/Shutdown',
+            caxton_dot_internal_dot_v1_dot_worker__pb2.ShutdownRequest.SerializeToString,
+            caxton_dot_internal_dot_v1_dot_worker__pb2.ShutdownResponse.FromString,
             options,
             channel_credentials,
             insecure,

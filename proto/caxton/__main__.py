@@ -1,0 +1,5 @@
+"""`python -m caxton`: the command-line client (see caxton.client.cli)."""
+
+from caxton.client.cli import main
+
+main()
