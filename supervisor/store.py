@@ -4,6 +4,10 @@ SQLite holds the records; module bytes are stored beside it, content-addressed
 by SHA-256, so identical modules are stored once and a record can never point
 at bytes that changed under it. Writes are rare (deploy, stop, start, remove)
 and go through one connection under a lock.
+
+The schema carries its version in `PRAGMA user_version` and moves forward by
+numbered migrations, so a state directory written by an older Caxton is
+upgraded in place and one written by a newer Caxton is refused, not misread.
 """
 
 from __future__ import annotations
@@ -15,32 +19,68 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Limits
 from .restart import RestartSettings
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    name            TEXT PRIMARY KEY,
-    desired_state   TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')),
-    current_version INTEGER NOT NULL,
-    policy          TEXT NOT NULL,
-    created_at      REAL NOT NULL,
-    restart         TEXT NOT NULL DEFAULT '{}',
-    replicas        INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS versions (
-    agent         TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
-    version       INTEGER NOT NULL,
-    label         TEXT NOT NULL,
-    module_sha256 TEXT NOT NULL,
-    limits        TEXT NOT NULL,
-    deployed_at   REAL NOT NULL,
-    PRIMARY KEY (agent, version)
-);
-"""
+
+class StateVersionError(ValueError):
+    """The state directory was written by a newer Caxton than this one."""
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    """The schema as it was before it had a version. IF NOT EXISTS because a
+    database written then has user_version 0 and these very tables already:
+    for it this migration only records that it is at schema 1."""
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS agents (
+            name            TEXT PRIMARY KEY,
+            desired_state   TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')),
+            current_version INTEGER NOT NULL,
+            policy          TEXT NOT NULL,
+            created_at      REAL NOT NULL,
+            restart         TEXT NOT NULL DEFAULT '{}',
+            replicas        INTEGER NOT NULL DEFAULT 1
+        )""")
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS versions (
+            agent         TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+            version       INTEGER NOT NULL,
+            label         TEXT NOT NULL,
+            module_sha256 TEXT NOT NULL,
+            limits        TEXT NOT NULL,
+            deployed_at   REAL NOT NULL,
+            PRIMARY KEY (agent, version)
+        )""")
+
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    """versions.stable_at: when the version last became the stable one (all
+    traffic on it after a completed switch), NULL if it never was, so that a
+    rollback skips versions that never worked.
+
+    Only each agent's current version is marked: it is serving, so its switch
+    completed. Older versions are left unknown (NULL) because schema 1 kept a
+    failed reload's record exactly like a good one's, and guessing "stable"
+    would bring back the very defect this column fixes. The current version's
+    stable_at is its deployed_at, the earliest moment it can have become
+    stable; the real one was not recorded."""
+    db.execute("ALTER TABLE versions ADD COLUMN stable_at REAL")
+    db.execute(
+        "UPDATE versions SET stable_at = deployed_at WHERE version = "
+        "(SELECT current_version FROM agents WHERE agents.name = versions.agent)"
+    )
+
+
+# Migration N is _MIGRATIONS[N - 1]; append only, never edit a released one.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_VERSION_COLUMNS = "agent, version, label, module_sha256, limits, deployed_at, stable_at IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -51,6 +91,7 @@ class VersionRecord:
     module_sha256: str
     limits: Limits
     deployed_at: float
+    stable: bool = False  # ever the stable version: a rollback may return to it
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,11 @@ class AgentRecord:
     created_at: float
     restart: RestartSettings
     replicas: int = 1
+
+
+def _version_record(row: tuple) -> VersionRecord:
+    agent, number, label, digest, limits, deployed_at, stable = row
+    return VersionRecord(agent, number, label, digest, Limits(**json.loads(limits)), deployed_at, bool(stable))
 
 
 class StateStore:
@@ -78,9 +124,36 @@ class StateStore:
             os.chmod(directory, 0o700)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.state_dir / "caxton.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        try:
+            # Checked before anything writes, so a newer Caxton's
+            # database is left exactly as it was.
+            (found,) = self._db.execute("PRAGMA user_version").fetchone()
+            if found > SCHEMA_VERSION:
+                raise StateVersionError(
+                    f"state in {self.state_dir} was written by a newer Caxton "
+                    f"(schema {found}, this one knows up to {SCHEMA_VERSION})"
+                )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Apply every migration above the database's version, each in its
+        own transaction together with the version bump, so a failure leaves
+        the database at the last version that completed."""
+        for number, migration in enumerate(_MIGRATIONS, start=1):
+            with self._db:
+                # IMMEDIATE takes the write lock before reading the version:
+                # another process opening the same state cannot apply the
+                # same migration in between.
+                self._db.execute("BEGIN IMMEDIATE")
+                (found,) = self._db.execute("PRAGMA user_version").fetchone()
+                if found < number:
+                    migration(self._db)
+                    self._db.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
         with self._lock:
@@ -118,6 +191,8 @@ class StateStore:
 
     def create_agent(self, name: str, policy: str, module_sha256: str, limits: Limits, label: str,
                      restart: RestartSettings = RestartSettings(), replicas: int = 1) -> VersionRecord:
+        """Record a new agent at v1. v1 is not yet stable: the supervisor
+        marks it once the agent has really started."""
         now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -174,24 +249,52 @@ class StateStore:
         with self._lock:
             self._db.execute("UPDATE agents SET current_version = ? WHERE name = ?", (version, name))
 
+    def mark_stable(self, name: str, version: int) -> None:
+        """Record that `version` has just become the stable version (all
+        traffic on it after a completed switch). Like the other setters, an
+        agent or version that is gone meanwhile is ignored: a remove may race
+        with the start that ends in this call."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE versions SET stable_at = ? WHERE agent = ? AND version = ?", (time.time(), name, version)
+            )
+
+    def rollback_target(self, name: str, current: int) -> VersionRecord | None:
+        """The default version to roll back to from `current`: the newest
+        older version that was ever stable (None if there is none), so a
+        version whose switch failed is never picked."""
+        with self._lock:
+            return self._rollback_target(name, current)
+
+    def _rollback_target(self, name: str, current: int) -> VersionRecord | None:
+        """rollback_target; caller holds the lock."""
+        row = self._db.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions "
+            "WHERE agent = ? AND version < ? AND stable_at IS NOT NULL ORDER BY version DESC LIMIT 1",
+            (name, current),
+        ).fetchone()
+        return None if row is None else _version_record(row)
+
     def versions(self, name: str) -> list[VersionRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT agent, version, label, module_sha256, limits, deployed_at FROM versions "
-                "WHERE agent = ? ORDER BY version",
-                (name,),
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE agent = ? ORDER BY version", (name,)
             ).fetchall()
-        return [VersionRecord(a, v, l, d, Limits(**json.loads(lim)), at) for a, v, l, d, lim, at in rows]
+        return [_version_record(row) for row in rows]
 
     def prune_versions(self, name: str, keep: int, current: int) -> None:
-        """Forget all but the newest `keep` versions (never the current one)
-        and their modules, so history stays bounded."""
+        """Forget all but the newest `keep` versions and their modules, so
+        history stays bounded. Never the current version, nor its rollback
+        target: a run of failed reloads must not push the last version that
+        worked out of history."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
+            target = self._rollback_target(name, current)
+            spared = {current} if target is None else {current, target.version}
             rows = self._db.execute(
                 "SELECT version, module_sha256 FROM versions WHERE agent = ? ORDER BY version DESC", (name,)
             ).fetchall()
-            doomed = [(v, d) for v, d in rows[keep:] if v != current]
+            doomed = [(v, d) for v, d in rows[keep:] if v not in spared]
             for version, _ in doomed:
                 self._db.execute("DELETE FROM versions WHERE agent = ? AND version = ?", (name, version))
             for digest in {d for _, d in doomed}:
@@ -200,10 +303,8 @@ class StateStore:
     def version(self, name: str, version: int) -> VersionRecord:
         with self._lock:
             row = self._db.execute(
-                "SELECT agent, version, label, module_sha256, limits, deployed_at FROM versions WHERE agent = ? AND version = ?",
-                (name, version),
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE agent = ? AND version = ?", (name, version)
             ).fetchone()
         if row is None:
             raise KeyError(f"{name} v{version}")
-        agent, number, label, digest, limits, deployed_at = row
-        return VersionRecord(agent, number, label, digest, Limits(**json.loads(limits)), deployed_at)
+        return _version_record(row)

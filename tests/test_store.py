@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 
+from caxton.supervisor import store as store_module
 from caxton.supervisor.config import Limits
 from caxton.supervisor.restart import RestartSettings
-from caxton.supervisor.store import AgentRecord, StateStore, VersionRecord
+from caxton.supervisor.store import SCHEMA_VERSION, AgentRecord, StateStore, StateVersionError, VersionRecord
 
 WASM_A = b"\x00asm\x01\x00\x00\x00" + b"A" * 32
 WASM_B = b"\x00asm\x01\x00\x00\x00" + b"B" * 32
@@ -246,3 +249,227 @@ def test_restart_settings_round_trip(tmp_path):
     records = {r.name: r for r in StateStore(tmp_path / "state").agents()}
     assert records["tuned"].restart == settings
     assert records["plain"].restart == RestartSettings()
+
+
+# ------------------------------------------------------------ stable versions
+
+
+def test_new_versions_are_not_stable(store):
+    digest = store.put_module(WASM_A)
+    created = store.create_agent("a", "default", digest, LIMITS, "")
+    added = store.add_version("a", digest, LIMITS, "")
+    assert not created.stable and not added.stable
+    assert [v.stable for v in store.versions("a")] == [False, False]
+    assert store.rollback_target("a", 2) is None
+
+
+def test_mark_stable(store):
+    digest = store.put_module(WASM_A)
+    store.create_agent("a", "default", digest, LIMITS, "")
+    store.add_version("a", digest, LIMITS, "")
+    store.mark_stable("a", 2)
+    assert store.version("a", 2).stable
+    assert not store.version("a", 1).stable
+    assert [v.stable for v in store.versions("a")] == [False, True]
+    store.mark_stable("a", 2)  # becoming stable again (after a rollback) keeps it stable
+    assert store.version("a", 2).stable
+    store.mark_stable("a", 9)  # gone meanwhile: ignored, nothing else touched
+    store.mark_stable("nobody", 1)
+    assert [v.stable for v in store.versions("a")] == [False, True]
+
+
+def test_rollback_target_skips_never_stable_versions(store):
+    """Defect 5: v1 worked, v2's switch failed, v3 worked: rolling back from
+    v3 goes to v1, not v2."""
+    digest = store.put_module(WASM_A)
+    store.create_agent("a", "default", digest, LIMITS, "good")
+    store.mark_stable("a", 1)
+    store.add_version("a", digest, LIMITS, "broken")
+    store.add_version("a", digest, LIMITS, "fixed")
+    store.set_current_version("a", 3)
+    store.mark_stable("a", 3)
+    target = store.rollback_target("a", 3)
+    assert target == store.version("a", 1)
+    assert (target.label, target.stable) == ("good", True)
+    assert store.rollback_target("a", 1) is None  # nothing stable below the oldest
+    assert store.rollback_target("nobody", 3) is None
+
+
+def test_rollback_target_none_without_an_older_stable_version(store):
+    digest = store.put_module(WASM_A)
+    store.create_agent("a", "default", digest, LIMITS, "")
+    store.add_version("a", digest, LIMITS, "")
+    store.add_version("a", digest, LIMITS, "")
+    store.mark_stable("a", 3)  # only the current one, and newer ones do not count
+    assert store.rollback_target("a", 3) is None
+    assert store.rollback_target("a", 2) is None
+
+
+def test_prune_versions_with_stable_column(store):
+    digests = [store.put_module(WASM_A), store.put_module(WASM_B)]
+    store.create_agent("a", "default", digests[0], LIMITS, "v1")
+    store.mark_stable("a", 1)
+    for number in range(2, 6):
+        store.add_version("a", digests[number % 2], LIMITS, f"v{number}")
+    store.mark_stable("a", 4)
+    store.set_current_version("a", 5)
+    store.mark_stable("a", 5)
+    store.prune_versions("a", keep=2, current=5)
+    assert [(v.version, v.stable) for v in store.versions("a")] == [(4, True), (5, True)]
+    assert store.rollback_target("a", 5).version == 4
+    # v1's module is still used by v5's
+    assert store.module_path(digests[0]).exists() and store.module_path(digests[1]).exists()
+
+
+def test_prune_versions_spares_the_rollback_target(store):
+    """A run of failed reloads must not push the last version that worked
+    out of history."""
+    a, b = store.put_module(WASM_A), store.put_module(WASM_B)
+    store.create_agent("a", "default", a, LIMITS, "good")
+    store.mark_stable("a", 1)
+    for number in range(2, 6):  # v2..v4 never switched; v5 did
+        store.add_version("a", b, LIMITS, f"v{number}")
+    store.set_current_version("a", 5)
+    store.mark_stable("a", 5)
+    store.prune_versions("a", keep=2, current=5)
+    assert [v.version for v in store.versions("a")] == [1, 4, 5]
+    assert store.rollback_target("a", 5).version == 1
+    assert store.module_path(a).exists()
+
+
+def test_prune_versions_keeps_current_even_when_old(store):
+    a, b = store.put_module(WASM_A), store.put_module(WASM_B)
+    store.create_agent("a", "default", a, LIMITS, "")
+    for _ in range(3):
+        store.add_version("a", b, LIMITS, "")
+    store.prune_versions("a", keep=1, current=1)  # rolled back to v1; nothing older is stable
+    assert [v.version for v in store.versions("a")] == [1, 4]
+    assert store.module_path(a).exists() and store.module_path(b).exists()
+
+
+# ------------------------------------------------------------ schema versions
+
+FIXTURE_V0 = Path(__file__).parent / "fixtures" / "state-v0"
+ECHO_V1 = "4ece3a4ff9a91655e8c22b899da9fb604d1a90148235982c851f521df415d306"
+ECHO_V2 = "daf1c8f4c477fc839bf41dd3c0e3711871e785ff5d285f0e75783fce5fcd8802"
+COUNTER_V1 = "da9df4419f83976d3746eef0be7df74e83776ab6dfcd079bade90a2fc002b750"
+
+
+def user_version(state: Path) -> int:
+    db = sqlite3.connect(state / "caxton.db")
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def raw_rows(state: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, read past the store (which must be closed)."""
+    db = sqlite3.connect(state / "caxton.db")
+    try:
+        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in ("agents", "versions")}
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def state_v0(tmp_path) -> Path:
+    """A copy of the state written before the schema had a version: the
+    fixture itself is never opened by the store."""
+    state = tmp_path / "state"
+    shutil.copytree(FIXTURE_V0, state)
+    assert user_version(state) == 0
+    return state
+
+
+def test_fresh_directory_gets_latest_schema(tmp_path):
+    StateStore(tmp_path / "state").close()
+    assert user_version(tmp_path / "state") == SCHEMA_VERSION
+    db = sqlite3.connect(tmp_path / "state" / "caxton.db")
+    try:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(versions)")]
+    finally:
+        db.close()
+    assert "stable_at" in columns
+
+
+def test_state_v0_migrates_intact(state_v0):
+    s = StateStore(state_v0)
+    try:
+        echo, counter = sorted(s.agents(), key=lambda a: a.name != "echo")
+        defaults = RestartSettings(initial_delay_s=0.01)
+        assert echo == AgentRecord(
+            name="echo", desired_state="running", current_version=2, policy="default",
+            created_at=1796007095.0627618, restart=defaults, replicas=1,
+        )
+        assert counter == AgentRecord(
+            name="counter", desired_state="stopped", current_version=1, policy="default",
+            created_at=1796007095.7529013, restart=RestartSettings(initial_delay_s=0.01, max_failures=3), replicas=2,
+        )
+        small = Limits(memory_bytes=2 << 20)
+        assert s.versions("echo") == [
+            VersionRecord("echo", 1, "first", ECHO_V1, small, 1796007095.0627618, stable=False),
+            VersionRecord("echo", 2, "second", ECHO_V2, small, 1796007095.7092319, stable=True),
+        ]
+        assert s.versions("counter") == [
+            VersionRecord("counter", 1, "", COUNTER_V1, Limits(), 1796007095.7529013, stable=True),
+        ]
+        assert s.rollback_target("echo", 2) is None  # v1 may never have worked: no guess
+        for digest in (ECHO_V1, ECHO_V2, COUNTER_V1):
+            path = s.module_path(digest)
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        # and it can still write
+        s.mark_stable("echo", 1)
+        assert s.rollback_target("echo", 2).label == "first"
+    finally:
+        s.close()
+    assert user_version(state_v0) == SCHEMA_VERSION
+
+
+def test_reopening_migrated_state_changes_nothing(state_v0):
+    StateStore(state_v0).close()
+    before = raw_rows(state_v0)
+    s = StateStore(state_v0)
+    try:
+        assert [v.stable for v in s.versions("echo")] == [False, True]
+    finally:
+        s.close()
+    assert raw_rows(state_v0) == before
+    assert user_version(state_v0) == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused_untouched(tmp_path):
+    state = tmp_path / "state"
+    StateStore(state).close()
+    db = sqlite3.connect(state / "caxton.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = raw_rows(state)
+    with pytest.raises(StateVersionError) as refused:
+        StateStore(state)
+    assert isinstance(refused.value, ValueError)
+    assert str(refused.value) == (
+        f"state in {state} was written by a newer Caxton "
+        f"(schema {SCHEMA_VERSION + 1}, this one knows up to {SCHEMA_VERSION})"
+    )
+    assert user_version(state) == SCHEMA_VERSION + 1
+    assert raw_rows(state) == before
+
+
+def test_failed_migration_leaves_last_completed_version(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    StateStore(state).close()
+
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("ALTER TABLE agents ADD COLUMN half_done TEXT")
+        raise RuntimeError("migration failed halfway")
+
+    monkeypatch.setattr(store_module, "_MIGRATIONS", store_module._MIGRATIONS + (broken,))
+    with pytest.raises(RuntimeError, match="halfway"):
+        StateStore(state)
+    assert user_version(state) == SCHEMA_VERSION
+    db = sqlite3.connect(state / "caxton.db")
+    try:
+        assert "half_done" not in [row[1] for row in db.execute("PRAGMA table_info(agents)")]
+    finally:
+        db.close()
