@@ -1,9 +1,12 @@
-"""The supervisor's side of the fork server (see worker/forkserver.py).
+"""The supervisor's side of one fork server process (see worker/forkserver.py):
+starting it and speaking its protocol.
 
-The fork server process is started from the launcher thread, so that its
-parent-death signal stays armed for the supervisor's lifetime. Requests may
-come from any thread; one lock keeps request and answer paired on the
-control socket.
+One `ForkServer` is one process and its control channel; a replacement is a
+new object (forkserver_keeper.py decides when). The process is started from
+the launcher thread, so that its parent-death signal stays armed for the
+supervisor's lifetime, which also reads its "ready" message there. Requests
+may then come from any thread; one lock keeps request and answer paired on
+the control socket.
 """
 
 from __future__ import annotations
@@ -24,83 +27,113 @@ from .errors import WorkerStartError
 WORKER_PYTHON_FLAGS = ("-I",)
 
 
+class ForkServerFailed(WorkerStartError):
+    """The fork server died, hung or broke its protocol: it must be replaced
+    (unlike a refusal to fork one worker, which it answers properly)."""
+
+
+class ForkServerGone(ForkServerFailed):
+    """The fork server closed its control channel, which it does only by
+    exiting."""
+
+
 class ForkServer:
-    def __init__(self, python: str, env: dict[str, str]):
-        self._python = python
-        self._env = env
+    def __init__(self, popen: subprocess.Popen, control: socket.socket):
+        self.popen = popen
+        self.control_fd = control.fileno()
+        self._control: socket.socket | None = control
         self._lock = threading.Lock()
-        self.popen: subprocess.Popen | None = None
-        self._control: socket.socket | None = None
-        self._ready = False
+        self._broken: str | None = None
+        self.killed_because: str | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
-
-    def start(self) -> subprocess.Popen:
-        """Start the process (without waiting for its imports to finish).
+    @classmethod
+    def start(cls, python: str, env: dict[str, str]) -> ForkServer:
+        """Start the process, without waiting for its imports to finish.
         Call from the launcher thread."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             popen = subprocess.Popen(
-                [self._python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker.forkserver", "--control-fd", str(theirs.fileno()),
+                [python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker.forkserver", "--control-fd", str(theirs.fileno()),
                  "--parent-pid", str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
-                env=self._env,
+                env=env,
             )
         except OSError:
             ours.close()
             raise
         finally:
             theirs.close()
-        with self._lock:
-            self.popen, self._control, self._ready = popen, ours, False
-        return popen
+        return cls(popen, ours)
 
-    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, timeout: float) -> int:
-        """Ask for a worker serving on `socket_path`; returns its pid."""
+    def read_ready(self) -> bool:
+        """Non-blocking, for the launcher thread while the control socket is
+        readable: True once the "ready" message has arrived, False if
+        nothing has yet. Raises ForkServerGone if the channel closed,
+        ForkServerFailed if it carried something else."""
         with self._lock:
-            control = self._control
-            if control is None:
-                raise WorkerStartError("the fork server is not running")
-            deadline = time.monotonic() + timeout
+            if self._control is None:
+                raise ForkServerGone("the fork server's control channel is closed")
             try:
-                if not self._ready:
-                    self._expect(control, deadline, "ready")
-                    self._ready = True
+                data = self._control.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise ForkServerFailed(f"the fork server failed while starting: {exc}") from exc
+        if not data:
+            raise ForkServerGone("the fork server closed its control channel while starting")
+        try:
+            if json.loads(data).get("ready") is True:
+                return True
+        except ValueError:
+            pass
+        raise ForkServerFailed(f"unexpected first message from the fork server: {data[:200]!r}")
+
+    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, deadline: float) -> int:
+        """Ask a ready fork server for a worker serving on `socket_path`;
+        returns its pid. Raises ForkServerFailed if the server does not
+        answer properly by `deadline` (and from then on at once), plain
+        WorkerStartError if it answers that it could not fork."""
+        with self._lock:
+            if self._broken is not None:
+                raise ForkServerFailed(self._broken)
+            if self._control is None:
+                raise ForkServerFailed("the fork server's control channel is closed")
+            try:
                 request = {"socket": socket_path, "cgroup_procs": cgroup_procs}
-                socket.send_fds(control, [json.dumps(request).encode()], [ready_w])
-                reply = self._expect(control, deadline, "pid")
+                socket.send_fds(self._control, [json.dumps(request).encode()], [ready_w])
+                reply = self._expect_pid(self._control, deadline)
             except (OSError, ValueError) as exc:
-                raise WorkerStartError(f"the fork server failed: {exc}") from exc
+                # An answer may still be on its way: the channel is out of
+                # step for good, so nobody may use it again.
+                self._broken = f"the fork server failed: {exc}"
+                raise ForkServerFailed(self._broken) from exc
         if "error" in reply:
             raise WorkerStartError(f"the fork server could not fork a worker: {reply['error']}")
         return int(reply["pid"])
 
     @staticmethod
-    def _expect(control: socket.socket, deadline: float, key: str) -> dict:
-        remaining = deadline - time.monotonic()
-        control.settimeout(max(0.001, remaining))
+    def _expect_pid(control: socket.socket, deadline: float) -> dict:
+        control.settimeout(max(0.001, deadline - time.monotonic()))
         data = control.recv(65536)
         if not data:
             raise OSError("the fork server closed its control channel")
         reply = json.loads(data)
-        if key not in reply and "error" not in reply:
+        if "pid" not in reply and "error" not in reply:
             raise ValueError(f"unexpected message from the fork server: {reply}")
         return reply
 
-    def forget(self) -> None:
-        """The process exited: drop the channel so the next start is clean."""
-        with self._lock:
-            if self._control is not None:
-                self._control.close()
-            self.popen, self._control, self._ready = None, None, False
+    def kill(self, reason: str) -> None:
+        """SIGKILL it, remembering why for the log. Launcher thread only:
+        that is where it is reaped, so its pid cannot have been recycled."""
+        if self.popen.returncode is None:
+            self.killed_because = reason
+            self.popen.kill()
 
     def close(self) -> None:
-        """Closing the channel makes the fork server exit by itself."""
+        """Close the channel (a live server then exits by itself)."""
         with self._lock:
             if self._control is not None:
                 self._control.close()

@@ -1,40 +1,51 @@
-"""A few started-but-empty workers, kept ready so that a deploy, a restart or
-a reload does not wait for a process to start.
+"""The spare pool: a few started-but-empty workers, kept ready so that a
+deploy, a restart or a reload does not wait for a process to start.
 
 A spare is an ordinary worker that has started its gRPC server and loaded
 nothing. Taking one hands it to exactly one agent instance: a worker loads
 one module in its life (the worker refuses a second Load), so two agents
 never share a process and a process never serves a second agent. The pool
 refills in the background from its own thread, which is the only place that
-waits for a spare to become ready.
+waits for a spare to become ready; failed refills back off like agent
+restarts do, and are retried at once when the launcher can start workers
+again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections import deque
 
+from .backoff import Backoff
 from .errors import WorkerStartError
-from .launcher import Launcher, WorkerProcess
+from .launcher import ExitStatus, Launcher, WorkerProcess
+from .restart import RestartSettings
 
 log = logging.getLogger("caxton.pool")
 
-# After a failed start, wait this long before trying again, so a broken
-# host does not turn the refill into a busy loop.
-_RETRY_DELAY_S = 1.0
+# A failed refill is retried after 0.1 s, then slower up to every 10 s: a
+# broken host must not turn the refill into a busy loop.
+REFILL_RETRY = RestartSettings(initial_delay_s=0.1, max_delay_s=10.0, reset_after_s=30.0,
+                               max_failures=5, window_s=60.0)
 
 
 class SparePool:
-    def __init__(self, launcher: Launcher, size: int, start_timeout_s: float):
+    def __init__(self, launcher: Launcher, size: int, start_timeout_s: float,
+                 retry: RestartSettings = REFILL_RETRY):
         self.size = size
         self._launcher = launcher
         self._timeout = start_timeout_s
+        self._backoff = Backoff(retry)
         self._spares: deque[WorkerProcess] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._refill, name="spare-pool", daemon=True)
         if size > 0:
+            launcher.on_capacity_change(self._capacity_changed)
             self._thread.start()
 
     def take(self) -> WorkerProcess | None:
@@ -48,10 +59,6 @@ class SparePool:
                     return process
         return None
 
-    def spare_pids(self) -> list[int]:
-        with self._cond:
-            return [p.pid for p in self._spares if p.alive]
-
     def close(self) -> None:
         """Stop refilling; the launcher kills the spares with every worker."""
         with self._cond:
@@ -63,24 +70,39 @@ class SparePool:
     def _refill(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and sum(p.alive for p in self._spares) >= self.size:
-                    # Dead spares are dropped lazily by take(); a timed wait
-                    # notices one that died while nobody was taking.
-                    self._cond.wait(_RETRY_DELAY_S)
-                    self._spares = deque(p for p in self._spares if p.alive)
+                while not self._closed and (len(self._spares) >= self.size or time.monotonic() < self._retry_at):
+                    timeout = self._retry_at - time.monotonic() if len(self._spares) < self.size else None
+                    self._cond.wait(timeout)
                 if self._closed:
                     return
             try:
                 process = self._launcher.spawn(self._timeout)
             except WorkerStartError as exc:
-                if self._closed:
-                    return
-                log.warning("could not start a spare worker: %s", exc)
                 with self._cond:
-                    self._cond.wait(_RETRY_DELAY_S)
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    retry = self._backoff.failed(now, str(exc))
+                    self._retry_at = now + retry.delay_s
+                log.warning("could not start a spare worker: %s; retrying in %.2fs", exc, retry.delay_s)
                 continue
             with self._cond:
+                self._backoff.succeeded(time.monotonic())
                 if self._closed:
                     process.kill()
                     return
                 self._spares.append(process)
+            process.add_exit_callback(functools.partial(self._spare_exited, process))
+
+    def _spare_exited(self, process: WorkerProcess, _status: ExitStatus) -> None:
+        """Exit callback: a spare died while waiting; make room for another."""
+        with self._cond:
+            if process in self._spares:
+                self._spares.remove(process)
+                self._cond.notify_all()
+
+    def _capacity_changed(self, can_start: bool) -> None:
+        if can_start:
+            with self._cond:
+                self._retry_at = 0.0
+                self._cond.notify_all()

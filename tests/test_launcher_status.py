@@ -1,4 +1,4 @@
-"""ExitStatus.describe (supervisor/launcher.py): how a worker's end is worded."""
+"""ExitStatus.describe (supervisor/process.py): how a worker's end is worded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from caxton.supervisor.launcher import ExitStatus
+from caxton.supervisor.process import ExitStatus
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_wait_ready_handles_descriptors_past_select_limit():
     import os
     import resource
 
-    from caxton.supervisor.launcher import WorkerProcess
+    from caxton.supervisor.process import WorkerProcess
 
     high = 1500
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= high:
