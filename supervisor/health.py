@@ -2,12 +2,12 @@
 
 A worker can hang without exiting: stopped by a signal, deadlocked, stuck in
 host code. Exits are seen at once through pidfds; hangs only by asking. Every
-interval this thread sends every live worker a Stats call with a deadline,
-all at once (futures), and kills a worker that misses `failures` checks in
-a row. The kill then goes through the normal exit path, so the agent is
-restarted by its policy and the reason names the hang.
+interval this thread probes every live worker (WorkerClient.probe), all at
+once and under one deadline, and kills a worker that misses `failures`
+checks in a row. The kill then goes through the normal exit path, so the
+agent is restarted by its policy and the reason names the hang.
 
-The Stats call is answered by the worker's second RPC thread, so a worker
+The probe is answered by the worker's second RPC thread, so a worker
 busy with a long message still answers: wasm runs without holding the GIL.
 """
 
@@ -17,11 +17,9 @@ import logging
 import threading
 from typing import Callable, Iterable
 
-import grpc
-
-from caxton.internal.v1 import worker_pb2
-
+from .deadline import Deadline
 from .instance import WorkerInstance
+from .worker_client import WorkerCallError
 
 log = logging.getLogger("caxton.health")
 
@@ -55,15 +53,13 @@ class HealthMonitor:
     def check_once(self) -> None:
         """One sweep: ask every live worker, wait for all answers (bounded by
         the timeout), count the misses."""
-        calls = []
-        for instance in self._instances():
-            if instance.alive:
-                calls.append((instance, instance.stub.Stats.future(worker_pb2.StatsRequest(), timeout=self._timeout_s)))
+        deadline = Deadline.after(self._timeout_s)
+        probes = [(instance, instance.client.probe(deadline)) for instance in self._instances() if instance.alive]
         missed: dict[WorkerInstance, int] = {}
-        for instance, call in calls:
+        for instance, probe in probes:
             try:
-                call.result()
-            except grpc.RpcError:
+                probe.result()
+            except WorkerCallError:
                 if not instance.alive:
                     continue  # it exited meanwhile: the exit path handles it
                 count = self._missed.get(instance, 0) + 1

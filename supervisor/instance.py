@@ -1,10 +1,11 @@
 """One worker process serving one version of one agent, seen from the supervisor.
 
-An instance owns its process, the gRPC channel to it, and a dispatcher thread
-that pulls batches from the agent's mailbox and hands them to the worker. A
-batch that is inside the worker when the worker dies is answered UNAVAILABLE
-(never silently retried: the agent may have acted on it); messages still in
-the mailbox wait for another instance.
+An instance owns its process and a dispatcher thread that pulls batches from
+the agent's mailbox and hands them to the worker through its `client` (a
+WorkerClient, which makes every call to the worker). A batch that is inside
+the worker when the worker dies is answered UNAVAILABLE (never silently
+retried: the agent may have acted on it); messages still in the mailbox wait
+for another instance.
 """
 
 from __future__ import annotations
@@ -18,24 +19,24 @@ from typing import Callable
 
 import grpc
 
-from caxton.contract import MAX_GRPC_MESSAGE_BYTES
-from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
-
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
+from .deadline import Deadline
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .pool import SparePool
 from .mailbox import Mailbox, Pending
 from .store import StateStore, VersionRecord
+from .worker_client import WorkerCallError, WorkerClient, WorkerOsLimits
 
 log = logging.getLogger("caxton.instance")
 
-_OK = grpc.StatusCode.OK
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-_LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
-
 _DATA_LIMIT_SLACK = 64 << 20
 
+# A batch's hang bound: each message may take the agent's timeout (this
+# much when it has none), plus slack for the round trip. A worker past it
+# is hung and gets killed; callers' own deadlines are enforced in the worker.
+_UNTIMED_MESSAGE_S = 60.0
+_BATCH_SLACK_S = 5.0
 
 
 class InstanceStartError(Exception):
@@ -90,7 +91,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
         instance.load(
             str(env.store.module_path(version.module_sha256)),
             str(env.store.cache_dir),
-            worker_pb2.OsLimits(
+            WorkerOsLimits(
                 # RLIMIT_DATA is the backstop where cgroups are unavailable;
                 # where they are, the cgroup is the precise limit, so the
                 # rlimit sits a little above it rather than racing it.
@@ -101,7 +102,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
                 gid=env.gid,
                 user_name=env.user_name,
             ),
-            timeout,
+            Deadline.after(timeout),
         )
     except BaseException:
         instance.kill()
@@ -112,6 +113,8 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
 
 
 class WorkerInstance:
+    """The process, its client and the dispatcher that feeds it."""
+
     def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
                  cgroup: WorkerCgroup | None = None):
         self.agent = agent
@@ -122,14 +125,7 @@ class WorkerInstance:
         self.enforcement: list[str] = []
         self.kill_reason = ""
         self._config = config
-        self.channel = grpc.insecure_channel(
-            f"unix:{process.socket_path}",
-            options=[
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-            ],
-        )
-        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        self.client = WorkerClient(process.socket_path, agent, version)
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)
         self._retiring = False
@@ -147,37 +143,19 @@ class WorkerInstance:
     def alive(self) -> bool:
         return self.process.alive
 
-    def _log_worker(self, records) -> None:
-        for record in records:
-            log.log(_LOG_LEVELS.get(record.level, logging.INFO), "[%s v%d] %s", self.agent, self.version, record.text)
-
     # ------------------------------------------------------------ start / stop
 
-    def load(self, module_path: str, cache_dir: str, os_limits: worker_pb2.OsLimits, timeout: float) -> None:
+    def load(self, module_path: str, cache_dir: str, os_limits: WorkerOsLimits, deadline: Deadline) -> None:
         """Load the module and run caxton_init; raises InstanceStartError."""
-        request = worker_pb2.LoadRequest(
-            agent=self.agent,
-            version=self.version,
-            module_path=module_path,
-            cache_dir=cache_dir,
-            os_limits=os_limits,
-            limits=worker_pb2.Limits(
-                memory_bytes=self.limits.memory_bytes,
-                fuel=self.limits.fuel,
-                timeout_ms=self.limits.timeout_ms,
-                max_message_bytes=self.limits.max_message_bytes,
-            ),
-        )
         try:
-            response = self.stub.Load(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise InstanceStartError(self._rpc_failure("loading the module", exc)) from exc
-        self._log_worker(response.logs)
-        if response.error:
-            raise InstanceStartError(response.error)
-        self.enforcement = list(response.enforcement) + (self.cgroup.layers if self.cgroup else [])
-        if response.init_code != 0:
-            raise InstanceStartError(f"caxton_init returned {response.init_code}", init_code=response.init_code)
+            result = self.client.load(module_path, cache_dir, self.limits, os_limits, deadline)
+        except WorkerCallError as exc:
+            raise InstanceStartError(self._failure_reason(exc)) from exc
+        if result.error:
+            raise InstanceStartError(result.error)
+        self.enforcement = list(result.enforcement) + (self.cgroup.layers if self.cgroup else [])
+        if result.init_code != 0:
+            raise InstanceStartError(f"caxton_init returned {result.init_code}", init_code=result.init_code)
 
     def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
         """Start pulling messages from `mailbox`. `on_result(ok)` counts each
@@ -195,26 +173,24 @@ class WorkerInstance:
         self._retiring = True
         mailbox.wake_all()
 
-    def wait_idle(self, deadline: float) -> bool:
+    def wait_idle(self, deadline: Deadline) -> bool:
         """Wait until the dispatcher has finished its batch and stopped."""
         thread = self._dispatcher
         if thread is None:
             return True
-        thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(deadline.timeout())
         return not thread.is_alive()
 
-    def shutdown(self, timeout: float) -> None:
+    def shutdown(self, deadline: Deadline) -> None:
         """Run caxton_shutdown in the worker and wait for it to exit; kill it
-        if it does not within `timeout`."""
-        deadline = time.monotonic() + timeout
+        if it does not by the deadline."""
         if self.process.alive:
             try:
-                response = self.stub.Shutdown(worker_pb2.ShutdownRequest(), timeout=max(0.1, timeout))
-                self._log_worker(response.logs)
-            except grpc.RpcError as exc:
+                self.client.shutdown(deadline)
+            except WorkerCallError as exc:
                 log.warning("[%s v%d] shutdown of worker %d failed: %s", self.agent, self.version, self.pid,
-                            self._rpc_failure("shutting down", exc))
-        if self.process.wait_exit(max(0.0, deadline - time.monotonic())) is None:
+                            self._failure_reason(exc))
+        if self.process.wait_exit(deadline.timeout()) is None:
             log.warning("[%s v%d] worker %d did not exit in time; killing it", self.agent, self.version, self.pid)
             self.kill()
             self.process.wait_exit(5.0)
@@ -232,7 +208,7 @@ class WorkerInstance:
 
     def close(self) -> None:
         """Release what the instance holds once its process has exited."""
-        self.channel.close()
+        self.client.close()
         if self.cgroup is not None and not self.process.alive:
             self.cgroup.remove()
 
@@ -245,14 +221,6 @@ class WorkerInstance:
             return (f"was killed by the kernel's OOM killer: the worker passed its cgroup memory limit "
                     f"({self.cgroup.memory_bytes >> 20} MiB)")
         return status.describe()
-
-    def stats(self, timeout: float = 1.0) -> worker_pb2.StatsResponse | None:
-        if not self.process.alive:
-            return None
-        try:
-            return self.stub.Stats(worker_pb2.StatsRequest(), timeout=timeout)
-        except grpc.RpcError:
-            return None
 
     # ------------------------------------------------------------ dispatch
 
@@ -285,45 +253,35 @@ class WorkerInstance:
     def _deliver(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
         """Send one batch to the worker and answer each message. Returns
         False when this dispatcher should stop (worker gone or retiring)."""
-        per_message_s = (self.limits.timeout_ms or 60_000) / 1000
+        # A worker that takes far longer than its agents' own timeouts allow
+        # is hung: the bound turns that into an error instead of a dispatcher
+        # stuck forever.
+        per_message_s = self.limits.timeout_ms / 1000 if self.limits.timeout_ms else _UNTIMED_MESSAGE_S
+        hang_bound = Deadline.after(len(batch) * per_message_s + _BATCH_SLACK_S)
         try:
-            # A worker that takes far longer than its agents' own timeouts
-            # allow is hung: the deadline turns that into an error instead of
-            # a dispatcher stuck forever.
-            response = self.stub.Handle(
-                worker_pb2.HandleRequest(messages=[p.message for p in batch]),
-                timeout=len(batch) * per_message_s + 5.0,
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            outcomes = self.client.handle([p.message for p in batch], [p.deadline for p in batch], hang_bound)
+        except WorkerCallError as exc:
+            if exc.timed_out:
                 self.kill(f"did not finish a batch of {len(batch)} messages in time")
-            reason = self._rpc_failure("handling the message", exc)
+            reason = self._failure_reason(exc)
             for pending in batch:
                 if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
                     on_result(False)
             return self.process.alive and not self._retiring
         self.handled += len(batch)
-        for pending, result in zip(batch, response.results):
-            if result.logs:
-                self._log_worker(result.logs)
-            if result.code == 0:
-                pending.resolve(_OK, "", result.reply if result.has_reply else None)
-                on_result(True)
-            else:
-                pending.resolve(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error)
-                on_result(False)
+        for pending, outcome in zip(batch, outcomes):
+            pending.resolve(outcome.code, outcome.error, outcome.reply)
+            on_result(outcome.ok)
         return True
 
-    def _rpc_failure(self, doing: str, exc: grpc.RpcError) -> str:
+    def _failure_reason(self, exc: WorkerCallError) -> str:
         """A readable reason for a failed call to the worker. If the worker
         died, say how (waiting briefly for the exit to be reaped)."""
+        if exc.timed_out:
+            return f"worker {self.pid} of agent {self.agent!r} did not answer in time while {exc.doing}; killed it"
         # A large worker killed by the kernel can take a moment to be reaped;
         # its channel may also have been closed by the exit handler first.
-        status: ExitStatus | None = None
-        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-            status = self.process.wait_exit(2.0)
+        status = self.process.wait_exit(2.0)
         if status is not None:
-            return f"worker {self.pid} of agent {self.agent!r} {self.describe_exit(status)} while {doing}"
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"worker {self.pid} of agent {self.agent!r} did not answer in time while {doing}; killed it"
-        return f"worker {self.pid} of agent {self.agent!r} failed while {doing}: {exc.details()}"
+            return f"worker {self.pid} of agent {self.agent!r} {self.describe_exit(status)} while {exc.doing}"
+        return f"worker {self.pid} of agent {self.agent!r} failed while {exc.doing}: {exc.details}"

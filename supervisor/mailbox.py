@@ -13,7 +13,6 @@ here for the next instance.
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from typing import Callable
 
@@ -21,29 +20,29 @@ import grpc
 
 from caxton.v1 import caxton_pb2
 
+from .deadline import Deadline
 from .errors import ResourceExhausted, Unavailable
 
-_OK = grpc.StatusCode.OK
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
+
+# How a message's outcome is delivered, exactly once: OK with the reply
+# content (None for "no reply"), or an error code with its message.
+OutcomeCallback = Callable[[grpc.StatusCode, str, bytes | None], None]
 
 
 class Pending:
     """One accepted message waiting for its outcome.
 
-    `callback(code, error, reply)` runs exactly once: with the reply content
-    (None for "no reply") and OK, or with an error code and message.
+    `callback` (an OutcomeCallback) runs exactly once. `deadline` is the
+    caller's (Deadline.never() if it set none): it goes with the message to
+    the worker, which stops the agent when it passes.
     """
 
     __slots__ = ("message", "deadline", "callback", "size", "_done")
 
-    def __init__(
-        self,
-        message: caxton_pb2.AgentMessage,
-        deadline: float | None,
-        callback: Callable[[grpc.StatusCode, str, bytes | None], None],
-    ):
+    def __init__(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback):
         self.message = message
-        self.deadline = deadline  # time.monotonic() value, None = none
+        self.deadline = deadline
         self.callback = callback
         self.size = len(message.content)
         self._done = False
@@ -118,7 +117,6 @@ class Mailbox:
                     return []
                 batch: list[Pending] = []
                 size = 0
-                now = time.monotonic()
                 queue = self._queue
                 while queue and len(batch) < max_messages:
                     pending = queue[0]
@@ -127,7 +125,7 @@ class Mailbox:
                     queue.popleft()
                     if pending.done:
                         continue
-                    if pending.deadline is not None and pending.deadline <= now:
+                    if pending.deadline.expired():
                         pending.resolve(DEADLINE_EXCEEDED, "deadline passed while the message was queued")
                         continue
                     batch.append(pending)

@@ -9,10 +9,12 @@ import grpc
 import pytest
 
 from caxton.v1 import caxton_pb2
+from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.errors import ResourceExhausted, Unavailable
 from caxton.supervisor.mailbox import DEADLINE_EXCEEDED, Mailbox, Pending
 
 JOIN_TIMEOUT = 5.0
+NEVER = Deadline.never()
 
 
 class Recorder:
@@ -25,7 +27,7 @@ class Recorder:
         self.calls.append((code, error, reply))
 
 
-def make(content: bytes = b"x", *, deadline: float | None = None, message_id: str = "") -> tuple[Pending, Recorder]:
+def make(content: bytes = b"x", *, deadline: Deadline = NEVER, message_id: str = "") -> tuple[Pending, Recorder]:
     recorder = Recorder()
     message = caxton_pb2.AgentMessage(receiver="a", message_id=message_id, content=content)
     return Pending(message, deadline, recorder), recorder
@@ -205,8 +207,8 @@ def test_cancelled_pending_does_not_count_towards_max_messages():
 
 def test_expired_deadline_resolved_and_not_returned():
     box = Mailbox(limit=10)
-    expired, rec = make(deadline=time.monotonic() - 1, message_id="late")
-    live, live_rec = make(deadline=time.monotonic() + 3600, message_id="live")
+    expired, rec = make(deadline=Deadline.after(-1), message_id="late")
+    live, live_rec = make(deadline=Deadline.after(3600), message_id="live")
     box.put(expired)
     box.put(live)
     assert ids(box.take_batch(10, 1 << 20, always)) == ["live"]
@@ -219,11 +221,21 @@ def test_expired_deadline_resolved_and_not_returned():
     assert live_rec.calls == [] and not live.done
 
 
+def test_deadline_is_checked_when_taken_not_when_put():
+    now = [100.0]
+    box = Mailbox(limit=10)
+    pending, rec = make(deadline=Deadline.after(1.0, clock=lambda: now[0]), message_id="m")
+    box.put(pending)
+    now[0] += 1.0  # the caller's deadline passes while the message waits
+    assert box.take_batch(10, 1 << 20, true_then_false(1)) == []
+    assert [c[0] for c in rec.calls] == [DEADLINE_EXCEEDED]
+
+
 def test_only_dead_messages_then_stop_waiting_returns_empty():
     box = Mailbox(limit=10)
     cancelled, rec_c = make()
     cancelled.cancel()
-    expired, rec_e = make(deadline=time.monotonic() - 1)
+    expired, rec_e = make(deadline=Deadline.after(-1))
     box.put(cancelled)
     box.put(expired)
     # first check sees a non-empty queue; after dropping both it must not

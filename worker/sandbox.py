@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import math
 import os
 import threading
 import time
@@ -298,23 +299,47 @@ class Sandbox:
         self._view = MemoryView(store, exports["memory"])
         self.host.bind(self._view)
 
-    def _arm(self) -> None:
-        """Refill the per-message budgets. An engine with epoch interruption
-        traps on the first call of a store whose deadline was never set, so
-        this runs before every entry into wasm."""
+    def _arm(self, deadline_ticks: int = 0) -> None:
+        """Refill the per-message budgets; `deadline_ticks` (when non-zero)
+        replaces the agent's timeout. An engine with epoch interruption traps
+        on the first call of a store whose deadline was never set, so this
+        runs before every entry into wasm."""
         if self.limits.fuel > 0:
             self._store.set_fuel(self.limits.fuel)
         if self.limits.timeout_ms > 0:
-            self._store.set_epoch_deadline(self._deadline_ticks)
+            self._store.set_epoch_deadline(deadline_ticks or self._deadline_ticks)
+
+    def _caller_ticks(self, caller_deadline: float | None) -> int:
+        """The epoch ticks until the caller's deadline (a time.monotonic()
+        value), when that comes before the agent's own timeout; else 0.
+        Without epoch interruption (timeout_ms = 0) nothing can stop the agent
+        mid-message, so only the check before it starts applies."""
+        if caller_deadline is None:
+            return 0
+        remaining = caller_deadline - time.monotonic()
+        if remaining <= 0:
+            raise AgentError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                             "the caller's deadline passed before the agent got the message")
+        if self.limits.timeout_ms <= 0:
+            return 0
+        ticks = max(1, math.ceil(remaining / EPOCH_TICK_S))
+        return ticks if ticks < self._deadline_ticks else 0
 
     # ------------------------------------------------------------ messages
 
-    def handle(self, message: caxton_pb2.AgentMessage) -> Outcome:
-        """Deliver one message. Raises AgentError when it fails."""
+    def handle(self, message: caxton_pb2.AgentMessage, caller_deadline: float | None = None) -> Outcome:
+        """Deliver one message. Raises AgentError when it fails.
+
+        `caller_deadline` (a time.monotonic() value, None = none) is when the
+        message's caller stops waiting: the agent is interrupted then, as by
+        its own timeout, so an answer nobody waits for costs no more CPU. A
+        message whose caller already gave up is not delivered at all.
+        """
+        caller_ticks = self._caller_ticks(caller_deadline)
         self.messages += 1
         self.host.begin(message)
         try:
-            reply = self._call(message.content)
+            reply = self._call(message.content, caller_ticks)
         except AgentError:
             self.errors += 1
             # The agent (or the instance that replaced it) may have grown.
@@ -322,7 +347,7 @@ class Sandbox:
             raise
         return Outcome(reply, self.host.take_logs())
 
-    def _call(self, content: bytes) -> bytes | None:
+    def _call(self, content: bytes, caller_ticks: int) -> bytes | None:
         limits = self.limits
         length = len(content)
         if length > limits.max_message_bytes:
@@ -333,7 +358,7 @@ class Sandbox:
         store = self._store
         view = self._view
         length_val = _i32(length)
-        self._arm()
+        self._arm(caller_ticks)
         try:
             ptr = self._alloc(store, length_val) & _U32
             if ptr == 0:
@@ -352,6 +377,9 @@ class Sandbox:
             packed = self._handle(store, _i32(ptr), length_val) & _U64
         except wasmtime.Trap as exc:
             self._reset()
+            if caller_ticks and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+                raise AgentError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 "agent interrupted: its caller's deadline passed", reset=True) from exc
             code = _TRAP_STATUS.get(exc.trap_code, grpc.StatusCode.INTERNAL)
             raise AgentError(code, f"agent trapped: {_trap_text(exc)}", reset=True) from exc
         except wasmtime.WasmtimeError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 import grpc
@@ -78,6 +79,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             )
 
     def Handle(self, request: worker_pb2.HandleRequest, context: grpc.ServicerContext) -> worker_pb2.HandleResponse:
+        # The callers' remaining times count from when the batch arrived:
+        # earlier messages of the batch use up later ones' time.
+        received = time.monotonic()
         with self._lock:
             sandbox = self._require_sandbox(context)
             response = worker_pb2.HandleResponse()
@@ -85,14 +89,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             # building HandleResults first and passing the list to
             # HandleResponse(results=...) copies every one of them again.
             add = response.results.add
+            # Missing trailing entries mean "no deadline", like zeros.
+            deadlines_ms = request.deadline_ms
+            given = len(deadlines_ms)
             with sandbox.running():
-                for message in request.messages:
-                    self._handle_one(sandbox, message, add)
+                for index, message in enumerate(request.messages):
+                    ms = deadlines_ms[index] if index < given else 0
+                    self._handle_one(sandbox, message, received + ms / 1000 if ms else None, add)
             return response
 
-    def _handle_one(self, sandbox: Sandbox, message, add: Callable[..., worker_pb2.HandleResult]) -> None:
+    def _handle_one(self, sandbox: Sandbox, message, caller_deadline: float | None,
+                    add: Callable[..., worker_pb2.HandleResult]) -> None:
         try:
-            outcome = sandbox.handle(message)
+            outcome = sandbox.handle(message, caller_deadline)
         except AgentError as exc:
             add(code=exc.code.value[0], error=exc.message, logs=_log_records(sandbox.take_logs()))
             return

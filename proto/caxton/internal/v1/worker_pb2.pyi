@@ -74,10 +74,12 @@ class LoadResponse(_message.Message):
     def __init__(self, init_code: _Optional[int] = ..., error: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HandleRequest(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "deadline_ms")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_caxton_pb2.AgentMessage]
-    def __init__(self, messages: _Optional[_Iterable[_Union[_caxton_pb2.AgentMessage, _Mapping]]] = ...) -> None: ...
+    deadline_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, messages: _Optional[_Iterable[_Union[_caxton_pb2.AgentMessage, _Mapping]]] = ..., deadline_ms: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HandleResult(_message.Message):
     __slots__ = ("code", "error", "reply", "has_reply", "logs")

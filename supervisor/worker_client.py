@@ -1,0 +1,232 @@
+"""WorkerClient: the supervisor's one connection to one worker process.
+
+Every call the supervisor makes to a worker goes through here: load, handle
+a batch, statistics, the health probe, warm-up, shutdown. This is also the
+one boundary where grpc ends: requests are built and responses read here,
+results come back as dataclasses, and a failed call raises WorkerCallError.
+What a failure means for the worker process (did it die? must it be
+killed?) is for the caller, which owns the process.
+
+Log records the worker returns with a response are forwarded to the
+supervisor's log here, tagged with the agent and version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from caxton.contract import MAX_GRPC_MESSAGE_BYTES
+from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
+from caxton.v1 import caxton_pb2
+
+from .config import Limits
+from .deadline import Deadline
+
+log = logging.getLogger("caxton.worker_client")
+
+_OK = grpc.StatusCode.OK
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+WARMUP_SENDER = "caxton-warmup"
+
+
+class WorkerCallError(Exception):
+    """A call to the worker failed: it did not answer in time (`timed_out`),
+    its socket is gone, or the call was refused. `str()` is grpc's details."""
+
+    def __init__(self, doing: str, details: str, *, timed_out: bool):
+        super().__init__(details)
+        self.doing = doing  # what the call was for, e.g. "handling the message"
+        self.details = details
+        self.timed_out = timed_out
+
+
+@dataclass(frozen=True)
+class WorkerOsLimits:
+    """Limits the worker applies to its own process before agent code runs
+    (zero = leave as it is; uid/gid -1 = stay as we are)."""
+
+    data_bytes: int = 0
+    open_files: int = 0
+    cpu_seconds: int = 0
+    uid: int = -1
+    gid: int = -1
+    user_name: str = ""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What loading the module and running caxton_init gave."""
+
+    init_code: int  # caxton_init's return value; 0 = started
+    error: str  # non-empty: the module could not be loaded at all
+    enforcement: tuple[str, ...]  # limit layers active in the worker
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A worker's own counters (fuel consumed is not tracked by workers)."""
+
+    memory_bytes: int
+    messages: int
+    errors: int
+    resets: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    """How one message ended inside the worker."""
+
+    code: grpc.StatusCode
+    error: str = ""
+    reply: bytes | None = None  # None: the agent sent no reply
+
+    @property
+    def ok(self) -> bool:
+        return self.code is _OK
+
+
+@contextlib.contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    """Turn grpc's errors from the call inside into WorkerCallError."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise WorkerCallError(doing, exc.details() or exc.code().name,
+                              timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED) from exc
+    except ValueError as exc:
+        # grpc's way of refusing a call on a channel that was closed because
+        # the worker exited meanwhile.
+        raise WorkerCallError(doing, str(exc), timed_out=False) from exc
+
+
+class Probe:
+    """A health probe in flight (see WorkerClient.probe): the call, or why it
+    could not even be started."""
+
+    def __init__(self, call: grpc.Future | WorkerCallError):
+        self._call = call
+
+    def result(self) -> WorkerStats:
+        """Wait for the answer, no longer than the probe's deadline; raises
+        WorkerCallError if none came."""
+        if isinstance(self._call, WorkerCallError):
+            raise self._call
+        with _translated("answering a health check"):
+            response = self._call.result()
+        return _stats(response)
+
+
+class WorkerClient:
+    """The gRPC channel to one worker and every call made over it."""
+
+    def __init__(self, socket_path: str, agent: str, version: int):
+        self.agent = agent
+        self.version = version
+        self._channel = grpc.insecure_channel(
+            f"unix:{socket_path}",
+            options=[
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+
+    def load(self, module_path: str, cache_dir: str, limits: Limits, os_limits: WorkerOsLimits,
+             deadline: Deadline) -> LoadResult:
+        """Load the module and run caxton_init (once in the worker's life)."""
+        request = worker_pb2.LoadRequest(
+            agent=self.agent,
+            version=self.version,
+            module_path=module_path,
+            cache_dir=cache_dir,
+            os_limits=worker_pb2.OsLimits(
+                data_bytes=os_limits.data_bytes,
+                open_files=os_limits.open_files,
+                cpu_seconds=os_limits.cpu_seconds,
+                uid=os_limits.uid,
+                gid=os_limits.gid,
+                user_name=os_limits.user_name,
+            ),
+            limits=worker_pb2.Limits(
+                memory_bytes=limits.memory_bytes,
+                fuel=limits.fuel,
+                timeout_ms=limits.timeout_ms,
+                max_message_bytes=limits.max_message_bytes,
+            ),
+        )
+        with _translated("loading the module"):
+            response = self._stub.Load(request, timeout=deadline.timeout())
+        self._forward_logs(response.logs)
+        return LoadResult(response.init_code, response.error, tuple(response.enforcement))
+
+    def handle(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
+               hang_bound: Deadline) -> list[MessageOutcome]:
+        """Run a batch of messages, in order; one outcome per message.
+
+        `deadlines` (parallel to `messages`) are the callers': each reaches
+        the worker, which stops that message when it passes. `hang_bound`
+        is for the whole call: a worker that has not answered by then is
+        hung, and the WorkerCallError says `timed_out`.
+        """
+        request = worker_pb2.HandleRequest(
+            messages=messages, deadline_ms=[deadline.remaining_ms() for deadline in deadlines]
+        )
+        with _translated("handling the message"):
+            response = self._stub.Handle(request, timeout=hang_bound.timeout())
+        outcomes = []
+        for result in response.results:
+            # Most messages log nothing: skip the call then.
+            if result.logs:
+                self._forward_logs(result.logs)
+            if result.code == 0:
+                outcomes.append(MessageOutcome(_OK, "", result.reply if result.has_reply else None))
+            else:
+                outcomes.append(MessageOutcome(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error))
+        return outcomes
+
+    def warm_up(self, contents: Sequence[bytes], deadline: Deadline) -> list[MessageOutcome]:
+        """Run warm-up messages straight through the worker (no mailbox),
+        all within `deadline`; one outcome per message."""
+        messages = [caxton_pb2.AgentMessage(receiver=self.agent, sender=WARMUP_SENDER, content=content)
+                    for content in contents]
+        return self.handle(messages, [deadline] * len(messages), deadline)
+
+    def stats(self, deadline: Deadline) -> WorkerStats:
+        """The worker's counters; answered even while a message runs, so it
+        doubles as a health check. Raises WorkerCallError."""
+        with _translated("reading its statistics"):
+            response = self._stub.Stats(worker_pb2.StatsRequest(), timeout=deadline.timeout())
+        return _stats(response)
+
+    def probe(self, deadline: Deadline) -> Probe:
+        """Start a health check without waiting for it, so that one sweep
+        can ask every worker at once; `Probe.result()` collects it."""
+        try:
+            with _translated("answering a health check"):
+                return Probe(self._stub.Stats.future(worker_pb2.StatsRequest(), timeout=deadline.timeout()))
+        except WorkerCallError as exc:
+            return Probe(exc)
+
+    def shutdown(self, deadline: Deadline) -> None:
+        """Run caxton_shutdown; the worker exits after answering."""
+        with _translated("shutting down"):
+            response = self._stub.Shutdown(worker_pb2.ShutdownRequest(), timeout=deadline.timeout())
+        self._forward_logs(response.logs)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _forward_logs(self, records: Iterable[worker_pb2.LogRecord]) -> None:
+        for record in records:
+            log.log(_LOG_LEVELS.get(record.level, logging.INFO), "[%s v%d] %s", self.agent, self.version, record.text)
+
+
+def _stats(response: worker_pb2.StatsResponse) -> WorkerStats:
+    return WorkerStats(response.memory_bytes, response.messages, response.errors, response.resets)
