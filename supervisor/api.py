@@ -20,8 +20,15 @@ import grpc
 from caxton.contract import REPORT_METADATA_KEY
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
+from .config import Limits
+from .deadline import Deadline
 from .errors import CaxtonError, DeadlineExceeded, MessageFailed, ModuleRejected
-from .runtime import Runtime, reply_envelope
+from .lifecycle import AgentState
+from .restart import RestartSettings
+from .runtime import Reloaded, Runtime
+from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
+from .status import AgentSnapshot
+from .store import VersionRecord
 from .validation import Report
 
 log = logging.getLogger("caxton.api")
@@ -38,6 +45,112 @@ def report_to_proto(report: Report) -> caxton_pb2.ValidationReport:
             caxton_pb2.Finding(rule=f.rule, severity=int(f.severity), message=f.message) for f in report.findings
         ],
     )
+
+
+_PROTO_STATE = {
+    AgentState.UNLOADED: caxton_pb2.AGENT_STATE_UNLOADED,
+    AgentState.LOADED: caxton_pb2.AGENT_STATE_LOADED,
+    AgentState.RUNNING: caxton_pb2.AGENT_STATE_RUNNING,
+    AgentState.DRAINING: caxton_pb2.AGENT_STATE_DRAINING,
+    AgentState.STOPPED: caxton_pb2.AGENT_STATE_STOPPED,
+    AgentState.FAILED: caxton_pb2.AGENT_STATE_FAILED,
+}
+
+
+def limits_to_proto(limits: Limits) -> caxton_pb2.ResourceLimits:
+    return caxton_pb2.ResourceLimits(memory_bytes=limits.memory_bytes, fuel=limits.fuel,
+                                     timeout_ms=limits.timeout_ms, max_message_bytes=limits.max_message_bytes)
+
+
+def limits_from_proto(request: caxton_pb2.ResourceLimits) -> LimitOverrides:
+    """Zero (proto3's unset) means "not given"."""
+    return LimitOverrides(memory_bytes=request.memory_bytes or None, fuel=request.fuel or None,
+                          timeout_ms=request.timeout_ms or None, max_message_bytes=request.max_message_bytes or None)
+
+
+def restart_to_proto(settings: RestartSettings) -> caxton_pb2.RestartPolicy:
+    return caxton_pb2.RestartPolicy(
+        initial_delay_ms=round(settings.initial_delay_s * 1000),
+        factor=settings.factor,
+        max_delay_ms=round(settings.max_delay_s * 1000),
+        reset_after_s=round(settings.reset_after_s),
+        max_failures=settings.max_failures,
+        window_s=round(settings.window_s),
+    )
+
+
+def restart_from_proto(request: caxton_pb2.RestartPolicy) -> RestartOverrides:
+    return RestartOverrides(
+        initial_delay_s=request.initial_delay_ms / 1000 if request.initial_delay_ms else None,
+        factor=request.factor or None,
+        max_delay_s=request.max_delay_ms / 1000 if request.max_delay_ms else None,
+        reset_after_s=float(request.reset_after_s) if request.reset_after_s else None,
+        max_failures=request.max_failures or None,
+        window_s=float(request.window_s) if request.window_s else None,
+    )
+
+
+def _history_to_proto(record: VersionRecord) -> caxton_pb2.VersionRecord:
+    return caxton_pb2.VersionRecord(version=record.version, label=record.label, module_sha256=record.module_sha256,
+                                    limits=limits_to_proto(record.limits), deployed_at=record.deployed_at)
+
+
+def status_to_proto(status: AgentSnapshot) -> caxton_pb2.AgentStatus:
+    return caxton_pb2.AgentStatus(
+        name=status.name,
+        state=_PROTO_STATE[status.state],
+        version=status.version.version,
+        label=status.version.label,
+        module_sha256=status.version.module_sha256,
+        uptime_s=status.uptime_s,
+        memory_bytes=status.memory_bytes,
+        messages=status.messages,
+        errors=status.errors,
+        restarts=status.restarts,
+        instances=[caxton_pb2.InstanceStatus(
+            pid=i.pid, version=i.version, uptime_s=i.uptime_s, rss_bytes=i.rss_bytes, enforcement=i.enforcement,
+            memory_bytes=i.memory_bytes, messages=i.messages, errors=i.errors, resets=i.resets,
+        ) for i in status.instances],
+        limits=limits_to_proto(status.limits),
+        last_error=status.last_error,
+        deployed_at=status.version.deployed_at,
+        policy=status.policy,
+        restart=restart_to_proto(status.restart),
+        recent_failures=[caxton_pb2.Failure(at=f.at, reason=f.reason) for f in status.recent_failures],
+        next_restart_in_s=status.next_restart_in_s,
+        replicas=status.replicas,
+        versions=[caxton_pb2.VersionInService(version=v.version, replicas=v.replicas, messages=v.messages,
+                                              share=v.share) for v in status.versions],
+        history=[_history_to_proto(record) for record in status.history],
+    )
+
+
+def reply_envelope(request: caxton_pb2.AgentMessage, content: bytes) -> caxton_pb2.AgentMessage:
+    """The FIPA-ACL envelope around an agent's reply."""
+    return caxton_pb2.AgentMessage(
+        performative=caxton_pb2.PERFORMATIVE_INFORM,
+        sender=request.receiver,
+        receiver=request.sender,
+        conversation_id=request.conversation_id,
+        in_reply_to=request.reply_with or request.message_id,
+        content=content,
+    )
+
+
+def _reloaded_to_proto(result: Reloaded) -> caxton_pb2.HotReloadAgentResponse:
+    response = caxton_pb2.HotReloadAgentResponse(
+        status=status_to_proto(result.status), from_version=result.rollout.from_version,
+        to_version=result.rollout.to_version, switched_after_s=result.rollout.switched_after_s,
+        drained_after_s=result.rollout.drained_after_s,
+    )
+    if result.report is not None:
+        response.report.CopyFrom(report_to_proto(result.report))
+    return response
+
+
+def _seconds(milliseconds: int) -> float | None:
+    """A request's optional timeout in ms (0 = the supervisor's default)."""
+    return milliseconds / 1000 if milliseconds else None
 
 
 def _translate_errors(method: Callable) -> Callable:
@@ -62,12 +175,10 @@ def _translate_errors(method: Callable) -> Callable:
     return wrapper
 
 
-def _deadline(context: grpc.ServicerContext) -> tuple[float | None, float | None]:
-    """The caller's deadline as (monotonic deadline, seconds remaining)."""
+def _deadline(context: grpc.ServicerContext) -> Deadline:
+    """The caller's deadline (never, if the caller set none)."""
     remaining = context.time_remaining()
-    if remaining is None or remaining > 1e9:
-        return None, None
-    return time.monotonic() + remaining, remaining
+    return Deadline.never() if remaining is None or remaining > 1e9 else Deadline.after(remaining)
 
 
 # How often an idle WatchEvents stream checks that its client is still there.
@@ -78,53 +189,37 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     def __init__(self, runtime: Runtime):
         self._runtime = runtime
 
-    def _status(self, agent) -> caxton_pb2.AgentStatus:
-        status = agent.status()
-        for record in self._runtime.history(agent.name):
-            status.history.add(
-                version=record.version, label=record.label, module_sha256=record.module_sha256,
-                limits=record.limits.to_proto(), deployed_at=record.deployed_at,
-            )
-        return status
-
     @_translate_errors
     def DeployAgent(self, request, context):
-        agent, report = self._runtime.deploy(
-            request.name, request.module, request.limits, request.policy, request.label, request.restart,
-            request.replicas,
-        )
-        return caxton_pb2.DeployAgentResponse(status=self._status(agent), report=report_to_proto(report))
+        deployed = self._runtime.deploy(DeploySpec(
+            name=request.name, module=request.module, limits=limits_from_proto(request.limits),
+            policy=request.policy, label=request.label, restart=restart_from_proto(request.restart),
+            replicas=request.replicas or None,
+        ))
+        return caxton_pb2.DeployAgentResponse(status=status_to_proto(deployed.status),
+                                              report=report_to_proto(deployed.report))
 
     @_translate_errors
     def StopAgent(self, request, context):
-        agent = self._runtime.stop(request.name, request.timeout_ms)
-        return caxton_pb2.StopAgentResponse(status=self._status(agent))
+        status = self._runtime.stop(request.name, _seconds(request.timeout_ms))
+        return caxton_pb2.StopAgentResponse(status=status_to_proto(status))
 
     @_translate_errors
     def StartAgent(self, request, context):
-        agent = self._runtime.start(request.name)
-        return caxton_pb2.StartAgentResponse(status=self._status(agent))
+        return caxton_pb2.StartAgentResponse(status=status_to_proto(self._runtime.start(request.name)))
 
     @_translate_errors
     def HotReloadAgent(self, request, context):
-        agent, from_version, report, switched, drained = self._runtime.hot_reload(
-            request.name, request.module, request.limits, request.policy, request.label, list(request.warmup),
-            request.drain_timeout_ms,
-        )
-        return caxton_pb2.HotReloadAgentResponse(
-            status=self._status(agent), from_version=from_version, to_version=agent.version.version,
-            report=report_to_proto(report), switched_after_s=switched, drained_after_s=drained,
-        )
+        return _reloaded_to_proto(self._runtime.hot_reload(ReloadSpec(
+            name=request.name, module=request.module, limits=limits_from_proto(request.limits),
+            policy=request.policy, label=request.label, warmup=tuple(request.warmup),
+            drain_timeout_s=_seconds(request.drain_timeout_ms),
+        )))
 
     @_translate_errors
     def RollbackAgent(self, request, context):
-        agent, from_version, switched, drained = self._runtime.rollback(
-            request.name, request.to_version, request.drain_timeout_ms
-        )
-        return caxton_pb2.HotReloadAgentResponse(
-            status=self._status(agent), from_version=from_version, to_version=agent.version.version,
-            switched_after_s=switched, drained_after_s=drained,
-        )
+        return _reloaded_to_proto(self._runtime.rollback(
+            request.name, request.to_version or None, _seconds(request.drain_timeout_ms)))
 
     def WatchEvents(self, request, context) -> Iterator[caxton_pb2.Event]:
         subscription = self._runtime.events.subscribe(request.agent)
@@ -143,20 +238,20 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
 
     @_translate_errors
     def RemoveAgent(self, request, context):
-        self._runtime.remove(request.name, request.timeout_ms)
+        self._runtime.remove(request.name, _seconds(request.timeout_ms))
         return caxton_pb2.RemoveAgentResponse()
 
     @_translate_errors
     def GetAgentStatus(self, request, context):
-        return self._status(self._runtime.get(request.name))
+        return status_to_proto(self._runtime.status(request.name))
 
     @_translate_errors
     def ListAgents(self, request, context):
-        return caxton_pb2.ListAgentsResponse(agents=[self._status(a) for a in self._runtime.agents()])
+        return caxton_pb2.ListAgentsResponse(agents=[status_to_proto(s) for s in self._runtime.list()])
 
     @_translate_errors
     def ValidateModule(self, request, context):
-        limits = request.limits if request.HasField("limits") else None
+        limits = limits_from_proto(request.limits) if request.HasField("limits") else None
         return report_to_proto(self._runtime.validate(request.module, request.policy, limits))
 
 
@@ -174,9 +269,9 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
             outcome.append((code, error, reply))
             done.set()
 
-        deadline, remaining = _deadline(context)
+        deadline = _deadline(context)
         pending = self._runtime.submit(message, deadline, callback)
-        if not done.wait(remaining):
+        if not done.wait(deadline.timeout()):
             pending.cancel()
             raise DeadlineExceeded(f"no reply from agent {message.receiver!r} before the deadline")
         code, error, reply = outcome[0]
@@ -192,7 +287,7 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
         frame, so frames grow with load exactly like the batches do."""
         results: queue.SimpleQueue = queue.SimpleQueue()
         stream = _StreamState(results)
-        deadline, _ = _deadline(context)
+        deadline = _deadline(context)
         reader = threading.Thread(
             target=self._read_stream, args=(request_iterator, stream, deadline), name="stream-reader", daemon=True
         )
@@ -215,7 +310,7 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
             if finished:
                 return
 
-    def _read_stream(self, request_iterator, stream: "_StreamState", deadline: float | None) -> None:
+    def _read_stream(self, request_iterator, stream: "_StreamState", deadline: Deadline) -> None:
         submit = self._runtime.submit
         try:
             for request in request_iterator:

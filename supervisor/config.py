@@ -7,20 +7,20 @@ instead of misbehaving later.
 
 from __future__ import annotations
 
-import math
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from caxton.contract import parse_size
-from caxton.v1 import caxton_pb2
 
-from .policy import BUILTIN_POLICIES, Policy, PolicyError, policy_from_config
-from .restart import RestartSettings, settings_from_table
+from .policy import BUILTIN_POLICIES, Policy, read_policy
+from .restart import RestartSettings, read_settings
+from .settings import ConfigError, Table
 
-
-class ConfigError(ValueError):
-    pass
+# ConfigError and parse_size are re-exported: callers of load_config catch the
+# one and size limits the way the config does with the other.
+__all__ = ["Config", "ConfigError", "Limits", "SandboxSettings", "config_from_table", "load_config", "parse_size"]
 
 
 @dataclass(frozen=True)
@@ -31,24 +31,6 @@ class Limits:
     fuel: int = 1_000_000_000
     timeout_ms: int = 5_000
     max_message_bytes: int = 1 << 20
-
-    def to_proto(self) -> caxton_pb2.ResourceLimits:
-        return caxton_pb2.ResourceLimits(
-            memory_bytes=self.memory_bytes,
-            fuel=self.fuel,
-            timeout_ms=self.timeout_ms,
-            max_message_bytes=self.max_message_bytes,
-        )
-
-    def overlay(self, request: caxton_pb2.ResourceLimits) -> "Limits":
-        """These limits with every non-zero field of `request` taking over."""
-        return replace(
-            self,
-            memory_bytes=request.memory_bytes or self.memory_bytes,
-            fuel=request.fuel or self.fuel,
-            timeout_ms=request.timeout_ms or self.timeout_ms,
-            max_message_bytes=request.max_message_bytes or self.max_message_bytes,
-        )
 
 
 @dataclass(frozen=True)
@@ -109,154 +91,73 @@ class Config:
     keep_versions: int = 5
 
 
-def _positive_int(table: dict, key: str, default: int, *, allow_zero: bool = False) -> int:
-    value = table.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key}: expected a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
-    return value
-
-
-def _positive_float(table: dict, key: str, default: float) -> float:
-    value = table.get(key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-        raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _string(table: dict, key: str, default: str) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-_LIMIT_KEYS = {"memory", "fuel", "timeout_ms", "max_message_bytes"}
-
-
-def _limits(table: dict) -> Limits:
-    unknown = sorted(set(table) - _LIMIT_KEYS)
-    if unknown:
-        raise ConfigError(f"limits: unknown setting(s): {', '.join(unknown)}")
+def _read_limits(table: Table) -> Limits:
     base = Limits()
-    try:
-        memory = parse_size(table.get("memory", base.memory_bytes))
-    except ValueError as exc:
-        raise ConfigError(f"limits.memory: {exc}") from None
-    try:
-        max_message = parse_size(table.get("max_message_bytes", base.max_message_bytes))
-    except ValueError as exc:
-        raise ConfigError(f"limits.max_message_bytes: {exc}") from None
-    if memory == 0:
-        raise ConfigError("limits.memory: must be more than 0")
-    if max_message == 0:
-        raise ConfigError("limits.max_message_bytes: must be more than 0")
-    try:
-        fuel = _positive_int(table, "fuel", base.fuel, allow_zero=True)
-        timeout_ms = _positive_int(table, "timeout_ms", base.timeout_ms, allow_zero=True)
-    except ConfigError as exc:
-        raise ConfigError(f"limits.{exc}") from None
-    return Limits(memory_bytes=memory, fuel=fuel, timeout_ms=timeout_ms, max_message_bytes=max_message)
+    limits = Limits(
+        memory_bytes=table.size("memory", base.memory_bytes, minimum=1),
+        fuel=table.integer("fuel", base.fuel, minimum=0),  # 0 = unmetered
+        timeout_ms=table.integer("timeout_ms", base.timeout_ms, minimum=0),  # 0 = no timeout
+        max_message_bytes=table.size("max_message_bytes", base.max_message_bytes, minimum=1),
+    )
+    table.finish()
+    return limits
 
 
-_SANDBOX_KEYS = {"user", "cgroups", "memory_overhead", "cpu_cores", "pids_max", "open_files", "cpu_seconds"}
-
-
-def _sandbox(table: dict) -> SandboxSettings:
-    unknown = sorted(set(table) - _SANDBOX_KEYS)
-    if unknown:
-        raise ConfigError(f"sandbox: unknown setting(s): {', '.join(unknown)}")
+def _read_sandbox(table: Table) -> SandboxSettings:
     base = SandboxSettings()
-    try:
-        overhead = parse_size(table.get("memory_overhead", base.memory_overhead_bytes))
-    except ValueError as exc:
-        raise ConfigError(f"sandbox.memory_overhead: {exc}") from None
-    cgroups = table.get("cgroups", base.cgroups)
-    if cgroups not in ("auto", "off"):
-        raise ConfigError(f"sandbox.cgroups: expected \"auto\" or \"off\", got {cgroups!r}")
-    cpu_cores = table.get("cpu_cores", base.cpu_cores)
-    if not isinstance(cpu_cores, (int, float)) or isinstance(cpu_cores, bool) or not 0 <= cpu_cores < math.inf:
-        raise ConfigError(f"sandbox.cpu_cores: expected a non-negative number, got {cpu_cores!r}")
-    try:
-        return SandboxSettings(
-            user=_string(table, "user", base.user),
-            cgroups=cgroups,
-            memory_overhead_bytes=overhead,
-            cpu_cores=float(cpu_cores),
-            pids_max=_positive_int(table, "pids_max", base.pids_max, allow_zero=True),
-            open_files=_positive_int(table, "open_files", base.open_files, allow_zero=True),
-            cpu_seconds=_positive_int(table, "cpu_seconds", base.cpu_seconds, allow_zero=True),
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"sandbox.{exc}") from None
+    sandbox = SandboxSettings(
+        user=table.string("user", base.user),
+        cgroups=table.choice("cgroups", base.cgroups, ("auto", "off")),
+        memory_overhead_bytes=table.size("memory_overhead", base.memory_overhead_bytes),
+        cpu_cores=table.number("cpu_cores", base.cpu_cores, minimum=0),
+        pids_max=table.integer("pids_max", base.pids_max, minimum=0),
+        open_files=table.integer("open_files", base.open_files, minimum=0),
+        cpu_seconds=table.integer("cpu_seconds", base.cpu_seconds, minimum=0),
+    )
+    table.finish()
+    return sandbox
 
 
-_KNOWN_KEYS = {
-    "listen", "state_dir", "runtime_dir", "default_policy", "stop_timeout_s", "worker_start_timeout_s",
-    "queue_limit", "batch_max_messages", "batch_max_bytes", "shutdown_timeout_s", "limits", "policies",
-    "worker_start", "sandbox", "restart", "health_interval_s", "health_timeout_s", "health_failures",
-    "keep_versions", "worker_pool",
-}
-_WORKER_START_MODES = ("fork", "exec")
-
-
-def config_from_table(table: dict) -> Config:
-    """Build a Config from a parsed TOML document."""
-    unknown = sorted(set(table) - _KNOWN_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    limits_table = table.get("limits", {})
-    if not isinstance(limits_table, dict):
-        raise ConfigError("limits: expected a table")
+def _read_policies(table: Table) -> dict[str, Policy]:
+    """The built-in policies, with [policies.<name>] tables added or overriding."""
     policies = dict(BUILTIN_POLICIES)
-    policy_tables = table.get("policies", {})
-    if not isinstance(policy_tables, dict):
-        raise ConfigError("policies: expected a table of policy tables")
-    for name, policy_table in policy_tables.items():
-        if not isinstance(policy_table, dict):
-            raise ConfigError(f"policies.{name}: expected a table")
-        try:
-            policies[name] = policy_from_config(name, policy_table)
-        except PolicyError as exc:
-            raise ConfigError(f"policies.{name}: {exc}") from None
-    default_policy = _string(table, "default_policy", "default")
-    if default_policy not in policies:
-        raise ConfigError(f"default_policy: no policy named {default_policy!r} (known: {', '.join(sorted(policies))})")
+    for name in table:
+        policies[name] = read_policy(name, table.table(name))
+    return policies
+
+
+def config_from_table(table: dict[str, Any]) -> Config:
+    """Build a Config from a parsed TOML document; ConfigError names the field."""
+    t = Table(table)
     base = Config()
-    worker_start = _string(table, "worker_start", base.worker_start)
-    if worker_start not in _WORKER_START_MODES:
-        raise ConfigError(f"worker_start: expected one of {', '.join(_WORKER_START_MODES)}, got {worker_start!r}")
-    sandbox_table = table.get("sandbox", {})
-    if not isinstance(sandbox_table, dict):
-        raise ConfigError("sandbox: expected a table")
-    restart_table = table.get("restart", {})
-    if not isinstance(restart_table, dict):
-        raise ConfigError("restart: expected a table")
-    try:
-        restart = settings_from_table(restart_table)
-    except ValueError as exc:
-        raise ConfigError(f"restart.{exc}") from None
-    return Config(
-        restart=restart,
-        health_interval_s=_positive_float(table, "health_interval_s", base.health_interval_s),
-        health_timeout_s=_positive_float(table, "health_timeout_s", base.health_timeout_s),
-        health_failures=_positive_int(table, "health_failures", base.health_failures),
-        keep_versions=_positive_int(table, "keep_versions", base.keep_versions),
-        worker_pool=_positive_int(table, "worker_pool", base.worker_pool, allow_zero=True),
-        worker_start=worker_start,
-        sandbox=_sandbox(sandbox_table),
-        listen=_string(table, "listen", base.listen),
-        state_dir=Path(_string(table, "state_dir", str(base.state_dir))),
-        runtime_dir=_string(table, "runtime_dir", base.runtime_dir),
-        limits=_limits(limits_table),
+    policies = _read_policies(t.table("policies"))
+    default_policy = t.string("default_policy", base.default_policy)
+    if default_policy not in policies:
+        raise t.error("default_policy", f"no policy named {default_policy!r} (known: {', '.join(sorted(policies))})")
+    config = Config(
+        listen=t.string("listen", base.listen),
+        state_dir=Path(t.string("state_dir", str(base.state_dir))),
+        runtime_dir=t.string("runtime_dir", base.runtime_dir),
+        limits=_read_limits(t.table("limits")),
         default_policy=default_policy,
         policies=policies,
-        stop_timeout_s=_positive_float(table, "stop_timeout_s", base.stop_timeout_s),
-        worker_start_timeout_s=_positive_float(table, "worker_start_timeout_s", base.worker_start_timeout_s),
-        queue_limit=_positive_int(table, "queue_limit", base.queue_limit),
-        batch_max_messages=_positive_int(table, "batch_max_messages", base.batch_max_messages),
-        batch_max_bytes=_positive_int(table, "batch_max_bytes", base.batch_max_bytes),
-        shutdown_timeout_s=_positive_float(table, "shutdown_timeout_s", base.shutdown_timeout_s),
+        stop_timeout_s=t.number("stop_timeout_s", base.stop_timeout_s, above=0),
+        worker_start_timeout_s=t.number("worker_start_timeout_s", base.worker_start_timeout_s, above=0),
+        queue_limit=t.integer("queue_limit", base.queue_limit, minimum=1),
+        batch_max_messages=t.integer("batch_max_messages", base.batch_max_messages, minimum=1),
+        batch_max_bytes=t.integer("batch_max_bytes", base.batch_max_bytes, minimum=1),
+        shutdown_timeout_s=t.number("shutdown_timeout_s", base.shutdown_timeout_s, above=0),
+        worker_start=t.choice("worker_start", base.worker_start, ("fork", "exec")),
+        worker_pool=t.integer("worker_pool", base.worker_pool, minimum=0),
+        sandbox=_read_sandbox(t.table("sandbox")),
+        restart=read_settings(t.table("restart")),
+        health_interval_s=t.number("health_interval_s", base.health_interval_s, above=0),
+        health_timeout_s=t.number("health_timeout_s", base.health_timeout_s, above=0),
+        health_failures=t.integer("health_failures", base.health_failures, minimum=1),
+        keep_versions=t.integer("keep_versions", base.keep_versions, minimum=1),
     )
+    t.finish()
+    return config
 
 
 def load_config(path: Path | None) -> Config:
@@ -266,7 +167,7 @@ def load_config(path: Path | None) -> Config:
         with open(path, "rb") as f:
             table = tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError("", f"{path}: {exc}") from None
     return config_from_table(table)

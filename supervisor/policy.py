@@ -7,9 +7,10 @@ apply it live in `supervisor.validation`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .settings import ConfigError, Table
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -73,7 +74,8 @@ class PolicyError(ValueError):
     """A policy definition is malformed; `field` names the offending field."""
 
     def __init__(self, policy: str, field: str, problem: str) -> None:
-        super().__init__(f"policy '{policy}': {field}: {problem}")
+        where = f"{field}: " if field else ""
+        super().__init__(f"policy '{policy}': {where}{problem}")
         self.policy = policy
         self.field = field
 
@@ -93,7 +95,7 @@ class Policy:
     max_imports: int
     allowed_imports: frozenset[str]  # subset of CAXTON_IMPORTS
     deny_unsafe_features: bool
-    denied_features: frozenset[str]  # what the validator checks; see policy_from_config
+    denied_features: frozenset[str]  # what the validator checks; see read_policy
     max_functions: int | None = None  # functions the module defines; None = unlimited
     forbidden_export_patterns: tuple[str, ...] = ()  # fnmatch patterns on export names
     forbidden_import_patterns: tuple[str, ...] = ()  # fnmatch patterns on "module.name"
@@ -134,106 +136,48 @@ BUILTIN_POLICIES: dict[str, Policy] = {
 
 
 def policy_from_config(name: str, table: dict[str, Any]) -> Policy:
-    """Build a policy from a TOML table whose keys are Policy field names.
+    """Build the policy `name` from a TOML table whose keys are Policy field
+    names (see read_policy); a bad field raises PolicyError naming it."""
+    try:
+        return read_policy(name, Table(table))
+    except ConfigError as exc:
+        raise PolicyError(name, exc.field, exc.problem) from None
+
+
+def read_policy(name: str, table: Table) -> Policy:
+    """The policy `name` from `table`, e.g. the config's [policies.<name>].
 
     Fields left out take the value of the built-in "default" policy, except
     `denied_features`, which follows `deny_unsafe_features` unless listed
-    explicitly (the explicit list then wins). Each field has one small check,
-    so a bad configuration is reported by the field that is wrong.
+    explicitly (the explicit list then wins).
     """
-    if not isinstance(name, str) or not name:
-        raise PolicyError(str(name), "name", "must be a non-empty string")
-    if not isinstance(table, dict):
-        raise PolicyError(name, "(table)", f"must be a table of fields, got {type(table).__name__}")
+    if not name:
+        raise ConfigError(table.path, "a policy needs a non-empty name")
     if "name" in table:
-        raise PolicyError(name, "name", "a policy is named by its table key, not by a 'name' field")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        check = _FIELD_CHECKS.get(key)
-        if check is None:
-            expected = ", ".join(sorted(_FIELD_CHECKS))
-            raise PolicyError(name, key, f"unknown field; expected one of {expected}")
-        problem, converted = check(value)
-        if problem:
-            raise PolicyError(name, key, problem)
-        values[key] = converted
+        raise table.error("name", "a policy is named by its table key, not by a 'name' field")
     base = BUILTIN_POLICIES["default"]
-    deny_unsafe = values.get("deny_unsafe_features", base.deny_unsafe_features)
+    deny_unsafe = table.flag("deny_unsafe_features", base.deny_unsafe_features)
     derived = UNSAFE_FEATURES if deny_unsafe else frozenset()
-    return Policy(
+    policy = Policy(
         name=name,
-        max_module_bytes=values.get("max_module_bytes", base.max_module_bytes),
-        max_memory_pages=values.get("max_memory_pages", base.max_memory_pages),
-        max_table_elements=values.get("max_table_elements", base.max_table_elements),
-        max_imports=values.get("max_imports", base.max_imports),
-        allowed_imports=values.get("allowed_imports", base.allowed_imports),
+        max_module_bytes=table.integer("max_module_bytes", base.max_module_bytes, minimum=1),
+        max_memory_pages=table.integer("max_memory_pages", base.max_memory_pages, minimum=0),
+        max_table_elements=table.integer("max_table_elements", base.max_table_elements, minimum=0),
+        max_imports=table.integer("max_imports", base.max_imports, minimum=0),
+        allowed_imports=frozenset(table.strings("allowed_imports", base.allowed_imports, options=CAXTON_IMPORTS)),
         deny_unsafe_features=deny_unsafe,
-        denied_features=values.get("denied_features", derived),
-        max_functions=values.get("max_functions", base.max_functions),
-        forbidden_export_patterns=values.get("forbidden_export_patterns", base.forbidden_export_patterns),
-        forbidden_import_patterns=values.get("forbidden_import_patterns", base.forbidden_import_patterns),
+        denied_features=frozenset(table.strings("denied_features", derived, options=KNOWN_FEATURES)),
+        max_functions=table.integer("max_functions", base.max_functions, minimum=0),
+        forbidden_export_patterns=_patterns(table, "forbidden_export_patterns", base.forbidden_export_patterns),
+        forbidden_import_patterns=_patterns(table, "forbidden_import_patterns", base.forbidden_import_patterns),
     )
+    table.finish()
+    return policy
 
 
-# A check returns (problem, converted value); an empty problem means accepted.
-_Check = Callable[[Any], tuple[str, Any]]
-
-
-def _count(minimum: int) -> _Check:
-    def check(value: Any) -> tuple[str, Any]:
-        # bool is an int subclass; `true` is never a meaningful count.
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer, got {type(value).__name__}", None
-        if value < minimum:
-            return f"must be at least {minimum}, got {value}", None
-        return "", value
-
-    return check
-
-
-def _flag(value: Any) -> tuple[str, Any]:
-    if not isinstance(value, bool):
-        return f"must be true or false, got {type(value).__name__}", None
-    return "", value
-
-
-def _strings(value: Any) -> tuple[str, list[str]]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        return "must be a list of strings", []
-    return "", value
-
-
-def _subset_of(known: frozenset[str], what: str) -> _Check:
-    def check(value: Any) -> tuple[str, Any]:
-        problem, items = _strings(value)
-        if problem:
-            return problem, None
-        unknown = sorted(set(items) - known)
-        if unknown:
-            return f"unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(known))}", None
-        return "", frozenset(items)
-
-    return check
-
-
-def _patterns(value: Any) -> tuple[str, Any]:
-    problem, items = _strings(value)
-    if problem:
-        return problem, None
-    if any(not item for item in items):
-        return "patterns must not be empty", None
-    return "", tuple(items)
-
-
-_FIELD_CHECKS: dict[str, _Check] = {
-    "max_module_bytes": _count(1),
-    "max_memory_pages": _count(0),
-    "max_table_elements": _count(0),
-    "max_imports": _count(0),
-    "allowed_imports": _subset_of(CAXTON_IMPORTS, "import"),
-    "deny_unsafe_features": _flag,
-    "denied_features": _subset_of(KNOWN_FEATURES, "feature"),
-    "max_functions": _count(0),
-    "forbidden_export_patterns": _patterns,
-    "forbidden_import_patterns": _patterns,
-}
+def _patterns(table: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    patterns = tuple(table.strings(key, default))
+    # fnmatch("", name) matches only an empty name: an empty pattern is a slip.
+    if "" in patterns:
+        raise table.error(key, "patterns must not be empty")
+    return patterns

@@ -20,8 +20,11 @@ import enum
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import NamedTuple, get_type_hints
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, NamedTuple, get_type_hints
+
+from .settings import Table
 
 
 @dataclass(frozen=True)
@@ -59,35 +62,42 @@ class RestartSettings:
             raise ValueError(f"window_s: expected a finite number > 0, got {self.window_s!r}")
 
 
-_FIELD_TYPES = get_type_hints(RestartSettings)
+# The Table reader for each field type. A RestartSettings field of a type not
+# listed fails here, at import (add its reader, e.g. str: Table.string),
+# instead of being unreadable from config.
+_READERS: dict[type, Callable[[Table, str, Any], Any]] = {int: Table.integer, float: Table.number}
+_HINTS = get_type_hints(RestartSettings)
+_FIELD_READERS = {f.name: _READERS[_HINTS[f.name]] for f in fields(RestartSettings)}
 
 
-def settings_from_table(table: dict, base: RestartSettings = RestartSettings()) -> RestartSettings:
+def settings_from_table(table: dict[str, Any], base: RestartSettings = RestartSettings()) -> RestartSettings:
     """Build settings from a parsed TOML table, keys named like the fields.
 
     Keys missing from the table keep their value from `base`. Unknown keys are
     an error rather than ignored, so that a typo (`max_failure = 3`) does not
-    silently leave the default in force.
+    silently leave the default in force. Errors name fields relative to the
+    table (`window_s: ...`).
     """
-    unknown = sorted(set(table) - set(_FIELD_TYPES))
-    if unknown:
-        raise ValueError(f"unknown restart setting(s): {', '.join(unknown)}")
-    values: dict[str, float | int] = {}
-    for key, value in table.items():
-        # bool is an int subclass, but `max_failures = true` is a mistake.
-        if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        if _FIELD_TYPES[key] is int:
-            if not isinstance(value, int):
-                raise ValueError(f"{key}: expected an integer, got {value!r}")
-            values[key] = value
-        else:
-            # TOML writes `window_s = 60` as an integer; that is a fine float.
-            if not isinstance(value, (int, float)):
-                raise ValueError(f"{key}: expected a number, got {value!r}")
-            values[key] = float(value)
+    return read_settings(Table(table), base)
+
+
+def read_settings(table: Table, base: RestartSettings = RestartSettings()) -> RestartSettings:
+    """Settings from `table` (e.g. the config's [restart]), over `base`.
+
+    Fields are read by their type and their ranges are left to
+    RestartSettings.check(), so a field added to RestartSettings is readable
+    with nothing to change here.
+    """
+    values = {name: read(table, name, getattr(base, name)) for name, read in _FIELD_READERS.items()}
+    table.finish()
     settings = replace(base, **values)
-    settings.check()
+    try:
+        settings.check()
+    except ValueError as exc:
+        # check() names the bad field first ("factor: expected ..."), relative
+        # to the settings; the table places it at its full dotted path.
+        field, _, problem = str(exc).partition(": ")
+        raise table.error(field, problem) from None
     return settings
 
 

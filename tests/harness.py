@@ -8,13 +8,17 @@ fails, and `leftover_workers()` finds any worker that outlived its supervisor.
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, Self, TypeVar
 
 import grpc
 import psutil
@@ -203,3 +207,110 @@ class SupervisorProcess:
 
     def status(self, name: str) -> caxton_pb2.AgentStatus:
         return self.lifecycle.GetAgentStatus(caxton_pb2.GetAgentStatusRequest(name=name), timeout=30)
+
+
+# ------------------------------------------------------------ load
+
+
+class Trip(NamedTuple):
+    """One message a LoadGenerator sent, and what became of it."""
+
+    receiver: str
+    content: bytes
+    status: str  # "ok", or the name of the gRPC status code it failed with
+    reply: bytes  # the reply's content when ok, else the error details
+    start: float  # time.monotonic() before and after the call
+    end: float
+
+    @property
+    def echoed(self) -> bool:
+        """Answered with exactly the content sent, as an echo agent does."""
+        return self.status == "ok" and self.reply == self.content
+
+
+class LoadGenerator:
+    """`callers` threads sending message after message until the with-block
+    ends, each over its own channel to `target` (a supervisor or an address).
+
+    Each message goes to one of `receivers`, picked by the caller's own rng
+    seeded with its index, so runs repeat. Caller i sends b"c<i>-<n>" for
+    n = 0, 1, ... and records each outcome in `results[i]`, in send order.
+    Entering waits until every caller has `warmup` outcomes; leaving stops
+    the callers and fails if one is stuck past its send timeout.
+    """
+
+    def __init__(
+        self,
+        target: SupervisorProcess | str,
+        receivers: str | Sequence[str],
+        *,
+        callers: int = 1,
+        timeout: float = 30.0,
+        pause: float = 0.0,
+        warmup: int = 0,
+    ) -> None:
+        self.address = target if isinstance(target, str) else target.address
+        self.receivers = [receivers] if isinstance(receivers, str) else list(receivers)
+        self.timeout = timeout  # of each send
+        self.pause = pause  # between one caller's sends
+        self.warmup = warmup
+        self.results: list[list[Trip]] = [[] for _ in range(callers)]
+        # Counted before each send, so a send that never records an outcome
+        # (a caller that died or hung) shows as sent but unanswered.
+        self.sent: Counter[str] = Counter()
+        self._sent_lock = threading.Lock()
+        self._stop = threading.Event()
+        # Daemon threads: a caller stuck in a send must not keep pytest alive.
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True) for i in range(callers)
+        ]
+
+    def _run(self, caller: int) -> None:
+        rng = random.Random(caller)
+        with grpc.insecure_channel(self.address) as channel:
+            stub = caxton_pb2_grpc.MessagingStub(channel)
+            n = 0
+            while not self._stop.is_set():
+                receiver = rng.choice(self.receivers)
+                content = f"c{caller}-{n}".encode()
+                n += 1
+                with self._sent_lock:
+                    self.sent[receiver] += 1
+                message = caxton_pb2.AgentMessage(receiver=receiver, content=content)
+                start = time.monotonic()
+                try:
+                    response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=self.timeout)
+                    status, reply = "ok", response.reply.content
+                except grpc.RpcError as exc:
+                    status, reply = exc.code().name, (exc.details() or "").encode()
+                self.results[caller].append(Trip(receiver, content, status, reply, start, time.monotonic()))
+                self._stop.wait(self.pause)
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        try:
+            wait_until(lambda: all(len(r) >= self.warmup for r in self.results), 20, "the load to get going")
+        except BaseException:
+            self._stop.set()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._stop.set()
+        # Every send ends within its timeout; a caller running past that hung.
+        deadline = time.monotonic() + self.timeout + 5
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # Not when an error ended the with-block: that error is the one to see.
+        if exc_type is None:
+            hung = [thread.name for thread in self.threads if thread.is_alive()]
+            assert not hung, f"a send to {', '.join(self.receivers)} hung in {', '.join(hung)}"
+
+    def trips(self) -> list[Trip]:
+        """Every caller's trips, caller by caller."""
+        return [trip for results in self.results for trip in results]
+
+    def outcomes(self) -> Counter[str]:
+        """How many trips ended with each status ("ok" or a gRPC code name)."""
+        return Counter(trip.status for trip in self.trips())

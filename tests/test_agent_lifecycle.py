@@ -209,3 +209,26 @@ def test_sigkill_of_the_supervisor_takes_every_worker_with_it(supervisor, tmp_pa
     wait_until(lambda: not any(alive(p) for p in workers), 10, "the workers to die with their supervisor")
     again = supervisor(state_dir=state)
     assert again.send("orphan-a", b"back").reply.content == b"back"
+
+
+def test_a_start_that_overlaps_a_stop_is_remembered_as_the_last_word(supervisor, tmp_path):
+    """StartAgent sent while a StopAgent is still draining: the start runs
+    after the stop, so the agent ends up running, and the desired state on
+    disk must say so too; a restarted supervisor brings it back running."""
+    sup = supervisor()
+    sup.deploy("overlap", "slow")
+    sender = threading.Thread(target=lambda: sup.send("overlap", b"1500"))
+    sender.start()
+    wait_until(lambda: _inflight(sup, "overlap"), 10, "the slow message to be in flight")
+    stopper = threading.Thread(target=lambda: sup.lifecycle.StopAgent(
+        caxton_pb2.StopAgentRequest(name="overlap", timeout_ms=10_000), timeout=30))
+    stopper.start()
+    wait_until(lambda: sup.status("overlap").state == caxton_pb2.AGENT_STATE_DRAINING, 10, "the stop to be draining")
+    sup.lifecycle.StartAgent(caxton_pb2.StartAgentRequest(name="overlap"), timeout=30)
+    stopper.join(30)
+    sender.join(30)
+    assert sup.status("overlap").state == caxton_pb2.AGENT_STATE_RUNNING
+    sup.stop()
+    again = supervisor(state_dir=sup.state_dir)
+    assert again.status("overlap").state == caxton_pb2.AGENT_STATE_RUNNING
+    assert again.send("overlap", b"0").reply.content == b"0"

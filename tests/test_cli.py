@@ -396,3 +396,21 @@ def test_events_follows_the_stream(shared_supervisor):
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_rollback_skips_a_version_that_never_served(shared_supervisor):
+    """v1 works; v2's caxton_init fails, so v1 keeps serving; v3 works. A
+    plain `caxton rollback` must go to v1, the last version that took all
+    traffic before v3, not to v2, which never did."""
+    sup = shared_supervisor
+    ok(cli(sup.address, "deploy", "cli-neverstable", str(AGENTS / "version1.wat")))
+    failed = cli(sup.address, "reload", "cli-neverstable", str(AGENTS / "init_fails.wat"))
+    assert failed.returncode == 1
+    good = cli(sup.address, "reload", "cli-neverstable", str(AGENTS / "version2.wat"))
+    assert good.returncode == 0, good.stderr
+    assert ok(cli(sup.address, "send", "cli-neverstable", "x")) == "v2:x"
+
+    back = cli(sup.address, "rollback", "cli-neverstable")
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.decode().startswith("rolled back cli-neverstable v3 -> v1")
+    assert ok(cli(sup.address, "send", "cli-neverstable", "x")) == "v1:x"

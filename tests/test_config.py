@@ -7,8 +7,18 @@ from pathlib import Path
 import pytest
 
 from caxton.v1 import caxton_pb2
-from caxton.supervisor.config import Config, ConfigError, Limits, config_from_table, load_config, parse_size
+from caxton.supervisor.api import limits_from_proto, limits_to_proto
+from caxton.supervisor.config import (
+    Config,
+    ConfigError,
+    Limits,
+    SandboxSettings,
+    config_from_table,
+    load_config,
+    parse_size,
+)
 from caxton.supervisor.policy import BUILTIN_POLICIES, Policy
+from caxton.supervisor.restart import RestartSettings
 
 # ------------------------------------------------------------ parse_size
 
@@ -60,17 +70,17 @@ def test_parse_size_rejects_float():
         parse_size(4096.0)
 
 
-# ------------------------------------------------------------ Limits.overlay
+# ------------------------------------------------------------ limits from a request (api.py + specs.py)
 
 
 def test_overlay_with_empty_request_keeps_everything():
     base = Limits(memory_bytes=1, fuel=2, timeout_ms=3, max_message_bytes=4)
-    assert base.overlay(caxton_pb2.ResourceLimits()) == base
+    assert limits_from_proto(caxton_pb2.ResourceLimits()).apply(base) == base
 
 
 def test_overlay_nonzero_fields_take_over_zero_fields_keep_defaults():
     base = Limits()
-    merged = base.overlay(caxton_pb2.ResourceLimits(memory_bytes=1 << 20, timeout_ms=250))
+    merged = limits_from_proto(caxton_pb2.ResourceLimits(memory_bytes=1 << 20, timeout_ms=250)).apply(base)
     assert merged == Limits(
         memory_bytes=1 << 20, fuel=base.fuel, timeout_ms=250, max_message_bytes=base.max_message_bytes
     )
@@ -78,13 +88,13 @@ def test_overlay_nonzero_fields_take_over_zero_fields_keep_defaults():
 
 def test_overlay_all_fields():
     request = caxton_pb2.ResourceLimits(memory_bytes=11, fuel=22, timeout_ms=33, max_message_bytes=44)
-    assert Limits().overlay(request) == Limits(11, 22, 33, 44)
+    assert limits_from_proto(request).apply(Limits()) == Limits(11, 22, 33, 44)
 
 
 def test_overlay_does_not_mutate_and_round_trips_through_proto():
     base = Limits()
-    request = Limits(5, 6, 7, 8).to_proto()
-    assert base.overlay(request) == Limits(5, 6, 7, 8)
+    request = limits_to_proto(Limits(5, 6, 7, 8))
+    assert limits_from_proto(request).apply(base) == Limits(5, 6, 7, 8)
     assert base == Limits()
 
 
@@ -359,3 +369,62 @@ def test_the_shipped_example_config_loads():
     config = load_config(Path(__file__).resolve().parent.parent / "systemd" / "caxton.toml")
     assert config.restart.max_failures == 5 and config.sandbox.user == "nobody"
     assert "tight" in config.policies and config.keep_versions == 5
+
+
+# ------------------------------------------------------------ one error format
+
+
+FULL_PATHS = [
+    ({"sandbox": {"cpu_cores": -1}}, "sandbox.cpu_cores: expected a number >= 0, got -1"),
+    ({"sandbox": {"cpu_cores": float("nan")}}, "sandbox.cpu_cores: expected a finite number, got nan"),
+    ({"sandbox": {"cgroups": "on"}}, "sandbox.cgroups: expected one of 'auto', 'off', got 'on'"),
+    ({"sandbox": {"pids_max": True}}, "sandbox.pids_max: expected an integer, got True"),
+    ({"sandbox": {"memroy_overhead": "1MiB"}}, "sandbox.memroy_overhead: unknown setting"),
+    ({"restart": {"factor": 0.5}}, "restart.factor: expected a finite number >= 1, got 0.5"),
+    ({"restart": {"window_s": float("inf")}}, "restart.window_s: expected a finite number, got inf"),
+    ({"restart": {"max_failure": 3}}, "restart.max_failure: unknown setting"),
+    ({"restart": []}, "restart: expected a table, got []"),
+    ({"policies": {"mine": {"max_imports": "lots"}}}, "policies.mine.max_imports: expected an integer, got 'lots'"),
+    ({"policies": {"my policy": {"bogus": 1}}}, 'policies."my policy".bogus: unknown setting'),
+    ({"policies": {"": {}}}, 'policies."": a policy needs a non-empty name'),
+    ({"limits": {"memory": 0}}, "limits.memory: expected a size >= 1, got 0"),
+    ({"worker_start": "spawn"}, "worker_start: expected one of 'fork', 'exec', got 'spawn'"),
+    ({"health_timeout_s": float("nan")}, "health_timeout_s: expected a finite number, got nan"),
+    ({"keep_versions": False}, "keep_versions: expected an integer, got False"),
+]
+
+
+@pytest.mark.parametrize("table, message", FULL_PATHS, ids=[m.split(":")[0] for _, m in FULL_PATHS])
+def test_every_error_names_its_full_dotted_path(table, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_table(table)
+    assert str(info.value) == message
+
+
+def test_every_section_and_field_of_the_config_is_readable():
+    config = config_from_table(
+        {
+            "worker_start": "exec",
+            "worker_pool": 0,
+            "health_interval_s": 1,
+            "health_timeout_s": 0.5,
+            "health_failures": 3,
+            "keep_versions": 1,
+            "sandbox": {
+                "user": "",
+                "cgroups": "off",
+                "memory_overhead": "1MiB",
+                "cpu_cores": 0,
+                "pids_max": 0,
+                "open_files": 10,
+                "cpu_seconds": 60,
+            },
+            "restart": {"max_failures": 9},
+        }
+    )
+    assert (config.worker_start, config.worker_pool, config.health_interval_s) == ("exec", 0, 1.0)
+    assert (config.health_timeout_s, config.health_failures, config.keep_versions) == (0.5, 3, 1)
+    assert config.sandbox == SandboxSettings(
+        user="", cgroups="off", memory_overhead_bytes=1 << 20, cpu_cores=0.0, pids_max=0, open_files=10, cpu_seconds=60
+    )
+    assert config.restart == RestartSettings(max_failures=9)

@@ -8,66 +8,39 @@ right after the attack and, from a thread, while the attack runs.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
 import pytest
 
-from .harness import wait_until
+from .harness import LoadGenerator, wait_until
 
 MIB = 1 << 20
 
 
-class Neighbour:
+class Neighbour(LoadGenerator):
     """An echo agent pinged from a thread while an attack runs next door.
 
-    Every round trip is recorded as (start, end, error); `check()` asserts
-    they all succeeded.
+    Every round trip is recorded; `check()` asserts they all succeeded.
     """
 
     def __init__(self, sup, name: str):
+        sup.deploy(name, "echo")
+        # Entering waits for a first reply: the neighbour is known to answer
+        # before the attack starts.
+        super().__init__(sup, name, timeout=10, pause=0.005, warmup=1)
         self.sup = sup
         self.name = name
-        self.trips: list[tuple[float, float, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"neighbour-{name}", daemon=True)
-        sup.deploy(name, "echo")
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            content = f"ping {n}".encode()
-            start = time.monotonic()
-            try:
-                reply = self.sup.send(self.name, content, timeout=10).reply.content
-                error = None if reply == content else f"wrong reply {reply!r} to {content!r}"
-            except grpc.RpcError as exc:
-                error = f"{exc.code()}: {exc.details()}"
-            self.trips.append((start, time.monotonic(), error))
-            n += 1
-            self._stop.wait(0.005)
-
-    def __enter__(self) -> "Neighbour":
-        self._thread.start()
-        # The neighbour is known to answer before the attack starts.
-        wait_until(lambda: self.trips, 10, f"a first reply from {self.name}")
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(15)
-        assert not self._thread.is_alive(), f"{self.name}: a send hung"
 
     def check(self) -> None:
-        errors = [e for _, _, e in self.trips if e is not None]
+        errors = [trip for trip in self.trips() if not trip.echoed]
         assert not errors, f"{self.name} failed during the attack: {errors[:3]}"
         # And right after the attack, too.
         assert self.sup.send(self.name, b"after").reply.content == b"after"
 
     def trips_during(self, start: float, end: float) -> list[float]:
         """Latencies of the round trips that began and ended inside [start, end]."""
-        return [e - s for s, e, err in self.trips if s >= start and e <= end and err is None]
+        return [t.end - t.start for t in self.trips() if t.start >= start and t.end <= end and t.echoed]
 
 
 def pid_of(sup, name: str) -> int:

@@ -4,51 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 import grpc
 import pytest
 
 from caxton.v1 import caxton_pb2
 
-from .harness import module, wait_until
-
-
-class Load:
-    """Several callers sending continuously; every outcome is recorded in
-    send order per caller."""
-
-    def __init__(self, sup, name: str, callers: int = 4):
-        self.sup = sup
-        self.name = name
-        self.results: list[list[tuple[str, bytes]]] = [[] for _ in range(callers)]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(callers)]
-
-    def _run(self, caller: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            content = f"c{caller}-{n}".encode()
-            n += 1
-            try:
-                reply = self.sup.send(self.name, content, timeout=30).reply.content
-                self.results[caller].append(("ok", reply))
-            except grpc.RpcError as exc:
-                self.results[caller].append((exc.code().name, exc.details().encode()))
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        wait_until(lambda: all(len(r) >= 5 for r in self.results), 20, "the load to get going")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def outcomes(self) -> Counter:
-        return Counter(kind for results in self.results for kind, _ in results)
+from .harness import LoadGenerator, Trip, module, wait_until
 
 
 def _reload(sup, name: str, module_name: str, **fields) -> caxton_pb2.HotReloadAgentResponse:
@@ -56,11 +18,11 @@ def _reload(sup, name: str, module_name: str, **fields) -> caxton_pb2.HotReloadA
     return sup.lifecycle.HotReloadAgent(request, timeout=60)
 
 
-def _prefixes(results: list[tuple[str, bytes]]) -> list[bytes]:
+def _prefixes(results: list[Trip]) -> list[bytes]:
     """The version prefix of each reply, with consecutive repeats collapsed."""
     runs: list[bytes] = []
-    for _, reply in results:
-        prefix = reply.split(b":", 1)[0]
+    for trip in results:
+        prefix = trip.reply.split(b":", 1)[0]
         if not runs or runs[-1] != prefix:
             runs.append(prefix)
     return runs
@@ -69,10 +31,10 @@ def _prefixes(results: list[tuple[str, bytes]]) -> list[bytes]:
 def test_reload_and_rollback_under_load_lose_nothing(shared_supervisor):
     sup = shared_supervisor
     sup.deploy("swap", "version1")
-    with Load(sup, "swap") as load:
+    with LoadGenerator(sup, "swap", callers=4, warmup=5) as load:
         forward = _reload(sup, "swap", "version2", label="second")
         assert (forward.from_version, forward.to_version) == (1, 2)
-        wait_until(lambda: all(r[-1][1].startswith(b"v2:") for r in load.results if r), 20, "v2 replies")
+        wait_until(lambda: all(r[-1].reply.startswith(b"v2:") for r in load.results if r), 20, "v2 replies")
         back = sup.lifecycle.RollbackAgent(caxton_pb2.RollbackAgentRequest(name="swap"), timeout=60)
         assert (back.from_version, back.to_version) == (2, 1)
         counts = [len(r) for r in load.results]
@@ -84,7 +46,7 @@ def test_reload_and_rollback_under_load_lose_nothing(shared_supervisor):
         # Each caller saw v1, then v2 exactly once, then v1 again (rollback).
         assert _prefixes(results) == [b"v1", b"v2", b"v1"]
         # And every reply carries the caller's own message.
-        for n, (_, reply) in enumerate(results):
+        for n, reply in enumerate(trip.reply for trip in results):
             assert reply.split(b":", 1)[1].endswith(f"-{n}".encode())
     status = sup.status("swap")
     assert status.version == 1
@@ -95,7 +57,7 @@ def test_reload_and_rollback_under_load_lose_nothing(shared_supervisor):
 def test_failed_init_leaves_the_old_version_serving(shared_supervisor):
     sup = shared_supervisor
     sup.deploy("steadfast", "version1")
-    with Load(sup, "steadfast") as load:
+    with LoadGenerator(sup, "steadfast", callers=4, warmup=5) as load:
         with pytest.raises(grpc.RpcError) as info:
             _reload(sup, "steadfast", "init_fails")
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -125,7 +87,7 @@ def test_reload_with_replicas_keeps_them_all_healthy(supervisor):
             samples.append(sum(1 for i in status.instances if i.pid))
 
     sampler = threading.Thread(target=sample)
-    with Load(sup, "trio", callers=6) as load:
+    with LoadGenerator(sup, "trio", callers=6, warmup=5) as load:
         sampler.start()
         response = _reload(sup, "trio", "version2")
         stop.set()

@@ -15,7 +15,7 @@ import pytest
 
 from caxton.v1 import caxton_pb2
 
-from .harness import alive, wait_until
+from .harness import LoadGenerator, alive, wait_until
 
 FAST = '''
 health_interval_s = 0.2
@@ -171,44 +171,19 @@ def test_chaos_every_message_gets_exactly_one_outcome(supervisor):
     names = [f"chaos-{i}" for i in range(3)]
     for name in names:
         sup.deploy(name, "echo")
-    outcomes: Counter = Counter()
-    sent = Counter()
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(seed: int) -> None:
-        rng = random.Random(seed)
-        n = 0
-        while not stop.is_set():
-            name = rng.choice(names)
-            content = f"{seed}-{n}".encode()
-            n += 1
-            with lock:
-                sent[name] += 1
-            try:
-                reply = sup.send(name, content, timeout=10)
-                result = "reply" if reply.reply.content == content else "WRONG"
-            except grpc.RpcError as exc:
-                result = exc.code().name
-            with lock:
-                outcomes[result] += 1
-
-    clients = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
-    for thread in clients:
-        thread.start()
-    rng = random.Random(7)
-    deadline = time.monotonic() + 30.0
-    kills = 0
-    while kills < 12 and time.monotonic() < deadline:
-        status = sup.status(rng.choice(names))
-        if status.instances:
-            os.kill(status.instances[0].pid, signal.SIGKILL)
-            kills += 1
-        time.sleep(0.15)  # pacing of the chaos, not synchronisation
-    stop.set()
-    for thread in clients:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in clients)
+    with LoadGenerator(sup, names, callers=4, timeout=10) as load:
+        rng = random.Random(7)
+        deadline = time.monotonic() + 30.0
+        kills = 0
+        while kills < 12 and time.monotonic() < deadline:
+            status = sup.status(rng.choice(names))
+            if status.instances:
+                os.kill(status.instances[0].pid, signal.SIGKILL)
+                kills += 1
+            time.sleep(0.15)  # pacing of the chaos, not synchronisation
+    assert not any(thread.is_alive() for thread in load.threads)
+    sent = load.sent
+    outcomes = Counter("reply" if t.echoed else ("WRONG" if t.status == "ok" else t.status) for t in load.trips())
     assert kills >= 10
     # Every message sent has exactly one outcome, and every outcome is a
     # reply with the right content or an explicit error.

@@ -6,11 +6,20 @@ rng is seeded or stubbed, so every test is deterministic and instant.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
-from caxton.supervisor.restart import Decision, RestartPolicy, RestartSettings, Verdict, settings_from_table
+from caxton.supervisor.restart import (
+    Decision,
+    RestartPolicy,
+    RestartSettings,
+    Verdict,
+    read_settings,
+    settings_from_table,
+)
+from caxton.supervisor.settings import Table
 
 NO_JITTER = RestartSettings(jitter=0.0)
 
@@ -255,7 +264,7 @@ def test_settings_from_table_builds_over_the_base():
 
 
 def test_settings_from_table_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown restart setting.*max_failure, reset_s"):
+    with pytest.raises(ValueError, match="^max_failure, reset_s: unknown settings$"):
         settings_from_table({"max_failure": 3, "reset_s": 1, "jitter": 0.1})
 
 
@@ -273,3 +282,26 @@ def test_settings_from_table_rejects_unknown_keys():
 def test_settings_from_table_rejects_bad_values_by_name(field, value):
     with pytest.raises(ValueError, match=f"^{field}: "):
         settings_from_table({field: value})
+
+
+def test_settings_from_table_reads_every_field_by_its_type():
+    # Fields are read by type, so a field added to RestartSettings is
+    # configurable without touching settings_from_table.
+    custom = RestartSettings(
+        initial_delay_s=0.5, factor=3.0, max_delay_s=9.0, jitter=0.1, reset_after_s=4.0, max_failures=2, window_s=7.0
+    )
+    table = {f.name: getattr(custom, f.name) for f in dataclasses.fields(RestartSettings)}
+    assert settings_from_table(table) == custom
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_settings_from_table_rejects_nan_and_infinity(value):
+    with pytest.raises(ValueError, match="^max_delay_s: expected a finite number"):
+        settings_from_table({"max_delay_s": value})
+
+
+def test_read_settings_names_fields_by_their_dotted_path():
+    with pytest.raises(ValueError, match=r"^restart\.jitter: expected 0 <= jitter < 1, got 1\.0$"):
+        read_settings(Table({"jitter": 1.0}, "restart"))
+    with pytest.raises(ValueError, match=r"^restart\.max_failures: expected an integer, got 2\.5$"):
+        read_settings(Table({"max_failures": 2.5}, "restart"))

@@ -1,0 +1,154 @@
+"""An agent's status as plain data: what `GetAgentStatus` and `ListAgents` report.
+
+A snapshot is taken from the agent's own view (read under its state lock,
+no I/O) plus what only the workers and the kernel know (linear memory,
+per-worker counters, RSS). The worker figures are asked of every instance at
+once (non-blocking probes) with one deadline, so a status call costs one round trip however many
+replicas an agent has, and a hung worker costs at most the deadline. Only
+`api.py` turns a snapshot into protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from .config import Limits
+from .deadline import Deadline
+from .lifecycle import AgentState
+from .restart import RestartSettings
+from .store import VersionRecord
+from .worker_client import WorkerCallError
+
+# How long a status call waits for a worker's own figures before reporting
+# the instance without them.
+STATS_DEADLINE_S = 1.0
+
+
+@dataclass(frozen=True)
+class InstanceSnapshot:
+    pid: int
+    version: int
+    uptime_s: float
+    rss_bytes: int
+    enforcement: tuple[str, ...]
+    # The worker's own figures; zero when it did not answer in time.
+    memory_bytes: int = 0
+    messages: int = 0
+    errors: int = 0
+    resets: int = 0
+
+
+@dataclass(frozen=True)
+class VersionShare:
+    """One version with workers serving it, and its share of their traffic."""
+
+    version: int
+    replicas: int
+    messages: int
+    share: float
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    at: float  # Unix seconds
+    reason: str
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the agent itself knows, read in one step under its state lock."""
+
+    name: str
+    state: AgentState
+    version: VersionRecord
+    policy: str
+    replicas: int
+    restart: RestartSettings
+    uptime_s: float
+    messages: int
+    errors: int
+    restarts: int
+    last_error: str
+    next_restart_in_s: float
+    recent_failures: tuple[FailureRecord, ...]
+    instances: tuple  # WorkerInstance, in service now
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    name: str
+    state: AgentState
+    version: VersionRecord
+    policy: str
+    replicas: int
+    restart: RestartSettings
+    uptime_s: float
+    messages: int
+    errors: int
+    restarts: int
+    last_error: str
+    next_restart_in_s: float
+    recent_failures: tuple[FailureRecord, ...]
+    instances: tuple[InstanceSnapshot, ...]
+    versions: tuple[VersionShare, ...]
+    history: tuple[VersionRecord, ...]
+
+    @property
+    def limits(self) -> Limits:
+        return self.version.limits
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(i.memory_bytes for i in self.instances)
+
+
+def version_shares(instances) -> tuple[VersionShare, ...]:
+    """How the current workers' messages split between versions (more than
+    one version serves only during a rollout)."""
+    replicas: dict[int, int] = {}
+    messages: dict[int, int] = {}
+    for instance in instances:
+        replicas[instance.version] = replicas.get(instance.version, 0) + 1
+        messages[instance.version] = messages.get(instance.version, 0) + instance.handled
+    total = sum(messages.values())
+    return tuple(
+        VersionShare(v, replicas[v], messages[v], messages[v] / total if total else 1.0 / len(replicas))
+        for v in sorted(replicas)
+    )
+
+
+def snapshot(view: AgentView, history: list[VersionRecord]) -> AgentSnapshot:
+    """The full status: `view` plus each instance's own figures."""
+    deadline = Deadline.after(STATS_DEADLINE_S)
+    probes = [(instance, instance.client.probe(deadline)) for instance in view.instances]
+    instances = []
+    for instance, probe in probes:
+        figures = {}
+        try:
+            stats = probe.result()
+        except WorkerCallError:
+            pass  # reported without the worker's own figures
+        else:
+            figures = dict(memory_bytes=stats.memory_bytes, messages=stats.messages, errors=stats.errors,
+                           resets=stats.resets)
+        instances.append(InstanceSnapshot(
+            pid=instance.pid, version=instance.version, uptime_s=time.monotonic() - instance.started_at,
+            rss_bytes=_rss(instance.pid), enforcement=tuple(instance.enforcement), **figures,
+        ))
+    return AgentSnapshot(
+        name=view.name, state=view.state, version=view.version, policy=view.policy, replicas=view.replicas,
+        restart=view.restart, uptime_s=view.uptime_s, messages=view.messages, errors=view.errors,
+        restarts=view.restarts, last_error=view.last_error, next_restart_in_s=view.next_restart_in_s,
+        recent_failures=view.recent_failures, instances=tuple(instances),
+        versions=version_shares(view.instances), history=tuple(history),
+    )
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
