@@ -3,8 +3,9 @@
 Lifecycle operations (start, stop, a rollout) are serialised by the
 operation lock and may take seconds; the state itself is guarded by the
 state lock, held only briefly, so that status queries and worker-exit
-callbacks never wait behind a slow start or drain. Restart supervision lives
-in recovery.py, rollouts in rollout.py, status snapshots in status.py.
+callbacks never wait behind a slow start or drain. Restart supervision and
+the circuit breaker live in recovery.py, rollouts in rollout.py, status
+snapshots in status.py.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from .launcher import ExitStatus
 from .lifecycle import AgentState, Event, IllegalTransition, transition
 from .mailbox import Mailbox, Pending
 from .recovery import Recovery
-from .restart import Decision, RestartSettings
-from .rollout import Launch, abandon, drain, launch_many
+from .restart import BreakerState, RestartSettings
+from .rollout import Launch, drain, launch_many
 from .status import AgentView, FailureRecord
 from .store import VersionRecord
 
@@ -51,11 +52,11 @@ class Agent:
         # Persists the desired state ("running"/"stopped"); called under the
         # operation lock, so the last operation wins both in memory and on disk.
         self._remember = remember
-        self.recovery = Recovery(restart or config.restart, self._restart)
+        self.recovery = Recovery(self, restart or config.restart, start_timeout_s=config.worker_start_timeout_s)
         self.mailbox = Mailbox(config.queue_limit)
         self.instances: list[WorkerInstance] = []
         self.state = state
-        self._state_lock = threading.Lock()
+        self.state_lock = threading.Lock()
         self._op_lock = threading.Lock()
         # Dispatchers of several replicas count concurrently.
         self._counts_lock = threading.Lock()
@@ -64,7 +65,7 @@ class Agent:
         self.last_error = ""
         self._running_since: float | None = None
         if state is not AgentState.RUNNING:
-            self.mailbox.close(self._refusal())
+            self.mailbox.close(self.refusal())
 
     @property
     def limits(self) -> Limits:
@@ -88,12 +89,18 @@ class Agent:
             self.mailbox.reopen()
         else:
             self._running_since = None
-            self.mailbox.close(self._refusal())
+            self.mailbox.close(self.refusal())
         return self.state
 
-    def _refusal(self) -> str:
+    def refusal(self) -> str:
         """Why a message is refused in the current state."""
         if self.state is AgentState.FAILED:
+            breaker = self.recovery.breaker()
+            if breaker.state is BreakerState.OPEN and breaker.next_attempt_in_s:
+                return (f"agent {self.name!r} has failed (circuit breaker open, next attempt in "
+                        f"{breaker.next_attempt_in_s:.1f}s): {self.last_error}")
+            if breaker.state is BreakerState.HALF_OPEN:
+                return f"agent {self.name!r} has failed (circuit breaker half-open, probing): {self.last_error}"
             return f"agent {self.name!r} has failed: {self.last_error}"
         if self.state is AgentState.DRAINING:
             return f"agent {self.name!r} is draining and takes no new messages"
@@ -112,7 +119,7 @@ class Agent:
         if state is AgentState.STOPPED:
             raise FailedPrecondition(f"agent {self.name!r} is stopped; start it with StartAgent")
         if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
-            raise Unavailable(self._refusal())
+            raise Unavailable(self.refusal())
         self.mailbox.put(pending)
 
     def _count(self, ok: bool) -> None:
@@ -134,7 +141,7 @@ class Agent:
         no worker could be started.
         """
         with self._op_lock:
-            with self._state_lock:
+            with self.state_lock:
                 self._set_state(Event.LOAD)
                 self.recovery.reset()
             if remember:
@@ -147,13 +154,23 @@ class Agent:
             except WorkerStartError as exc:
                 self._fail(str(exc))
                 raise Unavailable(f"agent {self.name!r} could not start a worker: {exc}") from exc
-            with self._state_lock:
-                self.last_error = ""
-                self._set_state(Event.START)
-            self.switch_to(instances)
+            self._enter_running(instances)
             pids = ", ".join(str(i.pid) for i in instances)
             log.info("[%s v%d] running in worker(s) %s", self.name, self.version.version, pids)
             self.publish("started", f"running in worker(s) {pids}")
+
+    def _enter_running(self, instances: list[WorkerInstance]) -> None:
+        with self.state_lock:
+            self.last_error = ""
+            self._set_state(Event.START)
+        self.switch_to(instances)
+
+    def resume(self, instances: list[WorkerInstance]) -> None:
+        """FAILED to RUNNING on proven workers (the breaker's probe passed;
+        the caller holds the operation lock)."""
+        with self.state_lock:
+            self._set_state(Event.LOAD)
+        self._enter_running(instances)
 
     def switch_to(self, instances: list[WorkerInstance], version: VersionRecord | None = None) -> list[WorkerInstance]:
         """Put started instances into service, all in one step under the
@@ -162,7 +179,7 @@ class Agent:
         They are listed before their exit callbacks are registered, so that a
         worker that has already died is handled as a failure (and restarted)
         rather than forgotten."""
-        with self._state_lock:
+        with self.state_lock:
             old: list[WorkerInstance] = []
             if version is not None:
                 old, self.instances = self.instances, []
@@ -177,10 +194,10 @@ class Agent:
         return old
 
     def _fail(self, reason: str) -> None:
-        with self._state_lock:
+        with self.state_lock:
             self.last_error = reason
             self._set_state(Event.FAIL)
-        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
+        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self.refusal())
         log.error("[%s] %s", self.name, reason)
         self.publish("failed", reason)
 
@@ -189,7 +206,7 @@ class Agent:
         launcher's exit-callback thread, which serves every agent."""
         # Wake the instance's dispatcher if it is waiting for messages.
         self.mailbox.wake_all()
-        with self._state_lock:
+        with self.state_lock:
             if instance not in self.instances:
                 return  # retired on purpose; its retirement cleans up
             self.instances.remove(instance)
@@ -197,70 +214,41 @@ class Agent:
         log.error("[%s v%d] %s", self.name, instance.version, reason)
         self.publish("worker-exited", reason, instance.version)
         instance.close()
-        self._worker_failed(reason)
+        self.recovery.worker_failed(reason)
 
-    def _worker_failed(self, reason: str) -> None:
-        """A worker died, hung, or could not be restarted: ask the restart
-        policy. Messages still queued wait for the restarted worker; when the
-        policy gives up they are answered UNAVAILABLE with the reason."""
-        with self._state_lock:
-            if self.state is not AgentState.RUNNING or len(self.instances) >= self.replicas:
-                return  # draining or stopped on purpose, or already replaced
-            if self.recovery.pending:
-                return  # a restart is already on its way; it tops up all replicas
-            verdict = self.recovery.failed(reason)
-            survivors: list[WorkerInstance] = []
-            if verdict.decision is Decision.GIVE_UP:
-                self.last_error = f"{verdict.reason}; last failure: {reason}"
-                survivors, self.instances = self.instances, []
-                self._set_state(Event.FAIL)
-            else:
-                self.last_error = reason
-        if verdict.decision is Decision.GIVE_UP:
-            log.error("[%s] giving up: %s", self.name, self.last_error)
-            abandon(survivors)
-            self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self._refusal())
-            self.publish("failed", self.last_error)
-        else:
-            log.warning("[%s] %s", self.name, verdict.reason)
-            self.publish("restarting", verdict.reason)
-
-    def _restart(self) -> None:
-        """Recovery's timer: start replacement workers for the same version,
-        limits and name, up to the desired replica count."""
-        failure = None
-        with self._op_lock:
-            with self._state_lock:
-                self.recovery.cancel()  # this attempt is being taken
-                missing = self.replicas - len(self.instances)
-                if self.state is not AgentState.RUNNING or missing <= 0:
-                    return  # stopped, removed or restarted meanwhile
-            try:
-                instances = launch_many(self.launch, self.version, missing)
-            except (InstanceStartError, WorkerStartError) as exc:
-                failure = f"restart failed: {exc}"
-            else:
-                self.switch_to(instances)
-                pids = ", ".join(str(i.pid) for i in instances)
-                log.info("[%s v%d] restarted in worker(s) %s", self.name, self.version.version, pids)
-                self.publish("restarted", f"restarted in worker(s) {pids}")
-        if failure is not None:
-            self._worker_failed(failure)
+    def fail_locked(self, reason: str) -> list[WorkerInstance]:
+        """FAILED with `reason` (caller holds the state lock); returns the
+        workers still in service, for the caller to end."""
+        self.last_error = reason
+        survivors, self.instances = self.instances, []
+        self._set_state(Event.FAIL)
+        return survivors
 
     def stop(self, timeout: float, *, remember: bool = True) -> None:
         """Drain: refuse new messages, let accepted ones finish within
         `timeout`, run caxton_shutdown, end the worker. STOPPED afterwards.
         `remember=False` (supervisor shutdown) keeps the desired state."""
         with self._op_lock:
-            with self._state_lock:
-                self._set_state(Event.DRAIN)
-                self.recovery.cancel()
-                instances = list(self.instances)
+            with self.state_lock:
+                if self.state is AgentState.FAILED:
+                    # Nothing to drain: this only calls off the breaker's probes.
+                    self.recovery.cancel()
+                    self._set_state(Event.STOPPED)
+                    instances = None
+                else:
+                    self._set_state(Event.DRAIN)
+                    self.recovery.cancel()
+                    instances = list(self.instances)
+            if instances is None:
+                if remember:
+                    self._remember("stopped")
+                self.publish("stopped", "was failed; retries called off")
+                return
             if remember:
                 self._remember("stopped")
             for instance in instances:
                 instance.retire(self.mailbox, drain=True)
-            with self._state_lock:
+            with self.state_lock:
                 self.instances = [i for i in self.instances if i not in instances]
             drain(instances, self.mailbox, Deadline.after(timeout), agent=self.name)
             leftover = self.mailbox.fail_all(
@@ -268,35 +256,37 @@ class Agent:
             )
             if leftover:
                 log.warning("[%s] %d queued messages were not handled before the stop timeout", self.name, leftover)
-            with self._state_lock:
+            with self.state_lock:
                 self._set_state(Event.STOPPED)
             log.info("[%s] stopped", self.name)
             self.publish("stopped")
 
     def kill(self) -> None:
         """Kill every worker at once (supervisor exit after its drain timeout)."""
-        with self._state_lock:
+        with self.state_lock:
             self.recovery.cancel()
             instances, self.instances = list(self.instances), []
         for instance in instances:
             instance.kill()
 
     def unload(self) -> None:
-        with self._state_lock:
+        with self.state_lock:
             self._set_state(Event.UNLOAD)
+            self.recovery.cancel()
 
     # ------------------------------------------------------------ status
 
     def view(self) -> AgentView:
         """What the agent knows of itself, in one consistent read."""
         now, wall = time.monotonic(), time.time()
-        with self._state_lock, self._counts_lock:
+        with self.state_lock, self._counts_lock:
             return AgentView(
                 name=self.name, state=self.state, version=self.version, policy=self.policy,
                 replicas=self.replicas, restart=self.recovery.settings,
                 uptime_s=(now - self._running_since) if self._running_since is not None else 0.0,
                 messages=self.messages, errors=self.errors, restarts=self.recovery.restarts,
                 last_error=self.last_error, next_restart_in_s=self.recovery.next_attempt_in(),
+                breaker=self.recovery.breaker(),
                 recent_failures=tuple(FailureRecord(wall - (now - at), reason)
                                       for at, reason in self.recovery.recent_failures()),
                 instances=tuple(self.instances),

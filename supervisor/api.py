@@ -76,6 +76,9 @@ def restart_to_proto(settings: RestartSettings) -> caxton_pb2.RestartPolicy:
         reset_after_s=round(settings.reset_after_s),
         max_failures=settings.max_failures,
         window_s=round(settings.window_s),
+        breaker_cooldown_ms=round(settings.breaker_cooldown_s * 1000),
+        breaker_cooldown_max_ms=round(settings.breaker_cooldown_max_s * 1000),
+        auto_recover=settings.auto_recover,
     )
 
 
@@ -87,6 +90,9 @@ def restart_from_proto(request: caxton_pb2.RestartPolicy) -> RestartOverrides:
         reset_after_s=float(request.reset_after_s) if request.reset_after_s else None,
         max_failures=request.max_failures or None,
         window_s=float(request.window_s) if request.window_s else None,
+        breaker_cooldown_s=request.breaker_cooldown_ms / 1000 if request.breaker_cooldown_ms else None,
+        breaker_cooldown_max_s=request.breaker_cooldown_max_ms / 1000 if request.breaker_cooldown_max_ms else None,
+        auto_recover=request.auto_recover if request.HasField("auto_recover") else None,
     )
 
 
@@ -122,6 +128,9 @@ def status_to_proto(status: AgentSnapshot) -> caxton_pb2.AgentStatus:
         versions=[caxton_pb2.VersionInService(version=v.version, replicas=v.replicas, messages=v.messages,
                                               share=v.share) for v in status.versions],
         history=[_history_to_proto(record) for record in status.history],
+        breaker=caxton_pb2.Breaker(state=status.breaker.state.value, opened_at=status.breaker.opened_at or 0.0,
+                                   reason=status.breaker.reason,
+                                   next_attempt_in_s=status.breaker.next_attempt_in_s),
     )
 
 

@@ -3,6 +3,7 @@
     UNLOADED --load--> LOADED --start--> RUNNING <--drain/resume--> DRAINING
     DRAINING --stopped--> STOPPED --load--> LOADED
     LOADED, RUNNING, DRAINING --fail--> FAILED --load--> LOADED
+    FAILED --stopped--> STOPPED (an operator calls off the breaker's retries)
     STOPPED, FAILED, LOADED, UNLOADED --unload--> UNLOADED
 
 Every transition the supervisor makes goes through `transition`, so an
@@ -62,6 +63,7 @@ _TRANSITIONS: dict[tuple[AgentState, Event], AgentState] = {
     (AgentState.DRAINING, Event.FAIL): AgentState.FAILED,
     (AgentState.STOPPED, Event.LOAD): AgentState.LOADED,
     (AgentState.FAILED, Event.LOAD): AgentState.LOADED,
+    (AgentState.FAILED, Event.STOPPED): AgentState.STOPPED,
     (AgentState.UNLOADED, Event.UNLOAD): AgentState.UNLOADED,
     (AgentState.LOADED, Event.UNLOAD): AgentState.UNLOADED,
     (AgentState.STOPPED, Event.UNLOAD): AgentState.UNLOADED,

@@ -6,7 +6,15 @@ RestartSteps/RestartMaxDelaySec and Kubernetes' CrashLoopBackOff (delays that
 double up to a cap, reset after a healthy run). The first step is
 milliseconds, not seconds: a one-off crash of a worker should cost almost
 nothing, while a crash loop backs off quickly and, past the breaker limit,
-stops burning CPU and leaves the agent Failed for an operator to look at.
+stops burning CPU: the agent is Failed.
+
+The circuit breaker heals by itself, as Nygard's pattern, resilience4j and
+Envoy's outlier ejection do: open, then after a cool-down half-open (one
+probe worker, no user traffic), then closed if the probe passes, or open
+again with twice the cool-down (up to a cap) if it does not. A healthy run
+of `reset_after_s` brings the cool-down back to its first step. With
+`auto_recover = false` an open breaker stays open until an operator starts
+the agent again, as before.
 
 Everything here is pure: the caller passes the monotonic time (`now`) into
 every call and may inject the random source, so the policy can be tested
@@ -39,6 +47,9 @@ class RestartSettings:
     reset_after_s: float = 30.0  # running healthy this long resets the backoff
     max_failures: int = 5  # breaker: more than this many failures ...
     window_s: float = 60.0  # ... within this window opens the breaker
+    breaker_cooldown_s: float = 30.0  # open this long before the probe ...
+    breaker_cooldown_max_s: float = 600.0  # ... doubling per re-open up to this
+    auto_recover: bool = True  # False: an open breaker waits for an operator
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field.
@@ -60,12 +71,19 @@ class RestartSettings:
             raise ValueError(f"max_failures: expected an integer >= 1, got {self.max_failures!r}")
         if not 0 < self.window_s < math.inf:
             raise ValueError(f"window_s: expected a finite number > 0, got {self.window_s!r}")
+        if not 0 < self.breaker_cooldown_s < math.inf:
+            raise ValueError(f"breaker_cooldown_s: expected a finite number > 0, got {self.breaker_cooldown_s!r}")
+        if not self.breaker_cooldown_s <= self.breaker_cooldown_max_s < math.inf:
+            raise ValueError(f"breaker_cooldown_max_s: expected a finite number >= breaker_cooldown_s "
+                             f"({self.breaker_cooldown_s!r}), got {self.breaker_cooldown_max_s!r}")
+        if not isinstance(self.auto_recover, bool):
+            raise ValueError(f"auto_recover: expected true or false, got {self.auto_recover!r}")
 
 
 # The Table reader for each field type. A RestartSettings field of a type not
 # listed fails here, at import (add its reader, e.g. str: Table.string),
 # instead of being unreadable from config.
-_READERS: dict[type, Callable[[Table, str, Any], Any]] = {int: Table.integer, float: Table.number}
+_READERS: dict[type, Callable[[Table, str, Any], Any]] = {int: Table.integer, float: Table.number, bool: Table.flag}
 _HINTS = get_type_hints(RestartSettings)
 _FIELD_READERS = {f.name: _READERS[_HINTS[f.name]] for f in fields(RestartSettings)}
 
@@ -102,8 +120,15 @@ def read_settings(table: Table, base: RestartSettings = RestartSettings()) -> Re
 
 
 class Decision(enum.Enum):
-    RESTART = "restart"
-    GIVE_UP = "give_up"
+    RESTART = "restart"  # start the worker again after delay_s
+    OPEN = "open"  # the breaker is open: probe after delay_s, the cool-down
+    GIVE_UP = "give_up"  # the breaker is open and waits for an operator
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
 
 
 @dataclass(frozen=True)
@@ -112,7 +137,7 @@ class Verdict:
     and status output."""
 
     decision: Decision
-    delay_s: float  # how long to wait before restarting (0 when giving up)
+    delay_s: float  # how long to wait before restarting or probing (0 when giving up)
     failures_in_window: int
     reason: str
 
@@ -126,7 +151,7 @@ class _Failure(NamedTuple):
 
 
 class RestartPolicy:
-    """Per-agent restart state: backoff + circuit breaker.
+    """Per-agent restart state: backoff + a circuit breaker that heals.
 
     The backoff step and the breaker window are deliberately separate: a
     healthy run resets the backoff so that the next crash is cheap again,
@@ -146,37 +171,27 @@ class RestartPolicy:
         self._failures: deque[_Failure] = deque(maxlen=settings.max_failures + 1)
         self._attempt = 0
         self._started_at: float | None = None
-        self._open_reason: str | None = None
+        self.breaker = BreakerState.CLOSED
+        self.opened_at: float | None = None  # `now` of the latest opening
+        self.open_reason = ""
+        self._reopens = 0  # openings since the last long healthy run
 
     def on_start(self, now: float) -> None:
-        """The agent's worker came up healthy at `now`."""
+        """The agent's workers came up healthy at `now`."""
         self._started_at = now
 
     def on_failure(self, now: float, reason: str) -> Verdict:
         """A worker died or hung at `now`; decide whether and when to restart."""
-        if self._failures and now < self._failures[-1].at:
-            raise ValueError(f"now={now!r} is before the previous failure at {self._failures[-1].at!r}")
+        in_window = self._record(now, reason)
+        if self.breaker is not BreakerState.CLOSED:
+            # A straggler's failure while the breaker is open: nothing new to
+            # do; the probe (or, with auto_recover off, an operator) decides.
+            waiting = "waiting for the probe" if self.settings.auto_recover else "waiting for operator reset"
+            return Verdict(Decision.GIVE_UP, 0.0, in_window, f"{self.open_reason}; {waiting}")
         s = self.settings
-        if self._started_at is not None and now - self._started_at >= s.reset_after_s:
-            self._attempt = 0
-        # The worker is down now; only a new on_start can begin a healthy run.
-        self._started_at = None
-
-        self._failures.append(_Failure(now, reason, counts=True))
-        # The window is (now - window_s, now]: a failure exactly window_s old
-        # has left it, so failures spaced exactly window_s apart never add up.
-        while now - self._failures[0].at >= s.window_s:
-            self._failures.popleft()
-        in_window = sum(f.counts for f in self._failures)
-
-        if self._open_reason is None and in_window > s.max_failures:
-            self._open_reason = f"{in_window} failures within {s.window_s:g}s (limit {s.max_failures}): circuit open"
-            return Verdict(Decision.GIVE_UP, 0.0, in_window, self._open_reason)
-        if self._open_reason is not None:
-            # Sticky: only an operator reset() closes the breaker, so an agent
-            # that was given up on is never restarted behind anyone's back.
-            return Verdict(Decision.GIVE_UP, 0.0, in_window, f"{self._open_reason}; waiting for operator reset")
-
+        if in_window > s.max_failures:
+            return self._open(now, f"{in_window} failures within {s.window_s:g}s (limit {s.max_failures}): "
+                                   "circuit open", in_window)
         delay = self._delay(self._attempt)
         self._attempt += 1
         return Verdict(
@@ -187,20 +202,45 @@ class RestartPolicy:
             f"next attempt in {delay:.3g}s",
         )
 
+    def half_open(self) -> None:
+        """The cool-down is over and the probe starts."""
+        if self.breaker is not BreakerState.OPEN:
+            raise ValueError(f"only an open breaker can half-open, not a {self.breaker.value} one")
+        self.breaker = BreakerState.HALF_OPEN
+
+    def probe_passed(self, now: float) -> None:
+        """The probe worker started and answered: close the breaker. Earlier
+        failures are forgiven (so the next one does not reopen it at once);
+        the cool-down steps back only after a long healthy run."""
+        if self.breaker is not BreakerState.HALF_OPEN:
+            raise ValueError(f"no probe is running: the breaker is {self.breaker.value}")
+        self._close()
+        self._started_at = now
+
+    def probe_failed(self, now: float, reason: str) -> Verdict:
+        """The probe worker did not start or answer: open again, with a
+        longer cool-down."""
+        if self.breaker is not BreakerState.HALF_OPEN:
+            raise ValueError(f"no probe is running: the breaker is {self.breaker.value}")
+        in_window = self._record(now, reason)
+        return self._open(now, f"probe failed: {reason}", in_window)
+
     def reset(self) -> None:
         """Operator reset (StartAgent on a Failed agent): close the breaker and
-        return the backoff to its first step.
+        return the backoff and the cool-down to their first steps.
 
         Past failures stay in `recent_failures` so the operator can still see
         why the agent failed, but no longer count towards the breaker:
         otherwise the first failure after a reset would reopen it at once.
         """
-        self._failures = deque(
-            (f._replace(counts=False) for f in self._failures), maxlen=self._failures.maxlen
-        )
-        self._attempt = 0
+        self._close()
+        self._reopens = 0
         self._started_at = None
-        self._open_reason = None
+
+    def cooldown_s(self) -> float:
+        """The cool-down the next opening will have."""
+        s = self.settings
+        return min(s.breaker_cooldown_max_s, s.breaker_cooldown_s * 2.0 ** min(self._reopens, 64))
 
     @property
     def recent_failures(self) -> list[tuple[float, str]]:
@@ -212,6 +252,40 @@ class RestartPolicy:
     def attempt(self) -> int:
         """Consecutive restarts since the last healthy period."""
         return self._attempt
+
+    def _record(self, now: float, reason: str) -> int:
+        """Count a failure at `now`; returns the failures in the window."""
+        if self._failures and now < self._failures[-1].at:
+            raise ValueError(f"now={now!r} is before the previous failure at {self._failures[-1].at!r}")
+        s = self.settings
+        if self._started_at is not None and now - self._started_at >= s.reset_after_s:
+            self._attempt = 0
+            self._reopens = 0
+        # The worker is down now; only a new on_start can begin a healthy run.
+        self._started_at = None
+        self._failures.append(_Failure(now, reason, counts=True))
+        # The window is (now - window_s, now]: a failure exactly window_s old
+        # has left it, so failures spaced exactly window_s apart never add up.
+        while now - self._failures[0].at >= s.window_s:
+            self._failures.popleft()
+        return sum(f.counts for f in self._failures)
+
+    def _open(self, now: float, reason: str, in_window: int) -> Verdict:
+        self.breaker = BreakerState.OPEN
+        self.opened_at = now
+        self.open_reason = reason
+        if not self.settings.auto_recover:
+            return Verdict(Decision.GIVE_UP, 0.0, in_window, reason)
+        cooldown = self.cooldown_s()
+        self._reopens += 1
+        return Verdict(Decision.OPEN, cooldown, in_window, f"{reason}; next attempt in {cooldown:g}s")
+
+    def _close(self) -> None:
+        self._failures = deque(
+            (f._replace(counts=False) for f in self._failures), maxlen=self._failures.maxlen
+        )
+        self._attempt = 0
+        self.breaker = BreakerState.CLOSED
 
     def _delay(self, step: int) -> float:
         s = self.settings

@@ -46,6 +46,9 @@ class RestartOverrides:
     reset_after_s: float | None = None
     max_failures: int | None = None
     window_s: float | None = None
+    breaker_cooldown_s: float | None = None
+    breaker_cooldown_max_s: float | None = None
+    auto_recover: bool | None = None
 
     def apply(self, base: RestartSettings) -> RestartSettings:
         """`base` with every field set here taking over; InvalidArgument

@@ -18,6 +18,7 @@ import psutil
 from .config import Limits
 from .deadline import Deadline
 from .lifecycle import AgentState
+from .recovery import BreakerView
 from .restart import RestartSettings
 from .store import VersionRecord
 from .worker_client import WorkerCallError
@@ -73,6 +74,7 @@ class AgentView:
     restarts: int
     last_error: str
     next_restart_in_s: float
+    breaker: BreakerView
     recent_failures: tuple[FailureRecord, ...]
     instances: tuple  # WorkerInstance, in service now
 
@@ -91,6 +93,7 @@ class AgentSnapshot:
     restarts: int
     last_error: str
     next_restart_in_s: float
+    breaker: BreakerView
     recent_failures: tuple[FailureRecord, ...]
     instances: tuple[InstanceSnapshot, ...]
     versions: tuple[VersionShare, ...]
@@ -142,6 +145,7 @@ def snapshot(view: AgentView, history: list[VersionRecord]) -> AgentSnapshot:
         name=view.name, state=view.state, version=view.version, policy=view.policy, replicas=view.replicas,
         restart=view.restart, uptime_s=view.uptime_s, messages=view.messages, errors=view.errors,
         restarts=view.restarts, last_error=view.last_error, next_restart_in_s=view.next_restart_in_s,
+        breaker=view.breaker,
         recent_failures=view.recent_failures, instances=tuple(instances),
         versions=version_shares(view.instances), history=tuple(history),
     )

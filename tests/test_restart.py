@@ -12,6 +12,7 @@ import random
 import pytest
 
 from caxton.supervisor.restart import (
+    BreakerState,
     Decision,
     RestartPolicy,
     RestartSettings,
@@ -128,7 +129,7 @@ def test_time_down_does_not_count_as_healthy():
 
 
 def test_a_healthy_run_resets_backoff_but_not_the_breaker_window():
-    settings = RestartSettings(jitter=0.0, reset_after_s=1.0, max_failures=3, window_s=60.0)
+    settings = RestartSettings(jitter=0.0, reset_after_s=1.0, max_failures=3, window_s=60.0, auto_recover=False)
     policy = RestartPolicy(settings)
     verdicts = []
     for t in [0.0, 10.0, 20.0, 30.0]:
@@ -142,7 +143,7 @@ def test_a_healthy_run_resets_backoff_but_not_the_breaker_window():
 
 
 def test_breaker_opens_on_the_failure_past_the_limit_within_the_window():
-    policy = RestartPolicy(RestartSettings(jitter=0.0, max_failures=5, window_s=60.0))
+    policy = RestartPolicy(RestartSettings(jitter=0.0, max_failures=5, window_s=60.0, auto_recover=False))
     verdicts = fail_times(policy, [0.0, 10.0, 20.0, 30.0, 40.0, 59.0])
     assert [v.decision for v in verdicts[:5]] == [Decision.RESTART] * 5
     assert [v.failures_in_window for v in verdicts] == [1, 2, 3, 4, 5, 6]
@@ -162,7 +163,8 @@ def test_failures_spread_wider_than_the_window_never_open_it():
 
 
 def test_give_up_is_sticky_until_reset():
-    policy = RestartPolicy(RestartSettings(jitter=0.0, max_failures=2, window_s=10.0))
+    """With auto_recover off, as before the breaker healed by itself."""
+    policy = RestartPolicy(RestartSettings(jitter=0.0, max_failures=2, window_s=10.0, auto_recover=False))
     verdicts = fail_times(policy, [0.0, 1.0, 2.0])
     assert verdicts[-1].decision is Decision.GIVE_UP
     # Even long after the window has emptied, it stays given up.
@@ -174,7 +176,7 @@ def test_give_up_is_sticky_until_reset():
 
 
 def test_reset_closes_the_breaker_and_restarts_backoff_at_the_first_step():
-    policy = RestartPolicy(RestartSettings(jitter=0.0, max_failures=2, window_s=60.0))
+    policy = RestartPolicy(RestartSettings(jitter=0.0, max_failures=2, window_s=60.0, auto_recover=False))
     fail_times(policy, [0.0, 1.0, 2.0])
     before = policy.recent_failures
     policy.reset()
@@ -305,3 +307,100 @@ def test_read_settings_names_fields_by_their_dotted_path():
         read_settings(Table({"jitter": 1.0}, "restart"))
     with pytest.raises(ValueError, match=r"^restart\.max_failures: expected an integer, got 2\.5$"):
         read_settings(Table({"max_failures": 2.5}, "restart"))
+
+
+# ------------------------------------------------------------ a breaker that heals
+
+HEALING = RestartSettings(jitter=0.0, max_failures=1, window_s=60.0, reset_after_s=100.0,
+                          breaker_cooldown_s=30.0, breaker_cooldown_max_s=100.0)
+
+
+def test_the_breaker_opens_with_a_cooldown_then_half_opens_and_closes():
+    policy = RestartPolicy(HEALING)
+    assert policy.on_failure(0.0, "crash").decision is Decision.RESTART
+    opened = policy.on_failure(1.0, "crash")
+    assert (opened.decision, opened.delay_s) == (Decision.OPEN, 30.0)
+    assert opened.reason == "2 failures within 60s (limit 1): circuit open; next attempt in 30s"
+    assert (policy.breaker, policy.opened_at) == (BreakerState.OPEN, 1.0)
+    policy.half_open()
+    assert policy.breaker is BreakerState.HALF_OPEN
+    policy.probe_passed(31.5)
+    assert policy.breaker is BreakerState.CLOSED
+    # The old failures are forgiven: one more crash restarts, it does not reopen.
+    assert policy.on_failure(32.0, "crash").decision is Decision.RESTART
+
+
+def test_each_reopen_doubles_the_cooldown_up_to_the_cap():
+    policy = RestartPolicy(HEALING)
+    fail_times(policy, [0.0, 1.0])
+    cooldowns = []
+    now = 1.0
+    for _ in range(4):
+        policy.half_open()
+        now += 1.0
+        verdict = policy.probe_failed(now, "caxton_init returned 7")
+        assert verdict.decision is Decision.OPEN
+        assert verdict.reason.startswith("probe failed: caxton_init returned 7")
+        cooldowns.append(verdict.delay_s)
+    assert cooldowns == [60.0, 100.0, 100.0, 100.0]
+    assert policy.open_reason == "probe failed: caxton_init returned 7"
+
+
+def test_reopens_after_a_quick_relapse_keep_growing():
+    policy = RestartPolicy(HEALING)
+    fail_times(policy, [0.0, 1.0])  # open: 30 s
+    policy.half_open()
+    policy.probe_passed(31.0)
+    # A relapse soon after closing: the cool-down keeps growing.
+    fail_times(policy, [40.0])
+    assert policy.on_failure(41.0, "crash").delay_s == 60.0
+
+
+def test_a_long_healthy_run_brings_the_cooldown_back_to_its_first_step():
+    policy = RestartPolicy(HEALING)
+    fail_times(policy, [0.0, 1.0])  # open: 30 s
+    policy.half_open()
+    policy.probe_failed(31.0, "still broken")  # open: 60 s
+    policy.half_open()
+    policy.probe_passed(92.0)
+    # Healthy for reset_after_s (100 s), then two crashes: back to 30 s.
+    fail_times(policy, [200.0])
+    assert policy.on_failure(201.0, "crash").delay_s == 30.0
+
+
+def test_an_operator_reset_closes_an_open_breaker_and_resets_the_cooldown():
+    policy = RestartPolicy(HEALING)
+    fail_times(policy, [0.0, 1.0])
+    policy.half_open()
+    policy.probe_failed(31.0, "still broken")  # next would be 100 s
+    policy.reset()
+    assert policy.breaker is BreakerState.CLOSED
+    fail_times(policy, [40.0])
+    assert policy.on_failure(41.0, "crash").delay_s == 30.0
+
+
+def test_probe_steps_out_of_order_are_errors():
+    policy = RestartPolicy(HEALING)
+    with pytest.raises(ValueError, match="only an open breaker can half-open"):
+        policy.half_open()
+    with pytest.raises(ValueError, match="no probe is running"):
+        policy.probe_passed(1.0)
+    fail_times(policy, [0.0, 1.0])
+    with pytest.raises(ValueError, match="no probe is running"):
+        policy.probe_failed(2.0, "x")
+
+
+def test_a_failure_while_open_changes_nothing():
+    policy = RestartPolicy(HEALING)
+    fail_times(policy, [0.0, 1.0])
+    straggler = policy.on_failure(2.0, "late exit")
+    assert straggler.decision is Decision.GIVE_UP
+    assert "waiting for the probe" in straggler.reason
+    assert (policy.breaker, policy.opened_at) == (BreakerState.OPEN, 1.0)
+
+
+@pytest.mark.parametrize("field, value", [("breaker_cooldown_s", 0.0), ("breaker_cooldown_max_s", 1.0),
+                                          ("auto_recover", 1)])
+def test_check_rejects_bad_breaker_settings(field, value):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        dataclasses.replace(RestartSettings(), **{field: value}).check()

@@ -15,9 +15,9 @@ from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from caxton.supervisor.events import EventBus
 from caxton.supervisor.lifecycle import AgentState
-from caxton.supervisor.restart import RestartSettings
+from caxton.supervisor.restart import BreakerState, RestartSettings
 from caxton.supervisor.runtime import Runtime
-from caxton.supervisor.specs import DeploySpec, LimitOverrides, ReloadSpec
+from caxton.supervisor.specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
 from caxton.supervisor.store import StateStore
 from caxton.v1 import caxton_pb2
 
@@ -152,3 +152,78 @@ def test_crashes_restart_then_the_breaker_opens(runtime, launch):
     wait_until(lambda: not launch.alive("crashy"), 5, "the surviving replica to be ended")
     with pytest.raises(Unavailable, match="circuit open"):
         send(runtime, "crashy", b"x")
+
+
+# ------------------------------------------------------------ the breaker heals (issue 11)
+
+def _open_breaker(runtime: Runtime, launch: FakeLaunch, name: str) -> None:
+    """Two failures in the window (max_failures = 1): the breaker opens."""
+    first = launch.alive(name)[0]
+    first.crash()
+    wait_until(lambda: (alive := launch.alive(name)) and first not in alive and
+               len(alive) == runtime.get(name).replicas, 5, "the first crash to be restarted")
+    launch.alive(name)[0].crash()
+    wait_until(lambda: runtime.get(name).state is AgentState.FAILED, 5, "the breaker to open")
+
+
+def _deploy_breakable(runtime: Runtime, name: str, cooldown_s: float, **restart) -> None:
+    runtime.deploy(DeploySpec(name=name, module=module("echo"), replicas=2, restart=RestartOverrides(
+        max_failures=1, breaker_cooldown_s=cooldown_s, breaker_cooldown_max_s=60.0, **restart)))
+
+
+def test_an_open_breaker_half_opens_after_the_cooldown_and_closes(runtime, launch):
+    events = runtime.events.subscribe("healing")
+    _deploy_breakable(runtime, "healing", cooldown_s=0.3)
+    _open_breaker(runtime, launch, "healing")
+    status = runtime.status("healing")
+    assert status.breaker.state is BreakerState.OPEN
+    assert 0 < status.next_restart_in_s <= 0.3
+    assert 0 < status.breaker.next_attempt_in_s <= 0.3
+    assert "circuit open" in status.breaker.reason
+    with pytest.raises(Unavailable, match=r"circuit breaker open, next attempt in 0\.\ds"):
+        send(runtime, "healing", b"x")
+
+    wait_until(lambda: runtime.get("healing").state is AgentState.RUNNING, 5, "the breaker to close by itself")
+    healed = runtime.status("healing")
+    assert healed.breaker.state is BreakerState.CLOSED
+    assert len(healed.instances) == 2  # the probe worker and one more
+    assert send(runtime, "healing", b"back") == (grpc.StatusCode.OK, "", b"back")
+    kinds = [e.kind for e in iter(lambda: events.next(0.0), None)]
+    assert kinds.index("breaker-open") < kinds.index("breaker-half-open") < kinds.index("breaker-closed")
+
+
+def test_a_failed_probe_reopens_the_breaker_for_twice_as_long(runtime, launch):
+    events = runtime.events.subscribe("relapse")
+    _deploy_breakable(runtime, "relapse", cooldown_s=0.2)
+    _open_breaker(runtime, launch, "relapse")
+    launch.refuse.add(1)  # from now on caxton_init fails: the probe cannot pass
+    wait_until(lambda: runtime.status("relapse").breaker.reason.startswith("probe failed"), 5,
+               "the probe to fail")
+    reopened = runtime.status("relapse")
+    assert reopened.state is AgentState.FAILED and reopened.breaker.state is BreakerState.OPEN
+    assert 0.2 < reopened.next_restart_in_s <= 0.4  # the cool-down doubled
+    assert "caxton_init returned 7" in reopened.last_error
+    launch.refuse.clear()
+    wait_until(lambda: runtime.get("relapse").state is AgentState.RUNNING, 5, "the next probe to pass")
+    kinds = [e.kind for e in iter(lambda: events.next(0.0), None) if e.kind.startswith("breaker")]
+    assert kinds == ["breaker-open", "breaker-half-open", "breaker-open", "breaker-half-open", "breaker-closed"]
+
+
+def test_stop_while_failed_calls_the_retries_off_and_start_closes_at_once(runtime, launch):
+    _deploy_breakable(runtime, "called-off", cooldown_s=30.0)
+    _open_breaker(runtime, launch, "called-off")
+    assert runtime.stop("called-off", 5.0).state is AgentState.STOPPED
+    assert desired(runtime, "called-off") == "stopped"
+    assert runtime.status("called-off").next_restart_in_s == 0.0
+    started = runtime.start("called-off")
+    assert started.state is AgentState.RUNNING and started.breaker.state is BreakerState.CLOSED
+    assert len(launch.alive("called-off")) == 2
+
+
+def test_without_auto_recover_an_open_breaker_waits_for_an_operator(runtime, launch):
+    _deploy_breakable(runtime, "manual", cooldown_s=0.05, auto_recover=False)
+    _open_breaker(runtime, launch, "manual")
+    status = runtime.status("manual")
+    assert status.breaker.state is BreakerState.OPEN
+    assert status.next_restart_in_s == 0.0  # nothing scheduled
+    assert runtime.start("manual").state is AgentState.RUNNING

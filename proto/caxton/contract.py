@@ -95,4 +95,11 @@ def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
         "recent_failures": [{"at": f.at, "reason": f.reason} for f in status.recent_failures],
         "last_error": status.last_error,
         "deployed_at": status.deployed_at,
+        "next_restart_in_s": round(status.next_restart_in_s, 3),
+        "breaker": {
+            "state": status.breaker.state or "closed",
+            "opened_at": status.breaker.opened_at or None,
+            "reason": status.breaker.reason,
+            "next_attempt_in_s": round(status.breaker.next_attempt_in_s, 3),
+        },
     }

@@ -95,20 +95,26 @@ class ResourceLimits(_message.Message):
     def __init__(self, memory_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class RestartPolicy(_message.Message):
-    __slots__ = ("initial_delay_ms", "factor", "max_delay_ms", "reset_after_s", "max_failures", "window_s")
+    __slots__ = ("initial_delay_ms", "factor", "max_delay_ms", "reset_after_s", "max_failures", "window_s", "breaker_cooldown_ms", "breaker_cooldown_max_ms", "auto_recover")
     INITIAL_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     FACTOR_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     RESET_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_COOLDOWN_MS_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_COOLDOWN_MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RECOVER_FIELD_NUMBER: _ClassVar[int]
     initial_delay_ms: int
     factor: float
     max_delay_ms: int
     reset_after_s: int
     max_failures: int
     window_s: int
-    def __init__(self, initial_delay_ms: _Optional[int] = ..., factor: _Optional[float] = ..., max_delay_ms: _Optional[int] = ..., reset_after_s: _Optional[int] = ..., max_failures: _Optional[int] = ..., window_s: _Optional[int] = ...) -> None: ...
+    breaker_cooldown_ms: int
+    breaker_cooldown_max_ms: int
+    auto_recover: bool
+    def __init__(self, initial_delay_ms: _Optional[int] = ..., factor: _Optional[float] = ..., max_delay_ms: _Optional[int] = ..., reset_after_s: _Optional[int] = ..., max_failures: _Optional[int] = ..., window_s: _Optional[int] = ..., breaker_cooldown_ms: _Optional[int] = ..., breaker_cooldown_max_ms: _Optional[int] = ..., auto_recover: _Optional[bool] = ...) -> None: ...
 
 class DeployAgentRequest(_message.Message):
     __slots__ = ("name", "module", "limits", "policy", "label", "restart", "replicas")
@@ -213,7 +219,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history")
+    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history", "breaker")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +241,7 @@ class AgentStatus(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: AgentState
     version: int
@@ -256,7 +263,20 @@ class AgentStatus(_message.Message):
     replicas: int
     versions: _containers.RepeatedCompositeFieldContainer[VersionInService]
     history: _containers.RepeatedCompositeFieldContainer[VersionRecord]
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ...) -> None: ...
+    breaker: Breaker
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ..., breaker: _Optional[_Union[Breaker, _Mapping]] = ...) -> None: ...
+
+class Breaker(_message.Message):
+    __slots__ = ("state", "opened_at", "reason", "next_attempt_in_s")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_IN_S_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    opened_at: float
+    reason: str
+    next_attempt_in_s: float
+    def __init__(self, state: _Optional[str] = ..., opened_at: _Optional[float] = ..., reason: _Optional[str] = ..., next_attempt_in_s: _Optional[float] = ...) -> None: ...
 
 class VersionInService(_message.Message):
     __slots__ = ("version", "replicas", "messages", "share")
