@@ -25,9 +25,9 @@ from .events import EventBus
 from .instance import InstanceStartError, WorkerInstance
 from .launcher import ExitStatus
 from .lifecycle import AgentState, Event, IllegalTransition, transition
-from .mailbox import Mailbox, Pending
+from .intake import Intake
 from .recovery import Recovery
-from .restart import BreakerState, RestartSettings
+from .restart import RestartSettings
 from .rollout import Launch, drain, launch_many
 from .status import AgentView, FailureRecord
 from .store import VersionRecord
@@ -53,19 +53,16 @@ class Agent:
         # operation lock, so the last operation wins both in memory and on disk.
         self._remember = remember
         self.recovery = Recovery(self, restart or config.restart, start_timeout_s=config.worker_start_timeout_s)
-        self.mailbox = Mailbox(config.queue_limit)
+        self.intake = Intake(self, config.queue_limit)
+        self.mailbox = self.intake.mailbox
         self.instances: list[WorkerInstance] = []
         self.state = state
         self.state_lock = threading.Lock()
         self._op_lock = threading.Lock()
-        # Dispatchers of several replicas count concurrently.
-        self._counts_lock = threading.Lock()
-        self.messages = 0
-        self.errors = 0
         self.last_error = ""
         self._running_since: float | None = None
         if state is not AgentState.RUNNING:
-            self.mailbox.close(self.refusal())
+            self.intake.closed()
 
     @property
     def limits(self) -> Limits:
@@ -86,47 +83,14 @@ class Agent:
             raise FailedPrecondition(f"agent {self.name!r}: {exc}") from exc
         if self.state is AgentState.RUNNING:
             self._running_since = time.monotonic()
-            self.mailbox.reopen()
+            self.intake.opened()
         else:
             self._running_since = None
-            self.mailbox.close(self.refusal())
+            self.intake.closed()
         return self.state
-
-    def refusal(self) -> str:
-        """Why a message is refused in the current state."""
-        if self.state is AgentState.FAILED:
-            breaker = self.recovery.breaker()
-            if breaker.state is BreakerState.OPEN and breaker.next_attempt_in_s:
-                return (f"agent {self.name!r} has failed (circuit breaker open, next attempt in "
-                        f"{breaker.next_attempt_in_s:.1f}s): {self.last_error}")
-            if breaker.state is BreakerState.HALF_OPEN:
-                return f"agent {self.name!r} has failed (circuit breaker half-open, probing): {self.last_error}"
-            return f"agent {self.name!r} has failed: {self.last_error}"
-        if self.state is AgentState.DRAINING:
-            return f"agent {self.name!r} is draining and takes no new messages"
-        if self.state is AgentState.STOPPED:
-            return f"agent {self.name!r} is stopped"
-        return f"agent {self.name!r} is {self.state.value}"
 
     def publish(self, kind: str, message: str = "", version: int | None = None) -> None:
         self._events.publish(self.name, kind, self.version.version if version is None else version, message)
-
-    # ------------------------------------------------------------ messages
-
-    def submit(self, pending: Pending) -> None:
-        """Queue a message; raises if the agent cannot take it now."""
-        state = self.state
-        if state is AgentState.STOPPED:
-            raise FailedPrecondition(f"agent {self.name!r} is stopped; start it with StartAgent")
-        if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
-            raise Unavailable(self.refusal())
-        self.mailbox.put(pending)
-
-    def _count(self, ok: bool) -> None:
-        with self._counts_lock:
-            self.messages += 1
-            if not ok:
-                self.errors += 1
 
     # ------------------------------------------------------------ lifecycle
 
@@ -190,14 +154,14 @@ class Agent:
             self.recovery.started()
         for instance in instances:
             instance.process.add_exit_callback(lambda status, i=instance: self._on_exit(i, status))
-            instance.serve(self.mailbox, self._count)
+            instance.serve(self.mailbox, self.intake.count)
         return old
 
     def _fail(self, reason: str) -> None:
         with self.state_lock:
             self.last_error = reason
             self._set_state(Event.FAIL)
-        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self.refusal())
+        self.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, self.intake.refusal())
         log.error("[%s] %s", self.name, reason)
         self.publish("failed", reason)
 
@@ -279,12 +243,13 @@ class Agent:
     def view(self) -> AgentView:
         """What the agent knows of itself, in one consistent read."""
         now, wall = time.monotonic(), time.time()
-        with self.state_lock, self._counts_lock:
+        messages, errors = self.intake.tally()
+        with self.state_lock:
             return AgentView(
                 name=self.name, state=self.state, version=self.version, policy=self.policy,
                 replicas=self.replicas, restart=self.recovery.settings,
                 uptime_s=(now - self._running_since) if self._running_since is not None else 0.0,
-                messages=self.messages, errors=self.errors, restarts=self.recovery.restarts,
+                messages=messages, errors=errors, restarts=self.recovery.restarts,
                 last_error=self.last_error, next_restart_in_s=self.recovery.next_attempt_in(),
                 breaker=self.recovery.breaker(),
                 recent_failures=tuple(FailureRecord(wall - (now - at), reason)

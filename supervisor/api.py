@@ -25,6 +25,7 @@ from .deadline import Deadline
 from .errors import CaxtonError, DeadlineExceeded, MessageFailed, ModuleRejected
 from .lifecycle import AgentState
 from .restart import RestartSettings
+from .router import Router
 from .runtime import Reloaded, Runtime
 from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
 from .status import AgentSnapshot
@@ -265,8 +266,8 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
 
 
 class MessagingService(caxton_pb2_grpc.MessagingServicer):
-    def __init__(self, runtime: Runtime):
-        self._runtime = runtime
+    def __init__(self, router: Router):
+        self._router = router
 
     @_translate_errors
     def Send(self, request, context):
@@ -279,7 +280,7 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
             done.set()
 
         deadline = _deadline(context)
-        pending = self._runtime.submit(message, deadline, callback)
+        pending = self._router.submit(message, deadline, callback)
         if not done.wait(deadline.timeout()):
             pending.cancel()
             raise DeadlineExceeded(f"no reply from agent {message.receiver!r} before the deadline")
@@ -320,7 +321,7 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
                 return
 
     def _read_stream(self, request_iterator, stream: "_StreamState", deadline: Deadline) -> None:
-        submit = self._runtime.submit
+        submit = self._router.submit
         try:
             for request in request_iterator:
                 for item in request.items:

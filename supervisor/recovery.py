@@ -127,7 +127,7 @@ class Recovery:
             return
         log.error("[%s] circuit breaker open: %s", agent.name, agent.last_error)
         abandon(survivors)
-        agent.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, agent.refusal())
+        agent.mailbox.fail_all(grpc.StatusCode.UNAVAILABLE, agent.intake.refusal())
         agent.publish("failed", agent.last_error)
         agent.publish("breaker-open", verdict.reason)
 

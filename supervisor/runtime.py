@@ -9,19 +9,15 @@ server.py and handed in.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from caxton.v1 import caxton_pb2
 
 from .agent import Agent
 from .config import Config, Limits
-from .deadline import Deadline
 from .errors import (
     AlreadyExists,
     CaxtonError,
@@ -29,13 +25,12 @@ from .errors import (
     InvalidArgument,
     ModuleRejected,
     NotFound,
-    ResourceExhausted,
 )
 from .events import EventBus
 from .lifecycle import AgentState
-from .mailbox import OutcomeCallback, Pending
 from .policy import Policy
 from .rollout import Launch, Rollout, RolloutResult
+from .router import Router
 from .specs import DeploySpec, LimitOverrides, ReloadSpec, check_name
 from .status import AgentSnapshot, snapshot
 from .store import StateStore, VersionRecord
@@ -68,10 +63,7 @@ class Runtime:
         self._launch = launch
         self._agents: dict[str, Agent] = {}
         self._lock = threading.Lock()
-        # Message ids the supervisor assigns: unique per supervisor boot and
-        # cheap (no uuid per message on the hot path).
-        self._boot = f"{int(time.time() * 1000):x}"
-        self._ids = itertools.count(1)
+        self.router = Router(self._agents.get)
 
     def _agent(self, name: str, policy: str, version: VersionRecord, state: AgentState, replicas: int,
                restart=None) -> Agent:
@@ -262,28 +254,3 @@ class Runtime:
             self.store.delete_agent(name)
         log.info("removed %s", name)
         self.events.publish(name, "removed", agent.version.version)
-
-    # ------------------------------------------------------------ messages
-
-    def submit(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback) -> Pending:
-        """Accept a message for its receiver; the outcome goes to `callback`.
-
-        The envelope stays the protobuf message it arrived as: it is passed
-        through to the worker untouched, and converting it on the way would
-        cost more per message than everything else the supervisor does."""
-        agent = self._agents.get(message.receiver)
-        if agent is None:
-            if not message.receiver:
-                raise InvalidArgument("message has no receiver")
-            raise NotFound(f"no agent named {message.receiver!r}")
-        limit = agent.version.limits.max_message_bytes
-        if len(message.content) > limit:
-            raise ResourceExhausted(
-                f"message of {len(message.content)} bytes exceeds agent {agent.name!r}'s max_message_bytes ({limit})"
-            )
-        if not message.message_id:
-            message.message_id = f"{self._boot}-{next(self._ids)}"
-        pending = Pending(message, deadline, callback)
-        agent.submit(pending)
-        return pending
-

@@ -94,7 +94,7 @@ class Supervisor:
             ],
         )
         caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(AgentLifecycleService(self.runtime), self.server)
-        caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime), self.server)
+        caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

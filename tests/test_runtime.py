@@ -51,7 +51,7 @@ def send(runtime: Runtime, receiver: str, content: bytes, timeout: float = 5.0) 
         outcome.append((code, error, reply))
         done.set()
 
-    runtime.submit(caxton_pb2.AgentMessage(receiver=receiver, content=content), Deadline.after(timeout), callback)
+    runtime.router.submit(caxton_pb2.AgentMessage(receiver=receiver, content=content), Deadline.after(timeout), callback)
     assert done.wait(timeout), "no outcome before the deadline"
     return outcome[0]
 
@@ -96,7 +96,7 @@ def test_counters_do_not_lose_updates_across_replicas(runtime):
     total = 4000
     done = threading.Semaphore(0)
     for n in range(total):
-        runtime.submit(caxton_pb2.AgentMessage(receiver="busy", content=b"%d" % n), Deadline.never(),
+        runtime.router.submit(caxton_pb2.AgentMessage(receiver="busy", content=b"%d" % n), Deadline.never(),
                        lambda code, error, reply: done.release())
     for _ in range(total):
         assert done.acquire(timeout=10)
@@ -111,7 +111,7 @@ def test_a_start_that_overlaps_a_stop_is_the_last_word_on_disk(runtime, launch):
     launch.gate = threading.Event()
     runtime.deploy(DeploySpec(name="overlap", module=module("echo")))
     outcome: list = []
-    runtime.submit(caxton_pb2.AgentMessage(receiver="overlap", content=b"held"), Deadline.never(),
+    runtime.router.submit(caxton_pb2.AgentMessage(receiver="overlap", content=b"held"), Deadline.never(),
                    lambda *result: outcome.append(result))
     stopper = threading.Thread(target=runtime.stop, args=("overlap", 10.0))
     stopper.start()

@@ -1,0 +1,76 @@
+"""Message intake of one agent: the door, the mailbox behind it, the tally.
+
+The door says whether the agent takes messages in its current state and,
+if not, why (with the circuit breaker's next attempt when it is open); the
+mailbox holds what was accepted until a worker takes it; the tally counts
+outcomes, which the dispatchers of several replicas report concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .errors import FailedPrecondition, Unavailable
+from .lifecycle import AgentState
+from .mailbox import Mailbox, Pending
+from .restart import BreakerState
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+
+class Intake:
+    def __init__(self, agent: Agent, queue_limit: int) -> None:
+        self._agent = agent
+        self.mailbox = Mailbox(queue_limit)
+        self._tally_lock = threading.Lock()
+        self.messages = 0
+        self.errors = 0
+
+    def refusal(self) -> str:
+        """Why a message is refused in the agent's current state."""
+        agent = self._agent
+        name, state = agent.name, agent.state
+        if state is AgentState.FAILED:
+            breaker = agent.recovery.breaker()
+            if breaker.state is BreakerState.OPEN and breaker.next_attempt_in_s:
+                return (f"agent {name!r} has failed (circuit breaker open, next attempt in "
+                        f"{breaker.next_attempt_in_s:.1f}s): {agent.last_error}")
+            if breaker.state is BreakerState.HALF_OPEN:
+                return f"agent {name!r} has failed (circuit breaker half-open, probing): {agent.last_error}"
+            return f"agent {name!r} has failed: {agent.last_error}"
+        if state is AgentState.DRAINING:
+            return f"agent {name!r} is draining and takes no new messages"
+        if state is AgentState.STOPPED:
+            return f"agent {name!r} is stopped"
+        return f"agent {name!r} is {state.value}"
+
+    def opened(self) -> None:
+        """The agent runs: the mailbox takes messages again."""
+        self.mailbox.reopen()
+
+    def closed(self) -> None:
+        """The agent left RUNNING: new messages are refused with the reason;
+        queued ones stay for a worker to take."""
+        self.mailbox.close(self.refusal())
+
+    def submit(self, pending: Pending) -> None:
+        """Queue a message; raises if the agent cannot take it now."""
+        state = self._agent.state
+        if state is AgentState.STOPPED:
+            raise FailedPrecondition(f"agent {self._agent.name!r} is stopped; start it with StartAgent")
+        if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
+            raise Unavailable(self.refusal())
+        self.mailbox.put(pending)
+
+    def count(self, ok: bool) -> None:
+        with self._tally_lock:
+            self.messages += 1
+            if not ok:
+                self.errors += 1
+
+    def tally(self) -> tuple[int, int]:
+        """(messages, errors) handled since the agent was deployed here."""
+        with self._tally_lock:
+            return self.messages, self.errors
