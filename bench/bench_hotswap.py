@@ -40,8 +40,8 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import grpc
 import pytest
@@ -178,7 +178,7 @@ class Load:
                     caller.switches += 1
                 caller.last_prefix = prefix
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
         wait_until(lambda: all(c.replied >= 5 for c in self.callers), 30, "the load to get going")

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import psutil
 import pytest

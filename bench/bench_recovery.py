@@ -37,8 +37,8 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import grpc
 import pytest
@@ -214,8 +214,10 @@ def test_recovery(benchmark, mode_supervisor: tuple[str, SupervisorProcess], ech
     )
     cold = report.FIGURES.get(f"recovery.{mode}.cold.p50")
     if cold is not None:
-        benchmark.extra_info.update(cold_deploy_p50_ms=round(cold.value, 1), p50_over_cold_deploy_p50=round(p50 / cold.value, 2),
+        benchmark.extra_info.update(cold_deploy_p50_ms=round(cold.value, 1),
+                                    p50_over_cold_deploy_p50=round(p50 / cold.value, 2),
                                     p99_over_cold_deploy_p50=round(p99 / cold.value, 2))
     report.record(f"recovery.{mode}.p50", p50, "ms", f"SIGKILL to first reply ({mode}) p50")
     report.record(f"recovery.{mode}.p99", p99, "ms", f"SIGKILL to first reply ({mode}) p99")
-    report.record(f"recovery.{mode}.max", max(samples) * 1e3, "ms", f"SIGKILL to first reply ({mode}) max of {len(samples)}")
+    report.record(f"recovery.{mode}.max", max(samples) * 1e3, "ms",
+                  f"SIGKILL to first reply ({mode}) max of {len(samples)}")

@@ -15,7 +15,7 @@ Every reply is checked, so a failing path cannot pass for a fast one.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -44,7 +44,9 @@ def rt_agent(supervisor: SupervisorProcess, echo_wasm: bytes) -> Iterator[str]:
 def _measure(benchmark, address: str, receiver: str, cpu_groups: dict[str, list[int]], key: str, label: str) -> None:
     """Time ROUNDS sequential Send calls on a fresh channel; record p50/p99
     and the CPU each process spent per call."""
-    request = caxton_pb2.SendRequest(message=caxton_pb2.AgentMessage(receiver=receiver, sender="bench", content=PAYLOAD))
+    request = caxton_pb2.SendRequest(
+        message=caxton_pb2.AgentMessage(receiver=receiver, sender="bench", content=PAYLOAD)
+    )
     calls = 0
     with grpc.insecure_channel(address) as channel:
         stub = caxton_pb2_grpc.MessagingStub(channel)

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+
 import pytest
 import wasmtime
 
-from caxton.v1 import caxton_pb2
 from caxton.internal.v1 import worker_pb2
+from caxton.v1 import caxton_pb2
 from caxton.worker.sandbox import Sandbox, SandboxLimits, engine_config
 from caxton.worker.service import WorkerService
 
@@ -66,7 +67,8 @@ def _bare_engine(limits: SandboxLimits) -> wasmtime.Engine:
     return wasmtime.Engine(engine_config(limits))
 
 
-def _bare_instance(path: Path, limits: SandboxLimits) -> tuple[wasmtime.Store, wasmtime.Func, wasmtime.Func, wasmtime.Memory]:
+def _bare_instance(path: Path,
+                   limits: SandboxLimits) -> tuple[wasmtime.Store, wasmtime.Func, wasmtime.Func, wasmtime.Memory]:
     """A store and the echo agent's exports, budgets set once for the run."""
     engine = _bare_engine(limits)
     store = wasmtime.Store(engine)

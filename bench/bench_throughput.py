@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
-from tests.harness import SupervisorProcess
 from caxton.worker.sandbox import Sandbox, SandboxLimits
+from tests.harness import SupervisorProcess
 
 from . import report
 from .support import CpuMeter, numbered_payload, payload_number
@@ -89,7 +89,9 @@ def _frames(receivers: list[str], total: int) -> list[caxton_pb2.SendStreamReque
         items = [
             caxton_pb2.StreamItem(
                 id=n,
-                message=caxton_pb2.AgentMessage(receiver=receivers[n % len(receivers)], sender="bench", content=numbered_payload(n)),
+                message=caxton_pb2.AgentMessage(
+                    receiver=receivers[n % len(receivers)], sender="bench", content=numbered_payload(n)
+                ),
             )
             for n in range(start, min(start + FRAME, total))
         ]
@@ -199,7 +201,8 @@ class UnaryClients:
         return ok
 
 
-def _bench_unary(benchmark, address: str, receivers: list[str], cpu_groups: dict[str, list[int]], key: str, label: str) -> None:
+def _bench_unary(benchmark, address: str, receivers: list[str], cpu_groups: dict[str, list[int]],
+                 key: str, label: str) -> None:
     clients = UnaryClients(address)
     total = UNARY_CLIENTS * UNARY_PER_CLIENT
     rounds_run = 0
@@ -222,12 +225,14 @@ def _bench_unary(benchmark, address: str, receivers: list[str], cpu_groups: dict
 
 @pytest.mark.benchmark(group=GROUP)
 def test_unary8_one_agent(benchmark, supervisor: SupervisorProcess, tp_agents: list[str]) -> None:
-    _bench_unary(benchmark, supervisor.address, tp_agents[:1], _cpu_groups(supervisor), "unary8_1", "8 unary clients, 1 agent")
+    _bench_unary(benchmark, supervisor.address, tp_agents[:1], _cpu_groups(supervisor),
+                 "unary8_1", "8 unary clients, 1 agent")
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_unary8_eight_agents(benchmark, supervisor: SupervisorProcess, tp_agents: list[str]) -> None:
-    _bench_unary(benchmark, supervisor.address, tp_agents, _cpu_groups(supervisor), "unary8_8", "8 unary clients, 8 agents")
+    _bench_unary(benchmark, supervisor.address, tp_agents, _cpu_groups(supervisor),
+                 "unary8_8", "8 unary clients, 8 agents")
 
 
 @pytest.mark.benchmark(group=GROUP)

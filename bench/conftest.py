@@ -16,8 +16,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -119,7 +119,8 @@ def _our_baselines() -> list[int]:
         cmdline = proc.info["cmdline"] or []
         if "bench.baselines" in cmdline and "--parent-pid" in cmdline:
             with contextlib.suppress(ValueError, IndexError, psutil.Error):
-                if int(cmdline[cmdline.index("--parent-pid") + 1]) == os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+                parent = int(cmdline[cmdline.index("--parent-pid") + 1])
+                if parent == os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
                     pids.append(proc.pid)
     return pids
 

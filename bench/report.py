@@ -18,10 +18,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,8 @@ def table_lines() -> list[str]:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for i, line in enumerate(lines):
-        cells = [cell.rjust(w) if j in (2, 4, 5) and i else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths))]
+        cells = [cell.rjust(w) if j in (2, 4, 5) and i else cell.ljust(w)
+                 for j, (cell, w) in enumerate(zip(line, widths, strict=True))]
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))

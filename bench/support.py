@@ -14,9 +14,9 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
@@ -116,7 +116,9 @@ def _read_line_with(proc: subprocess.Popen, prefix: str, timeout: float, log_pat
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RuntimeError(f"{proc.args[3]} baseline did not start within {timeout}s: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"{proc.args[3]} baseline did not start within {timeout}s: {log_path.read_text()[-2000:]}"
+            )
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
             continue
@@ -201,7 +203,7 @@ class CpuMeter:
     _start: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self._start = {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
         return self
 

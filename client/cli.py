@@ -16,11 +16,9 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from caxton.v1 import caxton_pb2, caxton_pb2_grpc
-
 from caxton import __version__
 from caxton.contract import DEFAULT_ADDRESS, REPORT_METADATA_KEY, parse_size, state_name, status_dict
-
+from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 
 class CliError(Exception):
@@ -66,8 +64,12 @@ def _print_report(report: caxton_pb2.ValidationReport, out) -> None:
 
 
 def _report_from_error(exc: grpc.RpcError) -> caxton_pb2.ValidationReport | None:
+    # The error a failed call raises is also that call's grpc.Call, which
+    # holds the trailing metadata as (key, value) pairs.
+    if not isinstance(exc, grpc.Call):
+        return None
     for key, value in exc.trailing_metadata() or ():
-        if key == REPORT_METADATA_KEY:
+        if key == REPORT_METADATA_KEY and isinstance(value, bytes):
             return caxton_pb2.ValidationReport.FromString(value)
     return None
 
@@ -94,7 +96,7 @@ class _Progress:
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         self._thread.start()
         self._subscribed.wait(10)
         return self
@@ -158,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
             for status in agents:
                 print(_status_line(status))
     elif command == "stop":
-        request = caxton_pb2.StopAgentRequest(name=args.name, timeout_ms=int(args.timeout * 1000) if args.timeout else 0)
-        status = lifecycle.StopAgent(request, timeout=max(timeout, (args.timeout or 0) + 30)).status
+        stop = caxton_pb2.StopAgentRequest(name=args.name, timeout_ms=int(args.timeout * 1000) if args.timeout else 0)
+        status = lifecycle.StopAgent(stop, timeout=max(timeout, (args.timeout or 0) + 30)).status
         print(f"stopped {status.name}")
     elif command == "start":
         status = lifecycle.StartAgent(caxton_pb2.StartAgentRequest(name=args.name), timeout=timeout).status
@@ -171,15 +173,15 @@ def run(args: argparse.Namespace) -> int:
         drain_ms = int(args.drain_timeout * 1000) if args.drain_timeout else 0
         with _Progress(lifecycle, args.name, sys.stderr):
             if command == "reload":
-                request = caxton_pb2.HotReloadAgentRequest(
+                reload = caxton_pb2.HotReloadAgentRequest(
                     name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
                     label=args.label or "", warmup=[w.encode() for w in args.warmup], drain_timeout_ms=drain_ms,
                 )
-                response = lifecycle.HotReloadAgent(request, timeout=timeout)
+                response = lifecycle.HotReloadAgent(reload, timeout=timeout)
             else:
-                request = caxton_pb2.RollbackAgentRequest(name=args.name, to_version=args.to or 0,
-                                                          drain_timeout_ms=drain_ms)
-                response = lifecycle.RollbackAgent(request, timeout=timeout)
+                rollback = caxton_pb2.RollbackAgentRequest(name=args.name, to_version=args.to or 0,
+                                                           drain_timeout_ms=drain_ms)
+                response = lifecycle.RollbackAgent(rollback, timeout=timeout)
         print(f"{'reloaded' if command == 'reload' else 'rolled back'} {args.name} "
               f"v{response.from_version} -> v{response.to_version} "
               f"(switched after {response.switched_after_s * 1000:.0f} ms, "
@@ -192,8 +194,8 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 0
     elif command == "validate":
-        request = caxton_pb2.ValidateModuleRequest(module=_read_module(args.module), policy=args.policy or "")
-        report = lifecycle.ValidateModule(request, timeout=timeout)
+        validate = caxton_pb2.ValidateModuleRequest(module=_read_module(args.module), policy=args.policy or "")
+        report = lifecycle.ValidateModule(validate, timeout=timeout)
         if args.json:
             print(json_format.MessageToJson(
                 report, preserving_proto_field_name=True, indent=None, always_print_fields_with_no_presence=True

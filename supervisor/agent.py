@@ -11,10 +11,11 @@ snapshots in status.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -23,9 +24,9 @@ from .deadline import Deadline
 from .errors import FailedPrecondition, Unavailable, WorkerStartError
 from .events import EventBus
 from .instance import InstanceStartError, WorkerInstance
+from .intake import Intake
 from .launcher import ExitStatus
 from .lifecycle import AgentState, Event, IllegalTransition, transition
-from .intake import Intake
 from .recovery import Recovery
 from .restart import RestartSettings
 from .rollout import Launch, drain, launch_many
@@ -153,7 +154,7 @@ class Agent:
             self.instances.extend(instances)
             self.recovery.started()
         for instance in instances:
-            instance.process.add_exit_callback(lambda status, i=instance: self._on_exit(i, status))
+            instance.process.add_exit_callback(functools.partial(self._on_exit, instance))
             instance.serve(self.mailbox, self.intake.count)
         return old
 

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -30,11 +30,18 @@ from .runtime import Reloaded, Runtime
 from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
 from .status import AgentSnapshot
 from .store import VersionRecord
-from .validation import Report
+from .validation import Report, Severity
 
 log = logging.getLogger("caxton.api")
 
 _OK = grpc.StatusCode.OK
+
+
+_PROTO_SEVERITY = {
+    Severity.INFO: caxton_pb2.SEVERITY_INFO,
+    Severity.WARNING: caxton_pb2.SEVERITY_WARNING,
+    Severity.ERROR: caxton_pb2.SEVERITY_ERROR,
+}
 
 
 def report_to_proto(report: Report) -> caxton_pb2.ValidationReport:
@@ -43,7 +50,8 @@ def report_to_proto(report: Report) -> caxton_pb2.ValidationReport:
         module_sha256=report.module_sha256,
         policy=report.policy,
         findings=[
-            caxton_pb2.Finding(rule=f.rule, severity=int(f.severity), message=f.message) for f in report.findings
+            caxton_pb2.Finding(rule=f.rule, severity=_PROTO_SEVERITY[f.severity], message=f.message)
+            for f in report.findings
         ],
     )
 
@@ -291,7 +299,8 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
             return caxton_pb2.SendResponse(has_reply=False)
         return caxton_pb2.SendResponse(reply=reply_envelope(message, reply), has_reply=True)
 
-    def SendStream(self, request_iterator: Iterator[caxton_pb2.SendStreamRequest], context) -> Iterator[caxton_pb2.SendStreamResponse]:
+    def SendStream(self, request_iterator: Iterator[caxton_pb2.SendStreamRequest],
+                   context) -> Iterator[caxton_pb2.SendStreamResponse]:
         """Results are written by whichever thread resolves them into one
         queue; this generator sends everything that has accumulated as one
         frame, so frames grow with load exactly like the batches do."""
@@ -320,7 +329,7 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
             if finished:
                 return
 
-    def _read_stream(self, request_iterator, stream: "_StreamState", deadline: Deadline) -> None:
+    def _read_stream(self, request_iterator, stream: _StreamState, deadline: Deadline) -> None:
         submit = self._router.submit
         try:
             for request in request_iterator:

@@ -11,7 +11,7 @@ slow one delays nobody.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .callbacks import CallbackThread
 

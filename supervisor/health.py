@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .deadline import Deadline
 from .instance import WorkerInstance
@@ -65,7 +65,8 @@ class HealthMonitor:
                 count = self._missed.get(instance, 0) + 1
                 if count >= self._failures:
                     reason = f"did not answer {count} health checks in a row ({self._timeout_s:g}s deadline each)"
-                    log.error("[%s v%d] worker %d %s; killing it", instance.agent, instance.version, instance.pid, reason)
+                    log.error("[%s v%d] worker %d %s; killing it",
+                              instance.agent, instance.version, instance.pid, reason)
                     instance.kill(reason)
                 else:
                     missed[instance] = count

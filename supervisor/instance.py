@@ -10,12 +10,13 @@ for another instance.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 
@@ -23,8 +24,8 @@ from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
 from .deadline import Deadline
 from .launcher import ExitStatus, Launcher, WorkerProcess
-from .pool import SparePool
 from .mailbox import Mailbox, Pending
+from .pool import SparePool
 from .store import StateStore, VersionRecord
 from .worker_client import WorkerCallError, WorkerClient, WorkerOsLimits
 
@@ -62,7 +63,7 @@ class WorkerEnv:
     user_name: str = ""
 
 
-def launch_instance(env: WorkerEnv, version: VersionRecord) -> "WorkerInstance":
+def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     """Start a worker, put it in its cgroup, load the module, run caxton_init.
 
     Raises WorkerStartError (no worker) or InstanceStartError (the agent
@@ -224,17 +225,18 @@ class WorkerInstance:
 
     # ------------------------------------------------------------ dispatch
 
-    def _keep_taking(self) -> bool:
+    def _keep_taking(self, mailbox: Mailbox) -> bool:
         if not self.process.alive:
             return False
         if not self._retiring:
             return True
-        return self._draining and len(self._mailbox) > 0
+        return self._draining and len(mailbox) > 0
 
     def _dispatch(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
         config = self._config
+        keep_taking = functools.partial(self._keep_taking, mailbox)
         while True:
-            batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, self._keep_taking)
+            batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, keep_taking)
             if not batch:
                 return
             try:
@@ -269,7 +271,7 @@ class WorkerInstance:
                     on_result(False)
             return self.process.alive and not self._retiring
         self.handled += len(batch)
-        for pending, outcome in zip(batch, outcomes):
+        for pending, outcome in zip(batch, outcomes, strict=True):
             pending.resolve(outcome.code, outcome.error, outcome.reply)
             on_result(outcome.ok)
         return True

@@ -15,8 +15,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import WorkerStartError
 
@@ -102,8 +102,9 @@ class WorkerProcess:
                 return
         callback(self.exit_status)
 
-    def wait_exit(self, timeout: float) -> ExitStatus | None:
-        """The exit status, or None if it is still running after `timeout`."""
+    def wait_exit(self, timeout: float | None) -> ExitStatus | None:
+        """The exit status, or None if it is still running after `timeout`
+        (None: wait until it exits)."""
         self._exited.wait(timeout)
         return self.exit_status
 

@@ -11,15 +11,18 @@ The rollout-strategies work adds its strategies here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .deadline import Deadline
 from .errors import FailedPrecondition, WorkerStartError
 from .instance import InstanceStartError, WorkerInstance
+from .launcher import ExitStatus
 from .lifecycle import AgentState
 from .mailbox import Mailbox
 from .store import VersionRecord
@@ -67,7 +70,11 @@ def abandon(instances: list[WorkerInstance]) -> None:
     without waiting: safe from any thread."""
     for instance in instances:
         instance.kill()
-        instance.process.add_exit_callback(lambda status, i=instance: i.close())
+        instance.process.add_exit_callback(functools.partial(_close_on_exit, instance))
+
+
+def _close_on_exit(instance: WorkerInstance, status: ExitStatus) -> None:
+    instance.close()
 
 
 # caxton_shutdown gets at least this long, even after a drain that used up

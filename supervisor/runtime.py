@@ -9,12 +9,12 @@ server.py and handed in.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
-
 
 from .agent import Agent
 from .config import Config, Limits
@@ -147,12 +147,15 @@ class Runtime:
         memory_limit = limits.apply(self.config.limits).memory_bytes if limits is not None else None
         return validate(module, self.policy(policy_name), memory_limit)
 
-    def _checked(self, module: bytes, policy: Policy, limits: Limits, keeps_serving: str = "") -> Report:
+    def _checked(self, module: bytes, policy: Policy, limits: Limits,
+                 keeps_serving: str = "") -> tuple[Report, bytes]:
+        """The report on a module that passed, and the binary to store (a
+        module that could not be read never passes)."""
         report = validate(module, policy, limits.memory_bytes)
-        if not report.valid:
+        if not report.valid or report.wasm is None:
             raise ModuleRejected(f"module rejected by policy {policy.name!r}{keeps_serving}: {report.summary()}",
                                  report)
-        return report
+        return report, report.wasm
 
     def deploy(self, spec: DeploySpec) -> Deployed:
         check_name(spec.name)
@@ -162,11 +165,11 @@ class Runtime:
         limits = spec.limits.apply(self.config.limits)
         restart = spec.restart.apply(self.config.restart)
         policy = self.policy(spec.policy)
-        report = self._checked(spec.module, policy, limits)
+        report, wasm = self._checked(spec.module, policy, limits)
         with self._lock:
             if spec.name in self._agents:
                 raise AlreadyExists(f"an agent named {spec.name!r} already exists (remove it first)")
-            digest = self.store.put_module(report.wasm)
+            digest = self.store.put_module(wasm)
             version = self.store.create_agent(spec.name, policy.name, digest, limits, spec.label, restart, replicas)
             agent = self._agent(spec.name, policy.name, version, AgentState.UNLOADED, replicas, restart)
             self._agents[spec.name] = agent
@@ -192,12 +195,12 @@ class Runtime:
         limits = spec.limits.apply(agent.limits)
         policy = self.policy(spec.policy or agent.policy)
         try:
-            report = self._checked(spec.module, policy, limits, f", v{agent.version.version} keeps serving")
+            report, wasm = self._checked(spec.module, policy, limits, f", v{agent.version.version} keeps serving")
         except ModuleRejected as exc:
             self.events.publish(spec.name, "reload-failed", agent.version.version,
                                 f"module rejected: {exc.report.summary()}")
             raise
-        digest = self.store.put_module(report.wasm)
+        digest = self.store.put_module(wasm)
         version = self.store.add_version(spec.name, digest, limits, spec.label)
         result = self._roll(agent, version, list(spec.warmup), spec.drain_timeout_s)
         return Reloaded(self.status(spec.name), result, report)
@@ -223,7 +226,8 @@ class Runtime:
         result = self._roll(agent, target, [], drain_timeout_s)
         return Reloaded(self.status(name), result, None)
 
-    def _roll(self, agent: Agent, version: VersionRecord, warmup: list[bytes],
+    # `builtins.list`: in this class, plain `list` is the method above.
+    def _roll(self, agent: Agent, version: VersionRecord, warmup: builtins.list[bytes],
               drain_timeout_s: float | None) -> RolloutResult:
         rollout = Rollout(
             agent, version, warmup=warmup,

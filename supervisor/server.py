@@ -114,7 +114,8 @@ class Supervisor:
         # NOT_SERVING for as long as no worker can be started, so that a load
         # balancer or orchestrator sends its traffic elsewhere meanwhile.
         self.launcher.on_capacity_change(self._capacity_changed)
-        log.info("serving on %s (state in %s)", self.config.listen.rsplit(":", 1)[0] + f":{self.port}", self.config.state_dir)
+        log.info("serving on %s (state in %s)",
+                 self.config.listen.rsplit(":", 1)[0] + f":{self.port}", self.config.state_dir)
 
     def _capacity_changed(self, up: bool) -> None:
         if not up:
@@ -160,8 +161,8 @@ def run(supervisor: Supervisor) -> int:
         signal.signal(signum, lambda signum, frame: signals.put(signum))
     supervisor.start()
     print(f"caxton-supervisor listening on port {supervisor.port}", flush=True)
-    signum = signals.get()
-    log.info("received %s: draining", signal.Signals(signum).name)
+    received = signals.get()
+    log.info("received %s: draining", signal.Signals(received).name)
     supervisor.stop()
     log.info("stopped")
     return 0

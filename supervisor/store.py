@@ -190,9 +190,12 @@ class StateStore:
     # ------------------------------------------------------------ records
 
     def create_agent(self, name: str, policy: str, module_sha256: str, limits: Limits, label: str,
-                     restart: RestartSettings = RestartSettings(), replicas: int = 1) -> VersionRecord:
-        """Record a new agent at v1. v1 is not yet stable: the supervisor
-        marks it once the agent has really started."""
+                     restart: RestartSettings | None = None, replicas: int = 1) -> VersionRecord:
+        """Record a new agent at v1 (default restart settings if none are
+        given). v1 is not yet stable: the supervisor marks it once the agent
+        has really started."""
+        if restart is None:
+            restart = RestartSettings()
         now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -202,7 +205,8 @@ class StateStore:
                 (name, policy, now, json.dumps(dataclasses.asdict(restart)), replicas),
             )
             self._db.execute(
-                "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) VALUES (?, 1, ?, ?, ?, ?)",
+                "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) "
+                "VALUES (?, 1, ?, ?, ?, ?)",
                 (name, label, module_sha256, json.dumps(dataclasses.asdict(limits)), now),
             )
         return VersionRecord(name, 1, label, module_sha256, limits, now)
@@ -214,7 +218,8 @@ class StateStore:
     def delete_agent(self, name: str) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            digests = [row[0] for row in self._db.execute("SELECT module_sha256 FROM versions WHERE agent = ?", (name,))]
+            rows = self._db.execute("SELECT module_sha256 FROM versions WHERE agent = ?", (name,))
+            digests = [row[0] for row in rows]
             self._db.execute("DELETE FROM agents WHERE name = ?", (name,))
             for digest in set(digests):
                 self._collect_module(digest)
@@ -226,8 +231,9 @@ class StateStore:
                 "FROM agents ORDER BY name"
             ).fetchall()
         return [
-            AgentRecord(*row[:5], restart=dataclasses.replace(RestartSettings(), **json.loads(row[5])), replicas=row[6])
-            for row in rows
+            AgentRecord(name, desired_state, current_version, policy, created_at,
+                        restart=dataclasses.replace(RestartSettings(), **json.loads(restart)), replicas=replicas)
+            for name, desired_state, current_version, policy, created_at, restart, replicas in rows
         ]
 
     def add_version(self, name: str, module_sha256: str, limits: Limits, label: str) -> VersionRecord:
@@ -238,7 +244,8 @@ class StateStore:
             (latest,) = self._db.execute("SELECT MAX(version) FROM versions WHERE agent = ?", (name,)).fetchone()
             number = (latest or 0) + 1
             self._db.execute(
-                "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO versions (agent, version, label, module_sha256, limits, deployed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (name, number, label, module_sha256, json.dumps(dataclasses.asdict(limits)), now),
             )
         return VersionRecord(name, number, label, module_sha256, limits, now)

@@ -63,7 +63,7 @@ from caxton.supervisor.wasm_reader import (
 
 
 class Severity(enum.IntEnum):
-    """Numbered as caxton.v1.Severity so reports convert without a table."""
+    """Numbered as caxton.v1.Severity (supervisor/api.py converts them)."""
 
     INFO = 1
     WARNING = 2
@@ -403,8 +403,8 @@ def _check_abi(info: ModuleInfo, policy: Policy) -> list[Finding]:
     known = ", ".join(sorted(_ABI_IMPORTS))
     for imported in info.imports:
         name = imported.qualified_name
-        expected = _ABI_IMPORTS.get(name)
-        if expected is None:
+        provided = _ABI_IMPORTS.get(name)
+        if provided is None:
             message = f"import '{name}' is not part of the Caxton ABI; agents may import only {known}"
             findings.append(_error("abi.unknown-import", message))
             continue
@@ -413,8 +413,8 @@ def _check_abi(info: ModuleInfo, policy: Policy) -> list[Finding]:
             findings.append(_error("abi.unknown-import", message))
             continue
         actual = info.type_at(imported.type_index)
-        if actual != expected:
-            message = f"import '{name}' has type {actual}; expected {expected}"
+        if actual != provided:
+            message = f"import '{name}' has type {actual}; expected {provided}"
             findings.append(_error("abi.import-signature", message))
         if name not in policy.allowed_imports:
             allowed = ", ".join(sorted(policy.allowed_imports)) or "none"

@@ -432,7 +432,8 @@ def _read_export(cursor: _Cursor) -> Export:
 # Immediates of the instructions allowed in constant expressions (MVP,
 # extended-const, reference types, SIMD and GC), so a table initializer can be
 # skipped without a full instruction decoder.
-_CONST_OPS = {
+_ConstOps = dict[int, tuple[Callable[[_Cursor], object], ...]]
+_CONST_OPS: _ConstOps = {
     0x41: (_Cursor.s32,),  # i32.const
     0x42: (_Cursor.s64,),  # i64.const
     0x23: (_Cursor.u32,),  # global.get
@@ -441,7 +442,7 @@ _CONST_OPS = {
     0x6A: (), 0x6B: (), 0x6C: (),  # i32.add/sub/mul (extended-const)
     0x7C: (), 0x7D: (), 0x7E: (),  # i64.add/sub/mul (extended-const)
 }
-_GC_CONST_OPS = {
+_GC_CONST_OPS: _ConstOps = {
     0: (_Cursor.u32,),  # struct.new
     1: (_Cursor.u32,),  # struct.new_default
     6: (_Cursor.u32,),  # array.new

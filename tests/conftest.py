@@ -6,7 +6,6 @@ import pytest
 
 from .harness import SupervisorProcess, leftover_workers, wait_until
 
-
 # Every end-to-end test runs with workers forked from the fork server and
 # with workers started by exec.
 WORKER_START_MODES = ["fork", "exec"]

@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NamedTuple, Self, TypeVar
+from typing import NamedTuple, Self, TypeVar
 
 import grpc
 import psutil
@@ -64,7 +64,8 @@ def alive(pid: int) -> bool:
         return False
 
 
-def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False, include_spares: bool = False) -> list[int]:
+def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False,
+                   include_spares: bool = False) -> list[int]:
     """Worker processes serving agents (and, if asked, the fork server and
     the spare workers) started by the supervisor with this pid, alive now.
     Forked workers share the fork server's command line; their process name
@@ -79,7 +80,8 @@ def worker_pids_of(supervisor_pid: int, *, include_fork_server: bool = False, in
         cmdline = proc.info["cmdline"] or []
         if proc.info["name"] in names and "--parent-pid" in cmdline:
             try:
-                if int(cmdline[cmdline.index("--parent-pid") + 1]) == supervisor_pid and proc.status() != psutil.STATUS_ZOMBIE:
+                parent = int(cmdline[cmdline.index("--parent-pid") + 1])
+                if parent == supervisor_pid and proc.status() != psutil.STATUS_ZOMBIE:
                     pids.append(proc.pid)
             except (ValueError, IndexError, psutil.Error):
                 continue
@@ -109,8 +111,9 @@ class SupervisorProcess:
 
     # ------------------------------------------------------------ process
 
-    def start(self, timeout: float = 60.0) -> "SupervisorProcess":
-        args = [sys.executable, "-m", "caxton.supervisor", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir)]
+    def start(self, timeout: float = 60.0) -> SupervisorProcess:
+        args = [sys.executable, "-m", "caxton.supervisor",
+                "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
@@ -140,7 +143,9 @@ class SupervisorProcess:
                 continue
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise AssertionError(f"supervisor exited with {self.proc.wait()} while starting; log:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"supervisor exited with {self.proc.wait()} while starting; log:\n{self.log_text()[-3000:]}"
+                )
             buf += chunk
             for line in buf.decode(errors="replace").splitlines():
                 if "listening on port" in line:
@@ -179,7 +184,7 @@ class SupervisorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"supervisor did not exit within {timeout}s of SIGTERM")
+            raise AssertionError(f"supervisor did not exit within {timeout}s of SIGTERM") from None
         finally:
             self.proc.stdout.close()
 
@@ -194,7 +199,8 @@ class SupervisorProcess:
 
     # ------------------------------------------------------------ API helpers
 
-    def deploy(self, name: str, module_name: str | None = None, *, wasm: bytes | None = None, **limits) -> caxton_pb2.AgentStatus:
+    def deploy(self, name: str, module_name: str | None = None, *, wasm: bytes | None = None,
+               **limits) -> caxton_pb2.AgentStatus:
         request = caxton_pb2.DeployAgentRequest(
             name=name, module=wasm if wasm is not None else module(module_name or name),
             limits=caxton_pb2.ResourceLimits(**limits),

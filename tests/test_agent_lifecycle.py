@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -60,7 +61,8 @@ def test_stop_start_remove(shared_supervisor):
     wait_until(lambda: not alive(pid), 10, "the worker to exit")
     error = _code(lambda: sup.send("cycle", b"x"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "stopped" in error.details()
-    assert _code(lambda: sup.lifecycle.StopAgent(caxton_pb2.StopAgentRequest(name="cycle"), timeout=30)).code() == grpc.StatusCode.FAILED_PRECONDITION
+    error = _code(lambda: sup.lifecycle.StopAgent(caxton_pb2.StopAgentRequest(name="cycle"), timeout=30))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     started = sup.lifecycle.StartAgent(caxton_pb2.StartAgentRequest(name="cycle"), timeout=30).status
     assert started.state == caxton_pb2.AGENT_STATE_RUNNING
@@ -111,7 +113,7 @@ def test_bad_requests_get_the_right_status(shared_supervisor):
         ("bad-import", module("bad_import"), grpc.StatusCode.INVALID_ARGUMENT, "abi.unknown-import"),
     ]
     for name, wasm, code, words in cases:
-        error = _code(lambda: sup.deploy(name, wasm=wasm))
+        error = _code(functools.partial(sup.deploy, name, wasm=wasm))
         assert error.code() == code, (name, error.details())
         assert words in error.details(), (name, error.details())
     # Nothing was left behind by the rejected deploys.
@@ -134,7 +136,8 @@ def test_validate_module_is_a_dry_run(shared_supervisor):
     bad = sup.lifecycle.ValidateModule(caxton_pb2.ValidateModuleRequest(module=module("no_handle")), timeout=10)
     assert not bad.valid
     assert any(f.rule == "abi.missing-export" and f.severity == caxton_pb2.SEVERITY_ERROR for f in bad.findings)
-    unknown_policy = _code(lambda: sup.lifecycle.ValidateModule(caxton_pb2.ValidateModuleRequest(module=module("echo"), policy="nope"), timeout=10))
+    unknown_policy = _code(lambda: sup.lifecycle.ValidateModule(
+        caxton_pb2.ValidateModuleRequest(module=module("echo"), policy="nope"), timeout=10))
     assert unknown_policy.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -10,6 +10,7 @@ probe, and the next cool-down is twice as long.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -64,7 +65,7 @@ def test_after_a_kill_storm_every_agent_comes_back_without_an_operator(superviso
     # No operator action: each agent runs again with all its replicas, and
     # answers, within the cool-down + 5 s.
     for name in names:
-        wait_until(lambda: _recovered(sup, name), max(0.0, calm + COOLDOWN_MAX_S + 5.0 - time.monotonic()),
+        wait_until(functools.partial(_recovered, sup, name), max(0.0, calm + COOLDOWN_MAX_S + 5.0 - time.monotonic()),
                    f"{name} to run again by itself")
         assert _answers(sup, name)
 

@@ -18,7 +18,8 @@ ECHO = str(EXAMPLES / "echo.wat")
 CLI_TIMEOUT = 90  # seconds for any one CLI invocation
 
 
-def cli(address: str, *args: str, rpc_timeout: float | None = None, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+def cli(address: str, *args: str, rpc_timeout: float | None = None,
+        timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
     """Run `python -m caxton --address ADDRESS ARGS...`; stdout as bytes, stderr as text."""
     argv = [sys.executable, "-m", "caxton", "--address", address]
     if rpc_timeout is not None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from caxton.v1 import caxton_pb2
 from caxton.supervisor.api import limits_from_proto, limits_to_proto
 from caxton.supervisor.config import (
     Config,
@@ -19,6 +18,7 @@ from caxton.supervisor.config import (
 )
 from caxton.supervisor.policy import BUILTIN_POLICIES, Policy
 from caxton.supervisor.restart import RestartSettings
+from caxton.v1 import caxton_pb2
 
 # ------------------------------------------------------------ parse_size
 

@@ -49,7 +49,8 @@ def pid_of(sup, name: str) -> int:
     return status.instances[0].pid
 
 
-def attack(sup, name: str, content: bytes, code: grpc.StatusCode, *words: str, timeout: float = 30) -> tuple[str, float]:
+def attack(sup, name: str, content: bytes, code: grpc.StatusCode, *words: str,
+           timeout: float = 30) -> tuple[str, float]:
     """Send `content`, expect it to fail with `code` and a message containing
     every one of `words`; return the message and the elapsed time."""
     start = time.monotonic()
@@ -252,7 +253,9 @@ def test_many_attacks_on_one_agent(shared_supervisor):
     name = "punchbag"
     sup.deploy(name, "attacker", fuel=20_000_000, timeout_ms=300, memory_bytes=1 * MIB, max_message_bytes=1000)
     pid = pid_of(sup, name)
-    internal, exhausted, deadline = grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED
+    internal = grpc.StatusCode.INTERNAL
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    deadline = grpc.StatusCode.DEADLINE_EXCEEDED
     attacks = [
         # (content, status, words, is a trap)
         (b"loop", exhausted, ("fuel",), True),

@@ -44,8 +44,9 @@ def test_killing_the_fork_server_leaves_workers_serving(forking):
     assert forking.send("survivor", b"x").reply.content == b"2"
     assert forking.status("survivor").restarts == 0
     # A new fork server takes over, and new agents still start.
-    new = wait_until(lambda: (set(worker_pids_of(forking.pid, include_fork_server=True)) - set(forking.worker_pids())) or None,
-                     10, "a new fork server")
+    new = wait_until(
+        lambda: (set(worker_pids_of(forking.pid, include_fork_server=True)) - set(forking.worker_pids())) or None,
+        10, "a new fork server")
     assert old not in new
     forking.deploy("newcomer", "echo")
     assert forking.send("newcomer", b"hi").reply.content == b"hi"

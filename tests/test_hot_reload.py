@@ -38,7 +38,8 @@ def test_reload_and_rollback_under_load_lose_nothing(shared_supervisor):
         back = sup.lifecycle.RollbackAgent(caxton_pb2.RollbackAgentRequest(name="swap"), timeout=60)
         assert (back.from_version, back.to_version) == (2, 1)
         counts = [len(r) for r in load.results]
-        wait_until(lambda: all(len(r) > c + 5 for r, c in zip(load.results, counts)), 20, "traffic after rollback")
+        wait_until(lambda: all(len(r) > c + 5 for r, c in zip(load.results, counts, strict=True)), 20,
+                   "traffic after rollback")
     outcomes = load.outcomes()
     assert set(outcomes) == {"ok"}, outcomes
     assert sum(outcomes.values()) > 100

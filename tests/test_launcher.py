@@ -99,7 +99,8 @@ def test_a_blocked_exit_callback_stalls_neither_reaping_nor_starting(make_launch
         starter.start()
         starter.join(10.0)
         assert [who for who, _ in ran] == ["a"]  # A's callback still blocks; B's waits behind it
-        assert "process" in started, started.get("error", "spawn() did not complete while A's exit callback was blocked")
+        assert "process" in started, started.get("error",
+                                                 "spawn() did not complete while A's exit callback was blocked")
         assert isinstance(started["process"], WorkerProcess) and started["process"].alive
     finally:
         release.set()
@@ -156,7 +157,7 @@ def test_a_crash_looping_fork_server_backs_off_and_reports_it(make_launcher, tmp
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     # Each delay doubles, give or take 20 % of jitter and the time a start
     # takes: compared two steps apart (four times longer), gaps grow.
-    assert all(later > earlier for earlier, later in zip(gaps, gaps[2:])), gaps
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[2:], strict=False)), gaps
     assert gaps[-1] > 3 * gaps[0], gaps
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 import pytest
@@ -44,7 +45,7 @@ def test_unknown_signal_number():
 
 def test_is_frozen_and_comparable():
     assert ExitStatus(3) == ExitStatus(3)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ExitStatus(3).returncode = 4  # type: ignore[misc]
 
 
@@ -58,7 +59,8 @@ def test_wait_ready_handles_descriptors_past_select_limit():
 
     high = 1500
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= high:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (high + 10, max(high + 10, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (high + 10, max(high + 10, hard)))
     read_end, write_end = os.pipe()
     os.dup2(read_end, high)
     os.close(read_end)

@@ -8,10 +8,10 @@ import time
 import grpc
 import pytest
 
-from caxton.v1 import caxton_pb2
 from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.errors import ResourceExhausted, Unavailable
 from caxton.supervisor.mailbox import DEADLINE_EXCEEDED, Mailbox, Pending
+from caxton.v1 import caxton_pb2
 
 JOIN_TIMEOUT = 5.0
 NEVER = Deadline.never()

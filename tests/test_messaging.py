@@ -30,7 +30,8 @@ def test_reply_envelope(shared_supervisor):
     )
     reply = response.reply
     assert response.has_reply
-    assert (reply.sender, reply.receiver, reply.conversation_id, reply.in_reply_to) == ("echo-envelope", "alice", "c-1", "r-7")
+    envelope = (reply.sender, reply.receiver, reply.conversation_id, reply.in_reply_to)
+    assert envelope == ("echo-envelope", "alice", "c-1", "r-7")
     assert reply.performative == caxton_pb2.PERFORMATIVE_INFORM
 
 
@@ -94,7 +95,8 @@ def test_send_stream_matches_replies_by_id(shared_supervisor):
             for k in range(25):
                 n = frame * 25 + k
                 target = "echo-stream" if n % 2 else "upper-stream"
-                items.append(caxton_pb2.StreamItem(id=n, message=caxton_pb2.AgentMessage(receiver=target, content=f"m{n}".encode())))
+                message = caxton_pb2.AgentMessage(receiver=target, content=f"m{n}".encode())
+                items.append(caxton_pb2.StreamItem(id=n, message=message))
             yield caxton_pb2.SendStreamRequest(items=items)
 
     results = {}
@@ -116,7 +118,8 @@ def test_send_stream_reports_errors_per_message(shared_supervisor):
         caxton_pb2.StreamItem(id=1, message=caxton_pb2.AgentMessage(receiver="echo-stream-err", content=b"ok")),
         caxton_pb2.StreamItem(id=2, message=caxton_pb2.AgentMessage(receiver="nobody-here", content=b"lost")),
     ]
-    results = {r.id: r for resp in sup.messaging.SendStream(iter([caxton_pb2.SendStreamRequest(items=items)]), timeout=30) for r in resp.results}
+    responses = sup.messaging.SendStream(iter([caxton_pb2.SendStreamRequest(items=items)]), timeout=30)
+    results = {r.id: r for resp in responses for r in resp.results}
     assert results[1].code == 0 and results[1].reply.content == b"ok"
     assert results[2].code == grpc.StatusCode.NOT_FOUND.value[0]
     assert "nobody-here" in results[2].error
@@ -132,7 +135,8 @@ def test_unknown_agent_is_not_found(shared_supervisor):
 def test_trap_fails_that_message_only(shared_supervisor):
     sup = shared_supervisor
     sup.deploy("trapper", "trap")
-    for content, words in ((b"unreachable", "unreachable"), (b"div0", "division by zero"), (b"recurse", "stack overflow")):
+    traps = ((b"unreachable", "unreachable"), (b"div0", "division by zero"), (b"recurse", "stack overflow"))
+    for content, words in traps:
         with pytest.raises(grpc.RpcError) as info:
             sup.send("trapper", content)
         assert info.value.code() == grpc.StatusCode.INTERNAL

@@ -13,7 +13,8 @@ from caxton.v1 import caxton_pb2
 from .harness import wait_until
 
 ROOT = os.geteuid() == 0
-CGROUP_V1_MEMORY = os.access("/sys/fs/cgroup/memory", os.W_OK) and not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+CGROUP_V1_MEMORY = (os.access("/sys/fs/cgroup/memory", os.W_OK)
+                    and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"))
 
 
 def rlimit(pid: int, name: str) -> tuple[int, int]:
@@ -31,7 +32,8 @@ def test_status_lists_the_enforcement_layers(shared_supervisor):
     status = sup.deploy("layers", "echo")
     layers = set(status.instances[0].enforcement)
     assert {"wasm:memory-limit", "wasm:fuel", "wasm:epoch-timeout"} <= layers
-    assert {"os:parent-death-signal", "os:no-new-privs", "os:rlimit-core", "os:rlimit-data", "os:rlimit-nofile"} <= layers
+    assert {"os:parent-death-signal", "os:no-new-privs",
+            "os:rlimit-core", "os:rlimit-data", "os:rlimit-nofile"} <= layers
 
 
 @pytest.mark.skipif(not ROOT, reason="switching workers to an unprivileged user needs a root supervisor")
@@ -61,7 +63,8 @@ def test_worker_rlimits_follow_the_config(supervisor):
     assert sup.send("rlimited", b"fine").reply.content == b"fine"
 
 
-@pytest.mark.skipif(not (ROOT and CGROUP_V1_MEMORY), reason="needs writable cgroup v1 memory, cpu and pids controllers (root); "
+@pytest.mark.skipif(not (ROOT and CGROUP_V1_MEMORY),
+                    reason="needs writable cgroup v1 memory, cpu and pids controllers (root); "
                     "cgroup v2 needs a host where systemd delegates a subtree, which this machine does not have")
 def test_each_worker_gets_its_own_cgroup_v1(shared_supervisor):
     status = shared_supervisor.deploy("cgrouped", "echo", memory_bytes=32 << 20)

@@ -3,6 +3,7 @@ and an answer for every message across failures."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -128,7 +129,7 @@ def test_init_crash_loop_gives_up_with_the_reasons(supervisor):
     delays = [e.message.rsplit("next attempt in ", 1)[1] for e in events if e.kind == "restarting"]
     assert delays == ["0.05s", "0.1s", "0.2s"]
     # And the attempts really were that far apart (later, never earlier).
-    gaps = [b.at - a.at for a, b in zip(status.recent_failures, status.recent_failures[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(status.recent_failures)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2
     assert sup.send("steady-neighbour", b"fine").reply.content == b"fine"
 

@@ -154,7 +154,8 @@ def test_custom_policies_accept_what_fits(policy_supervisor):
     """The custom policies reject only what they are about: a module within
     them deploys (so the rejections above are not a broken configuration)."""
     sup = policy_supervisor
-    report = sup.lifecycle.ValidateModule(caxton_pb2.ValidateModuleRequest(module=module("logger"), policy="few-imports"), timeout=60)
+    request = caxton_pb2.ValidateModuleRequest(module=module("logger"), policy="few-imports")
+    report = sup.lifecycle.ValidateModule(request, timeout=60)
     assert report.valid, list(report.findings)
     sup.lifecycle.DeployAgent(
         caxton_pb2.DeployAgentRequest(name="echo-few-imports", module=module("echo"), policy="few-imports"), timeout=60

@@ -51,7 +51,8 @@ def send(runtime: Runtime, receiver: str, content: bytes, timeout: float = 5.0) 
         outcome.append((code, error, reply))
         done.set()
 
-    runtime.router.submit(caxton_pb2.AgentMessage(receiver=receiver, content=content), Deadline.after(timeout), callback)
+    runtime.router.submit(caxton_pb2.AgentMessage(receiver=receiver, content=content), Deadline.after(timeout),
+                          callback)
     assert done.wait(timeout), "no outcome before the deadline"
     return outcome[0]
 
@@ -144,7 +145,7 @@ def test_crashes_restart_then_the_breaker_opens(runtime, launch):
     for expected_restarts in (1, 2, 3):
         victim = launch.alive("crashy")[0]
         victim.crash()
-        wait_until(lambda: len(launch.alive("crashy")) == 2 and victim not in launch.alive("crashy"), 5,
+        wait_until(lambda victim=victim: len(launch.alive("crashy")) == 2 and victim not in launch.alive("crashy"), 5,
                    "the replica to be replaced")
         assert runtime.status("crashy").restarts == expected_restarts
     launch.alive("crashy")[0].crash()  # the 4th failure in the window: more than max_failures

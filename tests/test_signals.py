@@ -16,7 +16,7 @@ import pytest
 
 from caxton.v1 import caxton_pb2
 
-from .harness import SupervisorProcess, alive, worker_pids_of, wait_until
+from .harness import SupervisorProcess, alive, wait_until, worker_pids_of
 
 EXIT_TIMEOUT_S = 30.0
 

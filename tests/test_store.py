@@ -367,7 +367,8 @@ def raw_rows(state: Path) -> dict[str, list[tuple]]:
     """Every row of every table, read past the store (which must be closed)."""
     db = sqlite3.connect(state / "caxton.db")
     try:
-        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in ("agents", "versions")}
+        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("agents", "versions")}
     finally:
         db.close()
 

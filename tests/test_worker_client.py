@@ -21,10 +21,10 @@ import psutil
 import pytest
 import wasmtime
 
-from caxton.v1 import caxton_pb2
 from caxton.supervisor.config import Limits
 from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.worker_client import MessageOutcome, WorkerCallError, WorkerClient, WorkerOsLimits
+from caxton.v1 import caxton_pb2
 
 from .harness import module, wait_until
 

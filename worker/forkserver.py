@@ -93,6 +93,7 @@ def serve_forever(control: socket.socket, supervisor_pid: int) -> None:
         message, fds, _, _ = socket.recv_fds(control, 65536, 1)
         if not message:
             return  # the supervisor closed the channel: we are done
+        reply: dict[str, int | str]
         try:
             request = json.loads(message)
             if len(fds) != 1:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     import grpc  # noqa: F401
     import wasmtime  # noqa: F401
 
-    from . import server, service, sandbox  # noqa: F401
+    from . import sandbox, server, service  # noqa: F401
 
     control = socket.socket(fileno=args.control_fd)
     serve_forever(control, args.parent_pid)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import wasmtime
 
@@ -114,6 +114,9 @@ class HostCalls:
         length &= 0xFFFFFFFF
         # The agent may have grown its memory since the last host call.
         view = self._view
+        if view is None:
+            # Only a module's start function could call in this early.
+            raise wasmtime.WasmtimeError("host call before the instance's memory was bound")
         size = view.refresh()
         if ptr + length > size:
             raise wasmtime.WasmtimeError(

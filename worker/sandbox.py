@@ -19,8 +19,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import wasmtime
@@ -28,6 +29,8 @@ import wasmtime
 from caxton.v1 import caxton_pb2
 
 from .hostcalls import HostCalls, LogRecord, MemoryView
+
+_Extern = TypeVar("_Extern", wasmtime.Func, wasmtime.Memory)
 
 # Trap codes that mean "the agent ran out of a budget" rather than "the agent
 # is broken": they map to their own gRPC status codes.
@@ -132,11 +135,13 @@ def engine_config(limits: SandboxLimits) -> wasmtime.Config:
 def engine_fingerprint(limits: SandboxLimits) -> str:
     """A key for the compiled-module cache: compiled code is only valid for an
     engine with the same settings and the same wasmtime version."""
-    settings = f"wasmtime={_WASMTIME_VERSION};config={_CONFIG_REVISION};fuel={limits.fuel > 0};epoch={limits.timeout_ms > 0}"
+    settings = (f"wasmtime={_WASMTIME_VERSION};config={_CONFIG_REVISION};"
+                f"fuel={limits.fuel > 0};epoch={limits.timeout_ms > 0}")
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
-def load_module(engine: wasmtime.Engine, wasm_path: str, cache_dir: str, fingerprint: str) -> tuple[wasmtime.Module, bool]:
+def load_module(engine: wasmtime.Engine, wasm_path: str, cache_dir: str,
+                fingerprint: str) -> tuple[wasmtime.Module, bool]:
     """Compile the module, or deserialize it from the cache.
 
     The cache is keyed by the module's file name (its SHA-256) and the engine
@@ -209,7 +214,14 @@ class _EpochTicker:
 class Sandbox:
     """One agent module, compiled once, with one live instance."""
 
-    def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "", clock: Callable[[], float] = time.time):
+    # The live instance: set by start() (`_instantiate`), replaced after a trap.
+    _store: wasmtime.Store
+    _view: MemoryView
+    _alloc: wasmtime.Func
+    _handle: wasmtime.Func
+
+    def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "",
+                 clock: Callable[[], float] = time.time):
         self.limits = limits
         self.engine = wasmtime.Engine(engine_config(limits))
         self.module, self.cache_hit = load_module(self.engine, wasm_path, cache_dir, engine_fingerprint(limits))
@@ -231,8 +243,8 @@ class Sandbox:
         # plain attribute so Stats can read it while a message runs: the
         # store itself must not be touched from a second thread.
         self.memory_bytes = 0
-        self._store: wasmtime.Store | None = None
-        self._view: MemoryView | None = None
+        # The optional exports of the live instance; none before start().
+        self._exports: dict[str, wasmtime.Func] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -255,7 +267,7 @@ class Sandbox:
         """Run `caxton_shutdown` if the agent exports it; errors are logged,
         not raised, because the worker is going away regardless."""
         self.host.begin(None)
-        fn = self._exports.get("caxton_shutdown") if self._store is not None else None
+        fn = self._exports.get("caxton_shutdown")
         if fn is not None:
             self._arm()
             try:
@@ -293,10 +305,11 @@ class Sandbox:
         except wasmtime.WasmtimeError as exc:
             raise LoadError(f"module cannot be instantiated: {_trap_text(exc)}") from exc
         exports = instance.exports(store)
-        self._exports = {name: exports[name] for name in ("caxton_init", "caxton_shutdown") if name in exports}
-        self._alloc = exports["caxton_alloc"]
-        self._handle = exports["caxton_handle"]
-        self._view = MemoryView(store, exports["memory"])
+        self._exports = {name: _export(exports, name, wasmtime.Func)
+                         for name in ("caxton_init", "caxton_shutdown") if name in exports}
+        self._alloc = _export(exports, "caxton_alloc", wasmtime.Func)
+        self._handle = _export(exports, "caxton_handle", wasmtime.Func)
+        self._view = MemoryView(store, _export(exports, "memory", wasmtime.Memory))
         self.host.bind(self._view)
 
     def _arm(self, deadline_ticks: int = 0) -> None:
@@ -380,7 +393,8 @@ class Sandbox:
             if caller_ticks and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
                 raise AgentError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  "agent interrupted: its caller's deadline passed", reset=True) from exc
-            code = _TRAP_STATUS.get(exc.trap_code, grpc.StatusCode.INTERNAL)
+            trap_code = exc.trap_code
+            code = _TRAP_STATUS[trap_code] if trap_code in _TRAP_STATUS else grpc.StatusCode.INTERNAL
             raise AgentError(code, f"agent trapped: {_trap_text(exc)}", reset=True) from exc
         except wasmtime.WasmtimeError as exc:
             self._reset()
@@ -411,6 +425,16 @@ class Sandbox:
         code = self.start()
         if code != 0:
             raise LoadError(f"caxton_init returned {code} while replacing a trapped instance")
+
+
+def _export(exports: Mapping[str, object], name: str, kind: type[_Extern]) -> _Extern:
+    """The export `name`, which must be a `kind` (a function or a memory).
+    Deploy checks the ABI's exports (supervisor/validation.py), so a module
+    that reaches a worker always passes; this keeps a wrong one a LoadError."""
+    item = exports[name]
+    if not isinstance(item, kind):
+        raise LoadError(f"export {name!r} is not a {kind.__name__}")
+    return item
 
 
 def _trap_text(exc: Exception) -> str:

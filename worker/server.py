@@ -15,7 +15,6 @@ from caxton.internal.v1 import worker_pb2_grpc
 from .service import WorkerService
 
 
-
 def serve(socket_path: str, ready_fd: int) -> int:
     """Serve until Shutdown (exit status 0) or a fatal sandbox error.
 

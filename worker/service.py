@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 
@@ -132,7 +132,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             resets=sandbox.resets,
         )
 
-    def Shutdown(self, request: worker_pb2.ShutdownRequest, context: grpc.ServicerContext) -> worker_pb2.ShutdownResponse:
+    def Shutdown(self, request: worker_pb2.ShutdownRequest,
+                 context: grpc.ServicerContext) -> worker_pb2.ShutdownResponse:
         with self._lock:
             logs = []
             if self._sandbox is not None:
