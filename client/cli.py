@@ -20,6 +20,8 @@ from caxton import __version__
 from caxton.contract import DEFAULT_ADDRESS, REPORT_METADATA_KEY, parse_size, state_name, status_dict
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
+from .connection import ConnectionSetupError, connect
+
 
 class CliError(Exception):
     pass
@@ -81,6 +83,7 @@ def _event_line(event: caxton_pb2.Event) -> str:
 
 
 _FINAL_KINDS = {"reload-drained", "reload-failed"}
+_AUDIT_KIND = "audit"
 _FINAL_EVENT_WAIT_S = 2.0
 
 
@@ -107,6 +110,8 @@ class _Progress:
                 if event.kind == "watching":
                     self._subscribed.set()
                     continue
+                if event.kind == _AUDIT_KIND:
+                    continue  # the audit trail is not the rollout's progress
                 print(_event_line(event), file=self._out, flush=True)
                 if event.kind in _FINAL_KINDS:
                     self._finished.set()
@@ -124,7 +129,11 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    channel = grpc.insecure_channel(args.address)
+    try:
+        channel = connect(args.address, token=args.token, token_file=args.token_file,
+                          ca=args.ca, cert=args.cert, key=args.key)
+    except ConnectionSetupError as exc:
+        raise CliError(str(exc)) from None
     lifecycle = caxton_pb2_grpc.AgentLifecycleStub(channel)
     messaging = caxton_pb2_grpc.MessagingStub(channel)
     timeout = args.rpc_timeout
@@ -208,10 +217,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caxton", description="Command-line client for the Caxton supervisor.")
+    parser = argparse.ArgumentParser(prog="caxton", description="Command-line client for the Caxton supervisor.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"supervisor address (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS,
+                        help=f"supervisor address, HOST:PORT or unix:PATH (default {DEFAULT_ADDRESS})")
     parser.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for the supervisor")
+    auth = parser.add_argument_group(
+        "authentication",
+        "The token is the first of: --token, --token-file, $CAXTON_TOKEN, $CAXTON_TOKEN_FILE, "
+        "./.caxton/admin.token, /var/lib/caxton/admin.token (when readable).")
+    auth.add_argument("--token", help="bearer token (prefer --token-file: a command line is visible to others)")
+    auth.add_argument("--token-file", help="file holding the bearer token")
+    auth.add_argument("--ca", help="TLS: CA certificate (PEM) that signed the supervisor's certificate")
+    auth.add_argument("--cert", help="mutual TLS: this client's certificate (PEM)")
+    auth.add_argument("--key", help="mutual TLS: this client's private key (PEM)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     deploy = commands.add_parser("deploy", help="validate a module and run it as a new agent")

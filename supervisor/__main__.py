@@ -1,4 +1,9 @@
-"""`caxton-supervisor` / `python -m caxton.supervisor`: run the Caxton supervisor."""
+"""`caxton-supervisor` / `python -m caxton.supervisor`: run the Caxton supervisor.
+
+`caxton-supervisor token create --name NAME --role ROLE` makes a new API
+token instead: it prints the token once, and the config lines that let the
+supervisor accept it (its SHA-256, never the token itself).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,19 @@ from pathlib import Path
 
 from caxton import __version__
 
+from .auth import Role, check_token_name, new_token, token_sha256
 from .config import ConfigError, load_config
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="caxton-supervisor", description="Run the Caxton supervisor.")
+    parser = argparse.ArgumentParser(
+        prog="caxton-supervisor", description="Run the Caxton supervisor.",
+        epilog="caxton-supervisor token create --name NAME --role ROLE makes an API token for the config.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, help="TOML config file")
-    parser.add_argument("--listen", help="address for the public API (default 127.0.0.1:50051)")
+    parser.add_argument("--listen", help="address for the public API: HOST:PORT (default 127.0.0.1:50051; "
+                                         "other than loopback only with TLS) or unix:PATH")
+    parser.add_argument("--health-listen", help="plaintext address serving only grpc.health.v1, for probes")
     parser.add_argument("--state-dir", type=Path, help="where agents and modules are kept (default ./.caxton)")
     parser.add_argument("--deploy-examples", action="store_true",
                         help="deploy the example agents (echo, uppercase, counter) if they are not deployed yet")
@@ -35,8 +45,39 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _token_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="caxton-supervisor token",
+                                     description="Make API tokens for the supervisor's config.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="print a new token once, and the TOML lines for the config")
+    create.add_argument("--name", required=True, type=_token_name,
+                        help="who holds the token: named in audit lines, and the sender of its messages")
+    create.add_argument("--role", required=True, choices=[role.value for role in Role])
+    args = parser.parse_args(argv)
+    token = new_token()
+    print(f"token: {token}")
+    print()
+    print("[[auth.tokens]]")
+    print(f'name = "{args.name}"')
+    print(f'role = "{args.role}"')
+    print(f'sha256 = "{token_sha256(token)}"')
+    print("caxton-supervisor: the token is shown only this once; add the lines to the config and restart "
+          "the supervisor", file=sys.stderr)
+    return 0
+
+
+def _token_name(text: str) -> str:
+    try:
+        return check_token_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        sys.exit(_token_command(argv[1:]))
+    args = _parse(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = load_config(args.config)
@@ -45,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if args.listen:
         config = replace(config, listen=args.listen)
+    if args.health_listen:
+        config = replace(config, health_listen=args.health_listen)
     if args.state_dir:
         config = replace(config, state_dir=args.state_dir)
 

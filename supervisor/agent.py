@@ -119,6 +119,11 @@ class Agent:
             except WorkerStartError as exc:
                 self._fail(str(exc))
                 raise Unavailable(f"agent {self.name!r} could not start a worker: {exc}") from exc
+            except Exception as exc:
+                # A defect, not the agent's doing: FAILED says so, where LOADED
+                # would leave an agent that can neither start nor stop.
+                self._fail(f"failed to start: internal error ({type(exc).__name__})")
+                raise
             self._enter_running(instances)
             pids = ", ".join(str(i.pid) for i in instances)
             log.info("[%s v%d] running in worker(s) %s", self.name, self.version.version, pids)

@@ -1,4 +1,7 @@
-"""The public gRPC services (caxton.v1): thin translation onto the Runtime.
+"""The public gRPC boundary (caxton.v1): protobuf <-> domain types, errors ->
+statuses, and the AgentLifecycle service, a thin translation onto the Runtime.
+The Messaging service is in messaging.py; both run on the asyncio server
+(api_server.py).
 
 This is the one boundary where domain errors become gRPC statuses. A module
 rejected by validation also carries the full report, serialized, in the
@@ -8,33 +11,42 @@ every finding, not just the summary line.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import queue
-import threading
+import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from caxton.contract import REPORT_METADATA_KEY
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
+from .audit import Audit
+from .auth import Authorizer, Principal, check_policy_choice
 from .config import Limits
 from .deadline import Deadline
-from .errors import CaxtonError, DeadlineExceeded, MessageFailed, ModuleRejected
+from .errors import CaxtonError, ModuleRejected, ResourceExhausted
 from .lifecycle import AgentState
+from .memory_budget import MemoryBudget
+from .request_gate import request_bytes
 from .restart import RestartSettings
-from .router import Router
 from .runtime import Reloaded, Runtime
 from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
 from .status import AgentSnapshot
 from .store import VersionRecord
 from .validation import Report, Severity
 
+T = TypeVar("T")
+
 log = logging.getLogger("caxton.api")
 
-_OK = grpc.StatusCode.OK
+# Copies of a module a call holds while it is processed (see _module_charge).
+MODULE_COPIES = 4
 
 
 _PROTO_SEVERITY = {
@@ -143,18 +155,6 @@ def status_to_proto(status: AgentSnapshot) -> caxton_pb2.AgentStatus:
     )
 
 
-def reply_envelope(request: caxton_pb2.AgentMessage, content: bytes) -> caxton_pb2.AgentMessage:
-    """The FIPA-ACL envelope around an agent's reply."""
-    return caxton_pb2.AgentMessage(
-        performative=caxton_pb2.PERFORMATIVE_INFORM,
-        sender=request.receiver,
-        receiver=request.sender,
-        conversation_id=request.conversation_id,
-        in_reply_to=request.reply_with or request.message_id,
-        content=content,
-    )
-
-
 def _reloaded_to_proto(result: Reloaded) -> caxton_pb2.HotReloadAgentResponse:
     response = caxton_pb2.HotReloadAgentResponse(
         status=status_to_proto(result.status), from_version=result.rollout.from_version,
@@ -171,221 +171,217 @@ def _seconds(milliseconds: int) -> float | None:
     return milliseconds / 1000 if milliseconds else None
 
 
-def _translate_errors(method: Callable) -> Callable:
-    """Turn CaxtonError into the matching status; anything else is a bug,
-    logged here and reported as INTERNAL without leaking internals."""
+
+def translate_error(exc: Exception, what: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """The status, details and trailing metadata a failed call answers with.
+
+    A CaxtonError is the caller's to read, message and all. Anything else is
+    a bug: its details say only what failed and an error id; the log line
+    with the same id has the exception and its traceback, which may name
+    host paths and internals that are nobody else's business.
+    """
+    if isinstance(exc, ModuleRejected):
+        return exc.code, exc.message, ((REPORT_METADATA_KEY, report_to_proto(exc.report).SerializeToString()),)
+    if isinstance(exc, CaxtonError):
+        return exc.code, exc.message, ()
+    error_id = secrets.token_hex(4)
+    log.error("internal error %s: %s failed", error_id, what, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error {error_id}: {what} failed", ()
+
+
+def answer_error(context: grpc.aio.ServicerContext, exc: Exception, what: str) -> None:
+    """End the call with the status for `exc` once the handler returns.
+
+    Not context.abort: the AbortError it raises is kept in the call's state,
+    and its traceback holds the handler's frames, the request among them, in
+    a cycle that only the garbage collector frees: under a flood of refused
+    1 MiB messages that is hundreds of MiB waiting for a collection.
+    """
+    code, details, trailing = translate_error(exc, what)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+    context.set_code(code)
+    context.set_details(details)
+
+
+def translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T | None]]:
+    """The one place where errors become statuses (see translate_error)."""
 
     @functools.wraps(method)
-    def wrapper(self, request, context):
+    async def wrapper(self, request, context: grpc.aio.ServicerContext) -> T | None:
         try:
-            return method(self, request, context)
-        except ModuleRejected as exc:
-            context.set_trailing_metadata(((REPORT_METADATA_KEY, report_to_proto(exc.report).SerializeToString()),))
-            context.abort(exc.code, exc.message)
-        except CaxtonError as exc:
-            context.abort(exc.code, exc.message)
+            return await method(self, request, context)
         except Exception as exc:
-            # A bug, not the caller's fault: logged in full here, reported as
-            # INTERNAL with the gist rather than grpc's bare UNKNOWN.
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
+            answer_error(context, exc, method.__name__)
+            return None  # grpc sends no response when the status is not OK
 
     return wrapper
 
 
-def _deadline(context: grpc.ServicerContext) -> Deadline:
+def audited(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Record a lifecycle call in the audit log: who (the token's name),
+    what, on which agent, and how it ended. Inside translate_errors, so it
+    sees the domain error before it becomes a status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: AgentLifecycleService, request, context: grpc.aio.ServicerContext) -> T:
+        caller = self._principal(context).name
+        try:
+            response = await method(self, request, context)
+        except CaxtonError as exc:
+            self._audit.record(caller, method.__name__, request.name, f"{exc.code.name}: {exc.message}")
+            raise
+        except asyncio.CancelledError:
+            self._audit.record(caller, method.__name__, request.name, "CANCELLED")
+            raise
+        except Exception:
+            self._audit.record(caller, method.__name__, request.name, "INTERNAL")
+            raise
+        self._audit.record(caller, method.__name__, request.name, "OK")
+        return response
+
+    return wrapper
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:
     """The caller's deadline (never, if the caller set none)."""
     remaining = context.time_remaining()
     return Deadline.never() if remaining is None or remaining > 1e9 else Deadline.after(remaining)
 
 
-# How often an idle WatchEvents stream checks that its client is still there.
-_WATCH_POLL_S = 1.0
-
-
 class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
-    def __init__(self, runtime: Runtime):
+    """Lifecycle calls block for seconds in the Runtime (starting workers,
+    draining, validating): they run on `lifecycle`, a bounded pool, so they
+    never hold the event loop; status queries run on `queries`, so that they
+    never wait behind a slow deploy. A request that carries a module is
+    charged to the memory budget while it is being processed."""
+
+    def __init__(self, runtime: Runtime, budget: MemoryBudget, lifecycle: Executor, queries: Executor,
+                 authorizer: Authorizer, audit: Audit):
         self._runtime = runtime
+        self._budget = budget
+        self._lifecycle = lifecycle
+        self._queries = queries
+        self._authorizer = authorizer
+        self._audit = audit
 
-    @_translate_errors
-    def DeployAgent(self, request, context):
-        deployed = self._runtime.deploy(DeploySpec(
-            name=request.name, module=request.module, limits=limits_from_proto(request.limits),
-            policy=request.policy, label=request.label, restart=restart_from_proto(request.restart),
-            replicas=request.replicas or None,
-        ))
-        return caxton_pb2.DeployAgentResponse(status=status_to_proto(deployed.status),
-                                              report=report_to_proto(deployed.report))
+    def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        """Who calls (the interceptor has already let the call through)."""
+        return self._authorizer.authenticate(context.invocation_metadata() or ())
 
-    @_translate_errors
-    def StopAgent(self, request, context):
-        status = self._runtime.stop(request.name, _seconds(request.timeout_ms))
-        return caxton_pb2.StopAgentResponse(status=status_to_proto(status))
+    def _check_policy(self, context: grpc.aio.ServicerContext, policy: str) -> None:
+        check_policy_choice(self._principal(context), policy, self._runtime.config.default_policy)
 
-    @_translate_errors
-    def StartAgent(self, request, context):
-        return caxton_pb2.StartAgentResponse(status=status_to_proto(self._runtime.start(request.name)))
+    async def _run(self, executor: Executor, call: Callable[[], T], *, charge: int = 0) -> T:
+        """`call()` on `executor`. `charge` bytes are held in the budget until
+        it has finished: a call whose caller gave up may still be running (a
+        deploy is never abandoned halfway), and its bytes with it. The
+        request is converted inside `call`, so a refused one is never copied."""
+        if charge and not self._budget.try_charge(charge):
+            raise ResourceExhausted(self._budget.exhausted_message(charge))
+        try:
+            future = executor.submit(call)
+        except BaseException:
+            self._budget.release(charge)
+            raise
+        if charge:
+            future.add_done_callback(lambda _: self._budget.release(charge))
+        return await asyncio.wrap_future(future)
 
-    @_translate_errors
-    def HotReloadAgent(self, request, context):
-        return _reloaded_to_proto(self._runtime.hot_reload(ReloadSpec(
-            name=request.name, module=request.module, limits=limits_from_proto(request.limits),
-            policy=request.policy, label=request.label, warmup=tuple(request.warmup),
-            drain_timeout_s=_seconds(request.drain_timeout_ms),
-        )))
+    @staticmethod
+    def _module_charge(request: Message) -> int:
+        """What a request with a module holds while it is processed: the
+        request as received and as parsed, the module as the bytes the
+        runtime works on, and the validator's copy of it."""
+        size = request_bytes()
+        return MODULE_COPIES * (size if size >= 0 else request.ByteSize())
 
-    @_translate_errors
-    def RollbackAgent(self, request, context):
-        return _reloaded_to_proto(self._runtime.rollback(
-            request.name, request.to_version or None, _seconds(request.drain_timeout_ms)))
+    @translate_errors
+    @audited
+    async def DeployAgent(self, request, context):
+        self._check_policy(context, request.policy)
 
-    def WatchEvents(self, request, context) -> Iterator[caxton_pb2.Event]:
+        def deploy() -> caxton_pb2.DeployAgentResponse:
+            deployed = self._runtime.deploy(DeploySpec(
+                name=request.name, module=request.module, limits=limits_from_proto(request.limits),
+                policy=request.policy, label=request.label, restart=restart_from_proto(request.restart),
+                replicas=request.replicas or None,
+            ))
+            return caxton_pb2.DeployAgentResponse(status=status_to_proto(deployed.status),
+                                                  report=report_to_proto(deployed.report))
+
+        return await self._run(self._lifecycle, deploy, charge=self._module_charge(request))
+
+    @translate_errors
+    @audited
+    async def StopAgent(self, request, context):
+        return await self._run(self._lifecycle, lambda: caxton_pb2.StopAgentResponse(
+            status=status_to_proto(self._runtime.stop(request.name, _seconds(request.timeout_ms)))))
+
+    @translate_errors
+    @audited
+    async def StartAgent(self, request, context):
+        return await self._run(self._lifecycle, lambda: caxton_pb2.StartAgentResponse(
+            status=status_to_proto(self._runtime.start(request.name))))
+
+    @translate_errors
+    @audited
+    async def HotReloadAgent(self, request, context):
+        self._check_policy(context, request.policy)
+
+        def reload() -> caxton_pb2.HotReloadAgentResponse:
+            return _reloaded_to_proto(self._runtime.hot_reload(ReloadSpec(
+                name=request.name, module=request.module, limits=limits_from_proto(request.limits),
+                policy=request.policy, label=request.label, warmup=tuple(request.warmup),
+                drain_timeout_s=_seconds(request.drain_timeout_ms),
+            )))
+
+        return await self._run(self._lifecycle, reload, charge=self._module_charge(request))
+
+    @translate_errors
+    @audited
+    async def RollbackAgent(self, request, context):
+        return await self._run(self._lifecycle, lambda: _reloaded_to_proto(self._runtime.rollback(
+            request.name, request.to_version or None, _seconds(request.drain_timeout_ms))))
+
+    @translate_errors
+    async def WatchEvents(self, request, context):
+        """Events as they happen, with no thread held while none do; the
+        subscription's bounded queue drops the oldest for a client that
+        does not keep up (events.py)."""
         subscription = self._runtime.events.subscribe(request.agent)
         try:
             # Tells the client it is subscribed: it can now start what it
             # wants to watch without missing the first events.
-            yield caxton_pb2.Event(at=time.time(), agent=request.agent, kind="watching")
-            while context.is_active() and not subscription.closed:
-                event = subscription.next(_WATCH_POLL_S)
-                if event is not None:
-                    yield caxton_pb2.Event(
-                        at=event.at, agent=event.agent, kind=event.kind, version=event.version, message=event.message
-                    )
+            await context.write(caxton_pb2.Event(at=time.time(), agent=request.agent, kind="watching"))
+            while (event := await subscription.get()) is not None:
+                await context.write(caxton_pb2.Event(
+                    at=event.at, agent=event.agent, kind=event.kind, version=event.version, message=event.message
+                ))
         finally:
             self._runtime.events.unsubscribe(subscription)
 
-    @_translate_errors
-    def RemoveAgent(self, request, context):
-        self._runtime.remove(request.name, _seconds(request.timeout_ms))
+    @translate_errors
+    @audited
+    async def RemoveAgent(self, request, context):
+        await self._run(self._lifecycle, lambda: self._runtime.remove(request.name, _seconds(request.timeout_ms)))
         return caxton_pb2.RemoveAgentResponse()
 
-    @_translate_errors
-    def GetAgentStatus(self, request, context):
-        return status_to_proto(self._runtime.status(request.name))
+    @translate_errors
+    async def GetAgentStatus(self, request, context):
+        return await self._run(self._queries, lambda: status_to_proto(self._runtime.status(request.name)))
 
-    @_translate_errors
-    def ListAgents(self, request, context):
-        return caxton_pb2.ListAgentsResponse(agents=[status_to_proto(s) for s in self._runtime.list()])
+    @translate_errors
+    async def ListAgents(self, request, context):
+        return await self._run(self._queries, lambda: caxton_pb2.ListAgentsResponse(
+            agents=[status_to_proto(s) for s in self._runtime.list()]))
 
-    @_translate_errors
-    def ValidateModule(self, request, context):
-        limits = limits_from_proto(request.limits) if request.HasField("limits") else None
-        return report_to_proto(self._runtime.validate(request.module, request.policy, limits))
+    @translate_errors
+    async def ValidateModule(self, request, context):
+        self._check_policy(context, request.policy)
 
+        def validate() -> caxton_pb2.ValidationReport:
+            limits = limits_from_proto(request.limits) if request.HasField("limits") else None
+            return report_to_proto(self._runtime.validate(request.module, request.policy, limits))
 
-class MessagingService(caxton_pb2_grpc.MessagingServicer):
-    def __init__(self, router: Router):
-        self._router = router
-
-    @_translate_errors
-    def Send(self, request, context):
-        message = request.message
-        done = threading.Event()
-        outcome: list = []
-
-        def callback(code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
-            outcome.append((code, error, reply))
-            done.set()
-
-        deadline = _deadline(context)
-        pending = self._router.submit(message, deadline, callback)
-        if not done.wait(deadline.timeout()):
-            pending.cancel()
-            raise DeadlineExceeded(f"no reply from agent {message.receiver!r} before the deadline")
-        code, error, reply = outcome[0]
-        if code is not _OK:
-            raise MessageFailed(code, error)
-        if reply is None:
-            return caxton_pb2.SendResponse(has_reply=False)
-        return caxton_pb2.SendResponse(reply=reply_envelope(message, reply), has_reply=True)
-
-    def SendStream(self, request_iterator: Iterator[caxton_pb2.SendStreamRequest],
-                   context) -> Iterator[caxton_pb2.SendStreamResponse]:
-        """Results are written by whichever thread resolves them into one
-        queue; this generator sends everything that has accumulated as one
-        frame, so frames grow with load exactly like the batches do."""
-        results: queue.SimpleQueue = queue.SimpleQueue()
-        stream = _StreamState(results)
-        deadline = _deadline(context)
-        reader = threading.Thread(
-            target=self._read_stream, args=(request_iterator, stream, deadline), name="stream-reader", daemon=True
-        )
-        reader.start()
-        while True:
-            item = results.get()
-            batch = []
-            finished = False
-            while True:
-                if item is None:
-                    finished = True
-                else:
-                    batch.append(item)
-                try:
-                    item = results.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                yield caxton_pb2.SendStreamResponse(results=batch)
-            if finished:
-                return
-
-    def _read_stream(self, request_iterator, stream: _StreamState, deadline: Deadline) -> None:
-        submit = self._router.submit
-        try:
-            for request in request_iterator:
-                for item in request.items:
-                    stream.opened()
-                    try:
-                        submit(item.message, deadline, stream.callback(item.id, item.message))
-                    except CaxtonError as exc:
-                        stream.resolved(caxton_pb2.StreamResult(id=item.id, code=exc.code.value[0], error=exc.message))
-        except grpc.RpcError:
-            pass  # the client went away; outstanding results have nowhere to go
-        except Exception:
-            log.exception("SendStream reader failed")
-        finally:
-            stream.finish_reading()
-
-
-class _StreamState:
-    """Counts outstanding messages on one stream so that the response stream
-    ends exactly when the client has finished sending and every message it
-    sent has its result."""
-
-    def __init__(self, results: queue.SimpleQueue):
-        self._results = results
-        self._lock = threading.Lock()
-        self._outstanding = 0
-        self._reading = True
-
-    def opened(self) -> None:
-        with self._lock:
-            self._outstanding += 1
-
-    def resolved(self, result: caxton_pb2.StreamResult) -> None:
-        self._results.put(result)
-        with self._lock:
-            self._outstanding -= 1
-            last = not self._reading and self._outstanding == 0
-        if last:
-            self._results.put(None)
-
-    def finish_reading(self) -> None:
-        with self._lock:
-            self._reading = False
-            last = self._outstanding == 0
-        if last:
-            self._results.put(None)
-
-    def callback(self, item_id: int, message: caxton_pb2.AgentMessage):
-        def on_result(code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
-            if code is _OK:
-                if reply is None:
-                    result = caxton_pb2.StreamResult(id=item_id)
-                else:
-                    result = caxton_pb2.StreamResult(id=item_id, reply=reply_envelope(message, reply), has_reply=True)
-            else:
-                result = caxton_pb2.StreamResult(id=item_id, code=code.value[0], error=error)
-            self.resolved(result)
-
-        return on_result
+        return await self._run(self._lifecycle, validate, charge=self._module_charge(request))

@@ -14,9 +14,12 @@ from typing import Any
 
 from caxton.contract import parse_size
 
+from .auth import AuthSettings, read_auth
+from .caps import Caps, check_defaults, read_caps
 from .policy import BUILTIN_POLICIES, Policy, read_policy
 from .restart import RestartSettings, read_settings
 from .settings import ConfigError, Table
+from .tls import TlsSettings, read_tls
 
 # ConfigError and parse_size are re-exported: callers of load_config catch the
 # one and size limits the way the config does with the other.
@@ -53,12 +56,22 @@ class SandboxSettings:
 
 @dataclass(frozen=True)
 class Config:
+    # HOST:PORT (plaintext only on loopback, else [tls] is required) or unix:PATH.
     listen: str = "127.0.0.1:50051"
+    # A plaintext listener serving only grpc.health.v1, for probes ("" = none).
+    health_listen: str = ""
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     state_dir: Path = Path(".caxton")
     # Where worker sockets live; empty = a fresh private directory under /tmp
     # (Unix socket paths must stay under 108 bytes).
     runtime_dir: str = ""
     limits: Limits = field(default_factory=Limits)
+    # The most a client may ask for (per agent) and host-wide quotas.
+    caps: Caps = field(default_factory=Caps)
+    # Modules validated and compiled at once (deploy, reload, ValidateModule):
+    # each holds its module and the validator's working memory.
+    validation_concurrency: int = 2
     default_policy: str = "default"
     policies: dict[str, Policy] = field(default_factory=lambda: dict(BUILTIN_POLICIES))
     # How long StopAgent lets in-flight messages finish by default.
@@ -67,6 +80,12 @@ class Config:
     worker_start_timeout_s: float = 20.0
     # Messages waiting for one agent beyond the ones being handled.
     queue_limit: int = 10_000
+    # The supervisor's memory target: what callers make it hold (queued
+    # messages, modules in flight, unread results) is refused past half of
+    # it, or past it less 192 MiB (memory_budget.py); `queue_bytes` bounds
+    # one agent's mailbox within.
+    memory_budget: int = 512 << 20
+    queue_bytes: int = 64 << 20
     # Upper bounds for one supervisor-to-worker batch.
     batch_max_messages: int = 256
     batch_max_bytes: int = 4 << 20
@@ -136,14 +155,21 @@ def config_from_table(table: dict[str, Any]) -> Config:
         raise t.error("default_policy", f"no policy named {default_policy!r} (known: {', '.join(sorted(policies))})")
     config = Config(
         listen=t.string("listen", base.listen),
+        health_listen=t.string("health_listen", base.health_listen),
+        auth=read_auth(t.table("auth")),
+        tls=read_tls(t.table("tls")),
         state_dir=Path(t.string("state_dir", str(base.state_dir))),
         runtime_dir=t.string("runtime_dir", base.runtime_dir),
         limits=_read_limits(t.table("limits")),
+        caps=read_caps(t.table("caps")),
+        validation_concurrency=t.integer("validation_concurrency", base.validation_concurrency, minimum=1),
         default_policy=default_policy,
         policies=policies,
         stop_timeout_s=t.number("stop_timeout_s", base.stop_timeout_s, above=0),
         worker_start_timeout_s=t.number("worker_start_timeout_s", base.worker_start_timeout_s, above=0),
         queue_limit=t.integer("queue_limit", base.queue_limit, minimum=1),
+        memory_budget=t.size("memory_budget", base.memory_budget, minimum=256 << 20),
+        queue_bytes=t.size("queue_bytes", base.queue_bytes, minimum=1 << 20),
         batch_max_messages=t.integer("batch_max_messages", base.batch_max_messages, minimum=1),
         batch_max_bytes=t.integer("batch_max_bytes", base.batch_max_bytes, minimum=1),
         shutdown_timeout_s=t.number("shutdown_timeout_s", base.shutdown_timeout_s, above=0),
@@ -157,6 +183,7 @@ def config_from_table(table: dict[str, Any]) -> Config:
         keep_versions=t.integer("keep_versions", base.keep_versions, minimum=1),
     )
     t.finish()
+    check_defaults(config.caps, config.limits)
     return config
 
 

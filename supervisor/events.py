@@ -1,16 +1,21 @@
 """A fan-out of lifecycle, restart and rollout events to WatchEvents streams.
 
 Publishing never blocks the supervisor: each subscriber has a bounded
-queue, and a subscriber that falls behind loses its oldest events and is told
-how many with an `events-dropped` event, instead of slowing everyone down.
+queue (read by a thread, or awaited by a coroutine that holds no thread), and
+a subscriber that falls behind loses its oldest events and is told how many
+with an `events-dropped` event, instead of slowing everyone down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from .handoff import Wakeup
 
 
 @dataclass(frozen=True)
@@ -23,12 +28,18 @@ class AgentEvent:
 
 
 class Subscription:
+    """One watcher's bounded queue of events. Read it with `next` from a
+    thread, or with `get` from a coroutine, which holds no thread while it
+    waits: the publisher's thread wakes it through its event loop."""
+
     def __init__(self, agent: str, limit: int):
         self.agent = agent  # "" = every agent
         self._limit = limit
         self._queue: deque[AgentEvent] = deque()
         self._dropped = 0
         self._cond = threading.Condition()
+        # Wakes the coroutine waiting in `get`, if one is (set under _cond).
+        self._wake: Callable[[], None] | None = None
         self.closed = False
 
     def _offer(self, event: AgentEvent) -> None:
@@ -38,6 +49,21 @@ class Subscription:
                 self._dropped += 1
             self._queue.append(event)
             self._cond.notify()
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """(Caller holds _cond.) One wake-up per wait, however many events."""
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+
+    def _take(self) -> AgentEvent | None:
+        """(Caller holds _cond.)"""
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            return AgentEvent(time.time(), self.agent, "events-dropped", 0,
+                              f"{dropped} events dropped: this watcher fell behind")
+        return self._queue.popleft() if self._queue else None
 
     def next(self, timeout: float) -> AgentEvent | None:
         """The next event, or None after `timeout` seconds without one (so
@@ -45,16 +71,29 @@ class Subscription:
         with self._cond:
             if not self._queue and not self.closed:
                 self._cond.wait(timeout)
-            if self._dropped:
-                dropped, self._dropped = self._dropped, 0
-                return AgentEvent(time.time(), self.agent, "events-dropped", 0,
-                                  f"{dropped} events dropped: this watcher fell behind")
-            return self._queue.popleft() if self._queue else None
+            return self._take()
+
+    async def get(self) -> AgentEvent | None:
+        """The next event, waiting as long as it takes; None once closed.
+        The caller's cancellation (its client went away) ends the wait."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                event = self._take()
+                if event is not None or self.closed:
+                    return event
+                wakeup = self._wake = Wakeup(loop)
+            try:
+                await wakeup.wait()
+            finally:
+                with self._cond:
+                    self._wake = None
 
     def close(self) -> None:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+            self._wake_reader()
 
 
 class EventBus:

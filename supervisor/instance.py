@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -23,9 +24,11 @@ import grpc
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
 from .deadline import Deadline
+from .errors import WorkerStartError
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .mailbox import Mailbox, Pending
 from .pool import SparePool
+from .redact import without_paths
 from .store import StateStore, VersionRecord
 from .worker_client import WorkerCallError, WorkerClient, WorkerOsLimits
 
@@ -81,6 +84,12 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     if process is None:
         try:
             process = env.launcher.spawn(timeout, cgroup.procs_files if cgroup is not None else [])
+        except WorkerStartError as exc:
+            if cgroup is not None:
+                cgroup.remove()
+            # The reason becomes the agent's last_error: no host paths in it
+            # (an interpreter or socket that could not be found).
+            raise WorkerStartError(without_paths(str(exc))) from exc
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
@@ -104,6 +113,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
                 user_name=env.user_name,
             ),
             Deadline.after(timeout),
+            module_sha256=version.module_sha256,
         )
     except BaseException:
         instance.kill()
@@ -146,10 +156,12 @@ class WorkerInstance:
 
     # ------------------------------------------------------------ start / stop
 
-    def load(self, module_path: str, cache_dir: str, os_limits: WorkerOsLimits, deadline: Deadline) -> None:
+    def load(self, module_path: str, cache_dir: str, os_limits: WorkerOsLimits, deadline: Deadline, *,
+             module_sha256: str) -> None:
         """Load the module and run caxton_init; raises InstanceStartError."""
         try:
-            result = self.client.load(module_path, cache_dir, self.limits, os_limits, deadline)
+            result = self.client.load(module_path, cache_dir, self.limits, os_limits, deadline,
+                                      module_sha256=module_sha256)
         except WorkerCallError as exc:
             raise InstanceStartError(self._failure_reason(exc)) from exc
         if result.error:
@@ -241,12 +253,16 @@ class WorkerInstance:
                 return
             try:
                 keep_going = self._deliver(batch, on_result)
-            except Exception as exc:
+            except Exception:
                 # A bug here must not strand callers: whatever was not
-                # answered yet gets an error, and the loop goes on.
-                log.exception("[%s v%d] dispatching a batch failed", self.agent, self.version)
+                # answered yet gets an error, and the loop goes on. The
+                # caller sees an id; the log line has it and the detail.
+                error_id = secrets.token_hex(4)
+                log.exception("[%s v%d] internal error %s: dispatching a batch failed", self.agent, self.version,
+                              error_id)
                 for pending in batch:
-                    if pending.resolve(grpc.StatusCode.INTERNAL, f"supervisor error while dispatching: {exc}"):
+                    if pending.resolve(grpc.StatusCode.INTERNAL,
+                                       f"internal error {error_id}: the supervisor failed dispatching the message"):
                         on_result(False)
                 keep_going = True
             if not keep_going:

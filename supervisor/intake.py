@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .errors import FailedPrecondition, Unavailable
 from .lifecycle import AgentState
 from .mailbox import Mailbox, Pending
+from .memory_budget import MemoryBudget, RoomCallback
 from .restart import BreakerState
 
 if TYPE_CHECKING:
@@ -55,14 +56,17 @@ class Intake:
         queued ones stay for a worker to take."""
         self.mailbox.close(self.refusal())
 
-    def submit(self, pending: Pending) -> None:
-        """Queue a message; raises if the agent cannot take it now."""
+    def submit(self, pending: Pending, budget: MemoryBudget | None = None,
+               on_room: RoomCallback | None = None) -> bool:
+        """Queue a message; raises if the agent cannot take it now. With
+        `on_room`, a full mailbox or budget returns False instead and calls
+        `on_room` once there may be room (Mailbox.put)."""
         state = self._agent.state
         if state is AgentState.STOPPED:
             raise FailedPrecondition(f"agent {self._agent.name!r} is stopped; start it with StartAgent")
         if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
             raise Unavailable(self.refusal())
-        self.mailbox.put(pending)
+        return self.mailbox.put(pending, budget, on_room)
 
     def count(self, ok: bool) -> None:
         with self._tally_lock:

@@ -8,6 +8,12 @@ replicas by itself: an idle instance takes the next batch.
 
 A message that has not been taken yet survives its worker's death: it stays
 here for the next instance.
+
+A mailbox is bounded in messages and, with a memory budget, in bytes: what
+waits here is charged to the budget until a worker takes it (or longer, for a
+caller that holds the message's bytes longer: Pending.release). A full mailbox
+refuses a message, or, for a caller that would rather wait (a stream under
+flow control), takes a wake-up to call when room appears.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from caxton.v1 import caxton_pb2
 
 from .deadline import Deadline
 from .errors import ResourceExhausted, Unavailable
+from .memory_budget import MESSAGE_OVERHEAD_BYTES, MemoryBudget, RoomCallback, mib
 
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -38,14 +45,29 @@ class Pending:
     the worker, which stops the agent when it passes.
     """
 
-    __slots__ = ("message", "deadline", "callback", "size", "_done")
+    __slots__ = ("message", "deadline", "callback", "size", "cost", "budget", "held_by_caller", "_done")
 
-    def __init__(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback):
+    def __init__(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
+                 retained: int = 0, held_by_caller: bool = False):
         self.message = message
         self.deadline = deadline
         self.callback = callback
         self.size = len(message.content)
+        # What the message is charged: its content and envelope, and what
+        # its caller keeps alive beside it (`retained`).
+        self.cost = self.size + retained + MESSAGE_OVERHEAD_BYTES
+        # The budget it is charged to, from the mailbox's put until a worker
+        # takes it; or, `held_by_caller`, until the caller calls release()
+        # (a unary call holds its request until its response is sent).
+        self.budget: MemoryBudget | None = None
+        self.held_by_caller = held_by_caller
         self._done = False
+
+    def release(self) -> None:
+        """Give the message's charge back to its budget (once)."""
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.release(self.cost)
 
     @property
     def done(self) -> bool:
@@ -70,23 +92,91 @@ class Mailbox:
         self._queue: deque[Pending] = deque()
         self._cond = threading.Condition()
         self._closed_reason: str | None = None
+        self._bytes = 0  # what the queued messages cost (Pending.cost), with or without a budget
+        self._waiting: list[RoomCallback] = []  # wake-ups for callers waiting for room
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def put(self, pending: Pending) -> None:
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, pending: Pending, budget: MemoryBudget | None = None, on_room: RoomCallback | None = None) -> bool:
+        """Queue a message; with a budget, charge it there (and keep this
+        mailbox under the budget's `queue_bytes`).
+
+        When there is no room, raise ResourceExhausted; or, given `on_room`,
+        return False and call `on_room` once (from another thread) when room
+        may have appeared. A closed mailbox, and a message that could never
+        fit, always raise.
+        """
         with self._cond:
             if self._closed_reason is not None:
                 raise Unavailable(self._closed_reason)
+            cost = pending.cost
+            if budget is not None and cost > budget.limit:
+                raise ResourceExhausted(budget.exhausted_message(cost))
             if len(self._queue) >= self.limit:
-                raise ResourceExhausted(f"queue full: {self.limit} messages already waiting for this agent")
+                return self._no_room(f"queue full: {self.limit} messages already waiting for this agent", on_room)
+            # An empty mailbox takes any message, so one bigger than
+            # queue_bytes can still get through.
+            if budget is not None and self._queue and self._bytes + cost > budget.queue_bytes:
+                return self._no_room(f"queue full: {mib(self._bytes)} already waiting for this agent "
+                                     f"(queue_bytes = {mib(budget.queue_bytes)})", on_room)
+            if budget is not None:
+                if not budget.try_charge(cost, on_room):
+                    if on_room is None:
+                        raise ResourceExhausted(budget.exhausted_message(cost))
+                    return False
+                pending.budget = budget
+            self._bytes += cost
             self._queue.append(pending)
             self._cond.notify()
+            return True
+
+    def _no_room(self, reason: str, on_room: RoomCallback | None) -> bool:
+        """(Caller holds the lock.)"""
+        if on_room is None:
+            raise ResourceExhausted(reason)
+        self._waiting.append(on_room)
+        return False
+
+    def forget(self, on_room: RoomCallback) -> None:
+        """Withdraw a wake-up registered by put (its waiter gave up)."""
+        with self._cond:
+            if on_room in self._waiting:
+                self._waiting.remove(on_room)
+
+    def _removed(self, taken: list[Pending] | deque[Pending]) -> None:
+        """Messages have left the queue (caller holds the lock): their bytes
+        go back to the budget (one for all: the router's) and waiting callers
+        get their wake-ups, which only schedule work elsewhere."""
+        removed = freed = 0
+        budget = None
+        for pending in taken:
+            cost = pending.cost
+            removed += cost
+            if pending.budget is not None and not pending.held_by_caller:
+                budget, pending.budget = pending.budget, None
+                freed += cost
+        self._bytes -= removed
+        if budget is not None:
+            budget.release(freed)
+        if self._waiting:
+            self._wake_waiting()
+
+    def _wake_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for on_room in waiting:
+            on_room()
 
     def close(self, reason: str) -> None:
         """Refuse new messages (with `reason`); queued ones stay to be taken."""
         with self._cond:
             self._closed_reason = reason
+            # Waiting callers try again and learn the reason.
+            self._wake_waiting()
 
     def reopen(self) -> None:
         with self._cond:
@@ -116,6 +206,7 @@ class Mailbox:
                     self._cond.notify()
                     return []
                 batch: list[Pending] = []
+                removed: list[Pending] = []
                 size = 0
                 queue = self._queue
                 while queue and len(batch) < max_messages:
@@ -123,6 +214,7 @@ class Mailbox:
                     if batch and size + pending.size > max_bytes:
                         break
                     queue.popleft()
+                    removed.append(pending)
                     if pending.done:
                         continue
                     if pending.deadline.expired():
@@ -130,6 +222,7 @@ class Mailbox:
                         continue
                     batch.append(pending)
                     size += pending.size
+                self._removed(removed)
                 if batch:
                     return batch
 
@@ -138,6 +231,7 @@ class Mailbox:
         with self._cond:
             queued = list(self._queue)
             self._queue.clear()
+            self._removed(queued)
         failed = 0
         for pending in queued:
             failed += pending.resolve(code, reason)

@@ -24,21 +24,62 @@ from caxton.v1 import caxton_pb2
 from .deadline import Deadline
 from .errors import InvalidArgument, NotFound, ResourceExhausted
 from .mailbox import OutcomeCallback, Pending
+from .memory_budget import MemoryBudget, RoomCallback
 
 if TYPE_CHECKING:
     from .agent import Agent
 
 
 class Router:
-    def __init__(self, lookup: Callable[[str], Agent | None]) -> None:
+    def __init__(self, lookup: Callable[[str], Agent | None], budget: MemoryBudget | None = None) -> None:
         self._lookup = lookup
+        # What queued messages are charged to (None: mailboxes are bounded
+        # in messages only). The composition root (server.py) sets it.
+        self.budget = budget
         # Message ids the supervisor assigns: unique per supervisor boot and
         # cheap (no uuid per message on the hot path).
         self._boot = f"{int(time.time() * 1000):x}"
         self._ids = itertools.count(1)
 
-    def submit(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback) -> Pending:
-        """Accept a message for its receiver; the outcome goes to `callback`."""
+    def submit(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
+               retained: int = 0, held_by_caller: bool = False) -> Pending:
+        """Accept a message for its receiver; the outcome goes to `callback`.
+        Raises ResourceExhausted at once when there is no room for it.
+        `retained`: bytes the caller keeps alive beside the message (charged
+        with it); `held_by_caller`: the charge lasts until the caller calls
+        the Pending's release(), not only while the message is queued."""
+        agent = self._receiver(message)
+        pending = self._pending(message, deadline, callback, retained, held_by_caller)
+        agent.intake.submit(pending, self.budget)
+        return pending
+
+    def offer(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
+              on_room: RoomCallback) -> Pending | None:
+        """As submit, for a caller that waits rather than fail when the
+        receiver's mailbox or the memory budget is full: then nothing is
+        accepted, None is returned, and `on_room` is called once (from
+        another thread) when room may have appeared; the caller offers the
+        same message again."""
+        agent = self._receiver(message)
+        pending = self._pending(message, deadline, callback)
+        return pending if agent.intake.submit(pending, self.budget, on_room) else None
+
+    def forget(self, message: caxton_pb2.AgentMessage, on_room: RoomCallback) -> None:
+        """Withdraw a wake-up given to offer (its caller stopped waiting)."""
+        agent = self._lookup(message.receiver)
+        if agent is not None:
+            agent.mailbox.forget(on_room)
+        if self.budget is not None:
+            self.budget.forget(on_room)
+
+    def _pending(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
+                 retained: int = 0, held_by_caller: bool = False) -> Pending:
+        if not message.message_id:
+            message.message_id = f"{self._boot}-{next(self._ids)}"
+        return Pending(message, deadline, callback, retained, held_by_caller)
+
+    def _receiver(self, message: caxton_pb2.AgentMessage) -> Agent:
+        """The message's receiver, if the message may go to it."""
         agent = self._lookup(message.receiver)
         if agent is None:
             if not message.receiver:
@@ -49,8 +90,4 @@ class Router:
             raise ResourceExhausted(
                 f"message of {len(message.content)} bytes exceeds agent {agent.name!r}'s max_message_bytes ({limit})"
             )
-        if not message.message_id:
-            message.message_id = f"{self._boot}-{next(self._ids)}"
-        pending = Pending(message, deadline, callback)
-        agent.intake.submit(pending)
-        return pending
+        return agent

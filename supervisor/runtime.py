@@ -5,6 +5,12 @@ never protobuf, and raises `CaxtonError`s, never grpc errors, so it can be
 driven in-process by tests and other front ends. What it is built from (the
 store, the way workers are launched, the event bus) is assembled by
 server.py and handed in.
+
+Deploys and reloads are admitted first (admission.py: caps, validation
+slots, quotas). A deploy of a new name either runs the agent or leaves no
+trace; a deploy repeated with the same module, limits, policy, replicas,
+restart policy and label changes nothing and succeeds, so a client that lost
+its connection may retry.
 """
 
 from __future__ import annotations
@@ -16,30 +22,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .admission import Admission, Wanted
 from .agent import Agent
-from .config import Config, Limits
-from .errors import (
-    AlreadyExists,
-    CaxtonError,
-    FailedPrecondition,
-    InvalidArgument,
-    ModuleRejected,
-    NotFound,
-)
+from .caps import Usage
+from .config import Config
+from .errors import CaxtonError, FailedPrecondition, ModuleRejected, NotFound
 from .events import EventBus
 from .lifecycle import AgentState
-from .policy import Policy
+from .restore import Damaged, start_restored, stored_agents
 from .rollout import Launch, Rollout, RolloutResult
 from .router import Router
-from .specs import DeploySpec, LimitOverrides, ReloadSpec, check_name
+from .specs import DeploySpec, LimitOverrides, ReloadSpec, quoted
 from .status import AgentSnapshot, snapshot
-from .store import StateStore, VersionRecord
-from .validation import Report, validate
+from .store import StateDamage, StateStore, VersionRecord
+from .validation import Report
 
 log = logging.getLogger("caxton.runtime")
-
-# Each replica is a process; this keeps one request from asking for a host's worth.
-MAX_REPLICAS = 64
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,10 @@ class Runtime:
         self.events = events
         self._launch = launch
         self._agents: dict[str, Agent] = {}
+        # Restored agents that cannot be started, and why (restore.py).
+        self._damaged: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.admission = Admission(config, self._agents, self._lock)
         self.router = Router(self._agents.get)
 
     def _agent(self, name: str, policy: str, version: VersionRecord, state: AgentState, replicas: int,
@@ -78,27 +79,27 @@ class Runtime:
         return [instance for agent in list(self._agents.values()) for instance in list(agent.instances)]
 
     def restore(self) -> None:
-        """Bring every stored agent back to its desired state."""
+        """Bring every stored agent back to its desired state. One that cannot
+        be started comes back FAILED with the reason (restore.py); it runs
+        nothing (no replicas, no share of the quotas) and can be removed."""
         to_start = []
-        for record in self.store.agents():
-            version = self.store.version(record.name, record.current_version)
-            state = AgentState.UNLOADED if record.desired_state == "running" else AgentState.STOPPED
-            agent = self._agent(record.name, record.policy, version, state, record.replicas, record.restart)
-            if record.desired_state == "running":
-                to_start.append(agent)
-            self._agents[record.name] = agent
-        if not to_start:
-            return
-
-        def start(agent: Agent) -> None:
-            try:
-                agent.start(remember=False)
-            except CaxtonError as exc:
-                log.error("could not restore %s: %s", agent.name, exc.message)
-
-        with ThreadPoolExecutor(max_workers=min(8, len(to_start)), thread_name_prefix="restore") as pool:
-            list(pool.map(start, to_start))
-        log.info("restored %d agents (%d started)", len(self._agents), len(to_start))
+        for stored in stored_agents(self.store, self.config.caps, self.config.limits):
+            if isinstance(stored, Damaged):
+                agent = self._agent(stored.name, stored.policy, stored.version, AgentState.FAILED, replicas=0)
+                agent.last_error = f"cannot be restored: {stored.reason}"
+                self._damaged[stored.name] = stored.reason
+                self.events.publish(stored.name, "failed", stored.version.version, agent.last_error)
+            else:
+                record = stored.record
+                running = record.desired_state == "running"
+                agent = self._agent(record.name, record.policy, stored.version,
+                                    AgentState.UNLOADED if running else AgentState.STOPPED, record.replicas,
+                                    record.restart)
+                if running:
+                    to_start.append(agent)
+            self._agents[agent.name] = agent
+        start_restored(to_start)
+        log.info("restored %d agents (%d started, %d damaged)", len(self._agents), len(to_start), len(self._damaged))
 
     def shutdown(self, timeout: float) -> None:
         """Drain every agent in parallel within `timeout`, then end all workers.
@@ -123,7 +124,15 @@ class Runtime:
     def get(self, name: str) -> Agent:
         agent = self._agents.get(name)
         if agent is None:
-            raise NotFound(f"no agent named {name!r}")
+            raise NotFound(f"no agent named {quoted(name)}")
+        return agent
+
+    def _startable(self, name: str) -> Agent:
+        """The agent, unless it is one that cannot be started (FailedPrecondition)."""
+        agent = self.get(name)
+        damage = self._damaged.get(name)
+        if damage is not None:
+            raise FailedPrecondition(f"agent {name!r} cannot be started: {damage}; remove it and deploy it again")
         return agent
 
     def status(self, name: str) -> AgentSnapshot:
@@ -133,82 +142,89 @@ class Runtime:
         return [snapshot(agent.view(), self.store.versions(agent.name))
                 for agent in sorted(self._agents.values(), key=lambda a: a.name)]
 
-    def policy(self, name: str) -> Policy:
-        name = name or self.config.default_policy
-        try:
-            return self.config.policies[name]
-        except KeyError:
-            known = ", ".join(sorted(self.config.policies))
-            raise InvalidArgument(f"no validation policy named {name!r} (known: {known})") from None
+    def validate(self, module: bytes, policy_name: str, limits: LimitOverrides | None = None) -> Report:
+        return self.admission.dry_run(module, policy_name, limits)
 
     # ------------------------------------------------------------ lifecycle
 
-    def validate(self, module: bytes, policy_name: str, limits: LimitOverrides | None = None) -> Report:
-        memory_limit = limits.apply(self.config.limits).memory_bytes if limits is not None else None
-        return validate(module, self.policy(policy_name), memory_limit)
-
-    def _checked(self, module: bytes, policy: Policy, limits: Limits,
-                 keeps_serving: str = "") -> tuple[Report, bytes]:
-        """The report on a module that passed, and the binary to store (a
-        module that could not be read never passes)."""
-        report = validate(module, policy, limits.memory_bytes)
-        if not report.valid or report.wasm is None:
-            raise ModuleRejected(f"module rejected by policy {policy.name!r}{keeps_serving}: {report.summary()}",
-                                 report)
-        return report, report.wasm
-
     def deploy(self, spec: DeploySpec) -> Deployed:
-        check_name(spec.name)
-        replicas = spec.replicas or 1
-        if replicas > MAX_REPLICAS:
-            raise InvalidArgument(f"replicas: at most {MAX_REPLICAS}, got {replicas}")
+        """Validate, record and start a new agent. Repeating a deploy that
+        exists already as asked changes nothing and returns its status."""
+        replicas = self.admission.check_deploy(spec)
         limits = spec.limits.apply(self.config.limits)
         restart = spec.restart.apply(self.config.restart)
-        policy = self.policy(spec.policy)
-        report, wasm = self._checked(spec.module, policy, limits)
+        policy = self.admission.policy(spec.policy)
+        report, wasm = self.admission.validated(spec.module, policy, limits)
+        wanted = Wanted(report.module_sha256, limits, policy.name, replicas, restart, spec.label)
+        if self.admission.claim(spec.name, wanted):
+            log.info("deploy of %s repeated as it exists: nothing to do", spec.name)
+            return Deployed(self.status(spec.name), report)
+        try:
+            version = self._create(spec.name, policy.name, wasm, wanted)
+        finally:
+            self.admission.settle(spec.name)
+        log.info("deployed %s v%d (%s, sha256 %s)", spec.name, version.version, policy.name,
+                 version.module_sha256[:12])
+        self.events.publish(spec.name, "deployed", version.version,
+                            f"sha256 {version.module_sha256[:12]}, policy {policy.name}")
+        return Deployed(self.status(spec.name), report)
+
+    def _create(self, name: str, policy: str, wasm: bytes, wanted: Wanted) -> VersionRecord:
+        """Record and start a new agent: it runs, or nothing of it is left, so
+        the caller can fix what was wrong and deploy again under the name."""
         with self._lock:
-            if spec.name in self._agents:
-                raise AlreadyExists(f"an agent named {spec.name!r} already exists (remove it first)")
             digest = self.store.put_module(wasm)
-            version = self.store.create_agent(spec.name, policy.name, digest, limits, spec.label, restart, replicas)
-            agent = self._agent(spec.name, policy.name, version, AgentState.UNLOADED, replicas, restart)
-            self._agents[spec.name] = agent
+            try:
+                version = self.store.create_agent(name, policy, digest, wanted.limits, wanted.label, wanted.restart,
+                                                  wanted.replicas)
+            except BaseException:
+                self.store.discard_module(digest)
+                raise
+            agent = self._agent(name, policy, version, AgentState.UNLOADED, wanted.replicas, wanted.restart)
+            self._agents[name] = agent
         try:
             agent.start(remember=False)
-        except CaxtonError:
-            # A deploy either runs the agent or leaves nothing behind, so the
-            # caller can fix the module and deploy again under the same name.
+            self.store.mark_stable(name, version.version)
+        except BaseException:
+            agent.kill()
             with self._lock:
-                self._agents.pop(spec.name, None)
-                self.store.delete_agent(spec.name)
+                self._agents.pop(name, None)
+                self.store.delete_agent(name)
             raise
-        self.store.mark_stable(spec.name, version.version)
-        log.info("deployed %s v%d (%s, sha256 %s)", spec.name, version.version, policy.name, digest[:12])
-        self.events.publish(spec.name, "deployed", version.version, f"sha256 {digest[:12]}, policy {policy.name}")
-        return Deployed(self.status(spec.name), report)
+        return version
 
     def hot_reload(self, spec: ReloadSpec) -> Reloaded:
         """Validate and record a new version, then switch to it with no
         downtime (rollout.py). The version record stays in history even if
         the switch fails, so the attempt is visible."""
-        agent = self.get(spec.name)
+        agent = self._startable(spec.name)
+        self.admission.check_reload(spec.limits, spec.label)
         limits = spec.limits.apply(agent.limits)
-        policy = self.policy(spec.policy or agent.policy)
+        policy = self.admission.policy(spec.policy or agent.policy)
         try:
-            report, wasm = self._checked(spec.module, policy, limits, f", v{agent.version.version} keeps serving")
+            report, wasm = self.admission.validated(spec.module, policy, limits,
+                                                    f", v{agent.version.version} keeps serving")
         except ModuleRejected as exc:
             self.events.publish(spec.name, "reload-failed", agent.version.version,
                                 f"module rejected: {exc.report.summary()}")
             raise
-        digest = self.store.put_module(wasm)
-        version = self.store.add_version(spec.name, digest, limits, spec.label)
-        result = self._roll(agent, version, list(spec.warmup), spec.drain_timeout_s)
+        growth = Usage(memory_bytes=(limits.memory_bytes - agent.limits.memory_bytes) * agent.replicas)
+        with self._lock:
+            self.admission.check_growth(growth)
+            digest = self.store.put_module(wasm)
+            version = self.store.add_version(spec.name, digest, limits, spec.label)
+            self.admission.hold(growth)
+        try:
+            result = self._roll(agent, version, list(spec.warmup), spec.drain_timeout_s)
+        finally:
+            self.admission.release(growth)
         return Reloaded(self.status(spec.name), result, report)
 
     def rollback(self, name: str, to_version: int | None, drain_timeout_s: float | None) -> Reloaded:
         """Go back to `to_version` (default: the newest older version that
-        was ever stable) through the same zero-downtime path."""
-        agent = self.get(name)
+        was ever stable) through the same zero-downtime path. No quota is
+        checked: going back to what served before must always be possible."""
+        agent = self._startable(name)
         current = agent.version.version
         if to_version:
             kept = {v.version: v for v in self.store.versions(name)}
@@ -218,7 +234,10 @@ class Runtime:
                 raise FailedPrecondition(f"agent {name!r} is already on v{current}")
             target = kept[to_version]
         else:
-            found = self.store.rollback_target(name, current)
+            try:
+                found = self.store.rollback_target(name, current)
+            except StateDamage as exc:
+                raise FailedPrecondition(f"agent {name!r} cannot roll back: {exc}") from exc
             if found is None:
                 raise FailedPrecondition(
                     f"agent {name!r} has no version older than v{current} that ever served all traffic")
@@ -237,7 +256,9 @@ class Runtime:
             on_stable=lambda v: self.store.mark_stable(agent.name, v.version),
         )
         result = rollout.run()
-        self.store.prune_versions(agent.name, self.config.keep_versions, version.version)
+        # Under the lock: a module pruned here may be one a deploy is storing.
+        with self._lock:
+            self.store.prune_versions(agent.name, self.config.keep_versions, version.version)
         return result
 
     def stop(self, name: str, timeout_s: float | None) -> AgentSnapshot:
@@ -245,7 +266,7 @@ class Runtime:
         return self.status(name)
 
     def start(self, name: str) -> AgentSnapshot:
-        self.get(name).start()
+        self._startable(name).start()
         return self.status(name)
 
     def remove(self, name: str, timeout_s: float | None) -> None:
@@ -255,6 +276,7 @@ class Runtime:
         agent.unload()
         with self._lock:
             self._agents.pop(name, None)
+            self._damaged.pop(name, None)
             self.store.delete_agent(name)
         log.info("removed %s", name)
         self.events.publish(name, "removed", agent.version.version)

@@ -1,12 +1,15 @@
 """Assemble and run the supervisor: the composition root, the gRPC server, signals.
 
 Everything the runtime is made of (the state store, the launcher and fork
-server, cgroups, the spare pool, the health sweep, the event bus) is built
-here and handed in, so the runtime itself can be built in tests from fakes.
+server, cgroups, the spare pool, the health sweep, the event bus, the memory
+budget) is built here and handed in, so the runtime itself can be built in
+tests from fakes.
 
-Signal handlers only queue the signal (as gunicorn's arbiter does); the main
-thread waits on that queue and does the work, so nothing complicated ever
-runs inside a signal handler.
+The public API is a grpc.aio server on its own event-loop thread
+(api_server.py). Signal handlers only queue the signal (as gunicorn's
+arbiter does); the main thread waits on that queue and does the work, so
+nothing complicated ever runs inside a signal handler, and the loop keeps
+answering (in-flight messages, health) while the main thread drains.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from concurrent import futures
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,7 +34,13 @@ from caxton import examples
 from caxton.contract import MAX_GRPC_MESSAGE_BYTES
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
-from .api import AgentLifecycleService, MessagingService
+from .admin_token import admin_token
+from .allocator import return_freed_memory
+from .api import AgentLifecycleService
+from .api_server import ApiServer
+from .audit import Audit
+from .auth import Authorizer, TokenEntry
+from .auth_interceptor import AuthInterceptor
 from .cgroups import Cgroups
 from .config import Config
 from .errors import CaxtonError, NotFound
@@ -38,10 +48,15 @@ from .events import EventBus
 from .health import HealthMonitor
 from .instance import WorkerEnv, launch_instance
 from .launcher import Launcher
+from .listeners import check_api_listen, restrict_unix_socket, unix_path
+from .memory_budget import MemoryBudget
+from .messaging import MessagingService
 from .pool import SparePool
+from .request_gate import Gate, RequestGate
 from .runtime import Runtime
 from .specs import DeploySpec
 from .store import StateStore
+from .tls import server_credentials
 
 log = logging.getLogger("caxton.supervisor")
 
@@ -49,6 +64,54 @@ SERVICE_NAMES = (
     caxton_pb2.DESCRIPTOR.services_by_name["AgentLifecycle"].full_name,
     caxton_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name,
 )
+
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+    # No bandwidth-delay probing: it grows every stream's receive window up
+    # to megabytes, and gRPC then reads that much of every call arriving,
+    # whether or not the server has asked for its request yet: three hundred
+    # 1 MiB Sends at once were all in memory before the request gate let the
+    # first through. With the default 64 KiB windows, a waiting call costs
+    # 64 KiB; on a local network the windows do not limit throughput.
+    ("grpc.http2.bdp_probe", 0),
+    # Keepalive, so that a client that vanished without closing its
+    # connection (host gone, network cut) frees its streams: after 60 s
+    # without traffic the server pings, and a client that has not answered
+    # within 20 s is dropped. Idle WatchEvents and SendStream streams are the
+    # normal case, so pings continue without calls and without data.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Clients may ping to keep their own streams alive (through NATs and
+    # proxies), but not more often than every 10 s: a client pinging faster
+    # is told so with GOAWAY after the usual two strikes.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # A connection with no call for 30 minutes is closed; clients reconnect
+    # by themselves when they next call. Connections cost descriptors and
+    # buffers; this returns them from clients that only forgot to close.
+    ("grpc.max_connection_idle_ms", 30 * 60_000),
+)
+
+# Unary requests read from the network at once (request_gate.py): other
+# requests four at a time; modules (up to the 64 MiB gRPC limit each) one at
+# a time, and one of 1 MiB or more keeps its turn until its call ends, so that
+# large modules are validated one after the other. A module call that has
+# waited MODULE_WAIT_S for its turn is refused.
+MODULE_CALLS = ("DeployAgent", "HotReloadAgent", "ValidateModule")
+MODULE_READS = 1
+LARGE_MODULE_BYTES = 1 << 20
+MODULE_WAIT_S = 30.0
+OTHER_READS = 4
+
+# Threads for lifecycle calls, which block for seconds (starting workers,
+# draining, validating): this many run at once, the rest queue (their
+# modules charged to the memory budget meanwhile).
+LIFECYCLE_THREADS = 8
+# Threads for status queries, apart, so that they never wait behind deploys.
+QUERY_THREADS = 2
 
 
 def _worker_identity(user: str) -> tuple[int, int, str]:
@@ -63,12 +126,33 @@ def _worker_identity(user: str) -> tuple[int, int, str]:
     return entry.pw_uid, entry.pw_gid, user
 
 
+def _request_gate() -> RequestGate:
+    """A gate for each unary call of the public services (health and
+    reflection are never held up)."""
+    modules = Gate(MODULE_READS, hold_from=LARGE_MODULE_BYTES, wait_s=MODULE_WAIT_S,
+                   busy=f"large modules are being validated one at a time, and this call waited {MODULE_WAIT_S:.0f}s "
+                        "for its turn: try again later")
+    others = Gate(OTHER_READS)
+    gates = {}
+    for name in ("AgentLifecycle", "Messaging"):
+        service = caxton_pb2.DESCRIPTOR.services_by_name[name]
+        for method in service.methods:
+            if not method.client_streaming:
+                gates[f"/{service.full_name}/{method.name}"] = modules if method.name in MODULE_CALLS else others
+    return RequestGate(gates)
+
+
 class Supervisor:
     def __init__(self, config: Config, *, deploy_examples: bool = False, python: str = sys.executable):
+        # First, so that RSS follows what the memory budget counts.
+        return_freed_memory()
+        # Before anything is built: plaintext on a network address is refused.
+        check_api_listen(config.listen, tls=config.tls.enabled)
         self.config = config
         self._deploy_examples_at_start = deploy_examples
         identity = _worker_identity(config.sandbox.user)
         self.store = StateStore(config.state_dir)
+        self.tokens = self._tokens()
         self._own_runtime_dir = not config.runtime_dir
         self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
@@ -85,44 +169,85 @@ class Supervisor:
             timeout_s=config.health_timeout_s,
             failures=config.health_failures,
         )
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="api"),
-            options=[
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(AgentLifecycleService(self.runtime), self.server)
-        caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = self.server.add_insecure_port(config.listen)
+        self.budget = MemoryBudget(config.memory_budget, config.queue_bytes)
+        self.runtime.router.budget = self.budget
+        self._lifecycle_pool = ThreadPoolExecutor(LIFECYCLE_THREADS, thread_name_prefix="lifecycle")
+        self._query_pool = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="query")
+        self.health = health.aio.HealthServicer()
+        self.authorizer = Authorizer(self.tokens)
+        self.audit = Audit(self.events)
+        self.api = self._serve_api([AuthInterceptor(self.authorizer, self.audit)])
+        tls = server_credentials(config.tls) if config.tls.enabled and unix_path(config.listen) is None else None
+        self.port = self.api.listen(config.listen, tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
+        # Orchestrators' probes speak neither TLS nor tokens: health only, in
+        # plaintext, on a listener of its own, served by the API's event loop
+        # (which the health servicer belongs to).
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        if config.health_listen:
+            self.health_server = self.api.call(self.api.create_server(SERVER_OPTIONS))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(config.health_listen)
+            if self.health_port == 0:
+                raise OSError(f"cannot listen on {config.health_listen} (health_listen)")
+
+    def _tokens(self) -> tuple[TokenEntry, ...]:
+        """The configured tokens; none configured: the admin token in the
+        state directory, created at first start (never logged)."""
+        if self.config.auth.tokens:
+            return self.config.auth.tokens
+        entry, created = admin_token(self.config.state_dir)
+        if created:
+            log.warning("created an admin token in %s (readable by its owner only)",
+                        self.config.state_dir / "admin.token")
+        return (entry,)
+
+    def _serve_api(self, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> ApiServer:
+        """The public gRPC server with every service on it, not yet listening.
+        `interceptors` run first (in order), then the request gate."""
+        api = ApiServer(SERVER_OPTIONS, [*interceptors, _request_gate()])
+        caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(
+            AgentLifecycleService(self.runtime, self.budget, self._lifecycle_pool, self._query_pool,
+                                  self.authorizer, self.audit), api.server)
+        caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router, self.authorizer),
+                                                        api.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, api.server)
+        reflection.enable_server_reflection(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), api.server)
+        return api
 
     def start(self) -> None:
         self.runtime.restore()
         self.health_monitor.start()
         if self._deploy_examples_at_start:
             self._deploy_examples()
-        self.server.start()
-        # SERVING at once (the callback first reports the current value), and
+        # SERVING from the first call on (set before the server starts), and
         # NOT_SERVING for as long as no worker can be started, so that a load
         # balancer or orchestrator sends its traffic elsewhere meanwhile.
+        self.api.call(self._set_health(self.launcher.can_start_workers))
+        self.api.start()
+        restrict_unix_socket(self.config.listen)
+        if self.health_server is not None:
+            self.api.call(self.health_server.start())
         self.launcher.on_capacity_change(self._capacity_changed)
-        log.info("serving on %s (state in %s)",
-                 self.config.listen.rsplit(":", 1)[0] + f":{self.port}", self.config.state_dir)
+        log.info("serving on %s (state in %s)", self.address, self.config.state_dir)
+
+    @property
+    def address(self) -> str:
+        """Where the API listens, with the port it got for `HOST:0`."""
+        listen = self.config.listen
+        return listen if unix_path(listen) is not None else f"{listen.rsplit(':', 1)[0]}:{self.port}"
 
     def _capacity_changed(self, up: bool) -> None:
         if not up:
             log.error("workers cannot be started: reporting NOT_SERVING until they can")
+        self.api.call(self._set_health(up))
+
+    async def _set_health(self, up: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("",) + SERVICE_NAMES:
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
     def _deploy_examples(self) -> None:
         """Deploy each example agent (package data) as agent NAME unless an
@@ -140,8 +265,9 @@ class Supervisor:
                 log.error("could not deploy example %s: %s", path.name, exc.message)
 
     def stop(self) -> None:
-        """Refuse new calls, drain every agent, end every worker."""
-        self.health.enter_graceful_shutdown()
+        """Refuse new calls, drain every agent, end every worker. The API
+        keeps serving meanwhile, so messages in flight get their answers."""
+        self.api.call(self.health.enter_graceful_shutdown())
         self.health_monitor.stop()
         self.runtime.shutdown(self.config.shutdown_timeout_s)
         self.events.close()
@@ -151,7 +277,11 @@ class Supervisor:
         self.store.close()
         if self._own_runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        self.server.stop(grace=2.0).wait()
+        if self.health_server is not None:
+            self.api.call(self.health_server.stop(0.5))
+        self.api.stop(grace=2.0)
+        self._lifecycle_pool.shutdown(wait=False, cancel_futures=True)
+        self._query_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(supervisor: Supervisor) -> int:
@@ -160,7 +290,7 @@ def run(supervisor: Supervisor) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: signals.put(signum))
     supervisor.start()
-    print(f"caxton-supervisor listening on port {supervisor.port}", flush=True)
+    print(f"caxton-supervisor listening on {supervisor.address}", flush=True)
     received = signals.get()
     log.info("received %s: draining", signal.Signals(received).name)
     supervisor.stop()

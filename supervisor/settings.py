@@ -165,6 +165,13 @@ class Table:
         self._read.add(key)
         return Table(self._data.get(key, {}), _dotted(self.path, key))
 
+    def tables(self, key: str) -> list[Table]:
+        """An array of tables (`[[auth.tokens]]`), each at `key[i]`; absent reads as none."""
+        value = self._get(key) if key in self._data else []
+        if not isinstance(value, list):
+            raise self.error(key, f"expected an array of tables ([[{_dotted(self.path, key)}]]), got {value!r}")
+        return [Table(item, f"{_dotted(self.path, key)}[{i}]") for i, item in enumerate(value)]
+
     def finish(self) -> None:
         """Reject every key no reader asked for, naming them all."""
         unknown = sorted(set(self._data) - self._read)

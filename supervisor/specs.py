@@ -17,11 +17,22 @@ from .restart import RestartSettings
 # \Z, not $: `$` also matches before a trailing newline, so "a\n" would pass.
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
 
+# How much of a client's string an error message quotes back.
+_QUOTED_CHARS = 80
+
+
+def quoted(text: str) -> str:
+    """`text` as an error message quotes it: repr, and cut short, so that a
+    huge name cannot make an error bigger than a status may be."""
+    if len(text) <= _QUOTED_CHARS:
+        return repr(text)
+    return f"{text[:_QUOTED_CHARS]!r}... ({len(text)} characters)"
+
 
 def check_name(name: str) -> None:
     if not NAME_PATTERN.match(name):
         raise InvalidArgument(
-            f"invalid agent name {name!r}: use 1-63 characters of a-z, 0-9, '.', '_' and '-', "
+            f"invalid agent name {quoted(name)}: use 1-63 characters of a-z, 0-9, '.', '_' and '-', "
             "starting with a letter or digit"
         )
 

@@ -6,19 +6,25 @@ per-worker counters, RSS). The worker figures are asked of every instance at
 once (non-blocking probes) with one deadline, so a status call costs one round trip however many
 replicas an agent has, and a hung worker costs at most the deadline. Only
 `api.py` turns a snapshot into protobuf.
+
+What a snapshot shows a client names no host path (redact.py), and a label
+stored before labels were capped is shown cut to the most a listing of
+every agent can carry.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psutil
 
+from .caps import MOST_LABEL_LENGTH
 from .config import Limits
 from .deadline import Deadline
 from .lifecycle import AgentState
 from .recovery import BreakerView
+from .redact import without_paths
 from .restart import RestartSettings
 from .store import VersionRecord
 from .worker_client import WorkerCallError
@@ -142,13 +148,21 @@ def snapshot(view: AgentView, history: list[VersionRecord]) -> AgentSnapshot:
             rss_bytes=_rss(instance.pid), enforcement=tuple(instance.enforcement), **figures,
         ))
     return AgentSnapshot(
-        name=view.name, state=view.state, version=view.version, policy=view.policy, replicas=view.replicas,
+        name=view.name, state=view.state, version=_shown(view.version), policy=view.policy, replicas=view.replicas,
         restart=view.restart, uptime_s=view.uptime_s, messages=view.messages, errors=view.errors,
-        restarts=view.restarts, last_error=view.last_error, next_restart_in_s=view.next_restart_in_s,
-        breaker=view.breaker,
-        recent_failures=view.recent_failures, instances=tuple(instances),
-        versions=version_shares(view.instances), history=tuple(history),
+        restarts=view.restarts, last_error=without_paths(view.last_error), next_restart_in_s=view.next_restart_in_s,
+        breaker=replace(view.breaker, reason=without_paths(view.breaker.reason)),
+        recent_failures=tuple(FailureRecord(f.at, without_paths(f.reason)) for f in view.recent_failures),
+        instances=tuple(instances), versions=version_shares(view.instances),
+        history=tuple(_shown(record) for record in history),
     )
+
+
+def _shown(record: VersionRecord) -> VersionRecord:
+    """`record` with its label cut to MOST_LABEL_LENGTH characters."""
+    if len(record.label) <= MOST_LABEL_LENGTH:
+        return record
+    return replace(record, label=record.label[:MOST_LABEL_LENGTH - 3] + "...")
 
 
 def _rss(pid: int) -> int:

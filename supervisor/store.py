@@ -3,7 +3,13 @@
 SQLite holds the records; module bytes are stored beside it, content-addressed
 by SHA-256, so identical modules are stored once and a record can never point
 at bytes that changed under it. Writes are rare (deploy, stop, start, remove)
-and go through one connection under a lock.
+and go through one connection under a lock. Everything here is created
+owner-only: the records describe what runs, and compiled modules in the
+cache are native code.
+
+Records are read strictly: a value of the wrong type or shape raises
+StateDamage naming the column and the agent (never a host path), so that a
+damaged row costs its own agent and nothing else (see restore.py).
 
 The schema carries its version in `PRAGMA user_version` and moves forward by
 numbered migrations, so a state directory written by an older Caxton is
@@ -15,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,9 +33,19 @@ from pathlib import Path
 from .config import Limits
 from .restart import RestartSettings
 
+log = logging.getLogger("caxton.store")
+
+# Every file the store creates is the supervisor's alone.
+_FILE_MODE = 0o600
+
 
 class StateVersionError(ValueError):
     """The state directory was written by a newer Caxton than this one."""
+
+
+class StateDamage(ValueError):
+    """A stored record cannot be read as what it should be; the message names
+    the agent, the column and what is wrong with it, and no host path."""
 
 
 def _migration_1(db: sqlite3.Connection) -> None:
@@ -105,9 +122,68 @@ class AgentRecord:
     replicas: int = 1
 
 
+def _json_object(text: object, where: str) -> dict:
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except ValueError as exc:
+        raise StateDamage(f"{where} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise StateDamage(f"{where} is not a JSON object")
+    return value
+
+
+def _limits(text: object, where: str) -> Limits:
+    """Limits from their JSON; keys left out take today's defaults (records
+    written before a limit existed), unknown keys or non-integers are damage."""
+    values = _json_object(text, where)
+    known = {f.name for f in dataclasses.fields(Limits)}
+    for key, value in values.items():
+        if key not in known:
+            raise StateDamage(f"{where} has an unknown key {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StateDamage(f"{where}: {key} is {value!r}, not an integer")
+    return Limits(**values)
+
+
+def _restart(text: object, where: str) -> RestartSettings:
+    """Restart settings from their JSON, over the defaults (schema 1 wrote
+    '{}' for "the defaults"); checked as a deploy's would be."""
+    values = _json_object(text, where)
+    try:
+        settings = dataclasses.replace(RestartSettings(), **values)
+        settings.check()
+    except (TypeError, ValueError) as exc:
+        raise StateDamage(f"{where}: {exc}") from None
+    return settings
+
+
+def _is_version_number(number: object) -> bool:
+    """Version numbers count from 1 and travel as uint32."""
+    return not isinstance(number, bool) and isinstance(number, int) and 1 <= number < 1 << 32
+
+
 def _version_record(row: tuple) -> VersionRecord:
     agent, number, label, digest, limits, deployed_at, stable = row
-    return VersionRecord(agent, number, label, digest, Limits(**json.loads(limits)), deployed_at, bool(stable))
+    if not _is_version_number(number):
+        raise StateDamage(f"versions.version of {agent} is {number!r}, not a version number")
+    where = f"versions.limits of {agent} v{number}"
+    if not isinstance(label, str) or not isinstance(digest, str) or not isinstance(deployed_at, (int, float)):
+        raise StateDamage(f"the version record of {agent} v{number} has a label, module or time of the wrong type")
+    return VersionRecord(agent, number, label, digest, _limits(limits, where), deployed_at, bool(stable))
+
+
+def _agent_record(row: tuple) -> AgentRecord:
+    name, desired_state, current_version, policy, created_at, restart, replicas = row
+    if desired_state not in ("running", "stopped"):
+        raise StateDamage(f"agents.desired_state of {name} is {desired_state!r}, not 'running' or 'stopped'")
+    if not _is_version_number(current_version):
+        raise StateDamage(f"agents.current_version of {name} is {current_version!r}, not a version number")
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise StateDamage(f"agents.replicas of {name} is {replicas!r}, not an integer")
+    if not isinstance(policy, str) or not isinstance(created_at, (int, float)):
+        raise StateDamage(f"the record of {name} has a policy or creation time of the wrong type")
+    return AgentRecord(name, desired_state, current_version, policy, created_at,
+                       restart=_restart(restart, f"agents.restart of {name}"), replicas=replicas)
 
 
 class StateStore:
@@ -123,7 +199,14 @@ class StateStore:
             # tightened too: nobody else may plant a compiled module here.
             os.chmod(directory, 0o700)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.state_dir / "caxton.db", check_same_thread=False, isolation_level=None)
+        database = self.state_dir / "caxton.db"
+        # Made owner-only before SQLite opens it: SQLite gives its -wal and
+        # -shm files the database file's mode.
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+        for path in (database, database.with_name("caxton.db-wal"), database.with_name("caxton.db-shm")):
+            if path.exists():
+                os.chmod(path, _FILE_MODE)
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         try:
             # Checked before anything writes, so a newer Caxton's
             # database is left exactly as it was.
@@ -162,29 +245,55 @@ class StateStore:
     # ------------------------------------------------------------ modules
 
     def put_module(self, wasm: bytes) -> str:
-        """Store module bytes; returns their SHA-256 (hex)."""
+        """Store module bytes durably; returns their SHA-256 (hex)."""
         digest = hashlib.sha256(wasm).hexdigest()
         path = self.module_path(digest)
         if not path.exists():
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            with open(tmp, "wb") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+            with open(fd, "wb") as f:
                 f.write(wasm)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            # The rename is durable only once the directory is: without this
+            # a crash could leave a record pointing at a module that is gone.
+            directory = os.open(self.modules_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         return digest
 
     def module_path(self, digest: str) -> Path:
         return self.modules_dir / f"{digest}.wasm"
 
+    def module_problem(self, digest: str) -> str:
+        """Why the module file of `digest` cannot be used ("" if it can): it
+        is missing or empty. Its bytes are checked against the digest where
+        they are compiled (the worker)."""
+        try:
+            size = self.module_path(digest).stat().st_size
+        except FileNotFoundError:
+            return f"module {digest[:12]} is missing from the state directory"
+        except OSError as exc:
+            return f"module {digest[:12]} cannot be read ({exc.strerror})"
+        return f"module {digest[:12]} is an empty file" if size == 0 else ""
+
+    def discard_module(self, digest: str) -> None:
+        """Delete the module of `digest` unless a version refers to it (a
+        deploy that stored it and then failed)."""
+        with self._lock:
+            self._collect_module(digest)
+
     def _collect_module(self, digest: str) -> None:
         """Delete a module no version refers to any more (and its compiled
-        forms). Caller holds the lock."""
+        forms with their recorded digests). Caller holds the lock."""
         (count,) = self._db.execute("SELECT COUNT(*) FROM versions WHERE module_sha256 = ?", (digest,)).fetchone()
         if count:
             return
         self.module_path(digest).unlink(missing_ok=True)
-        for cached in self.cache_dir.glob(f"{digest}-*.cwasm"):
+        for cached in self.cache_dir.glob(f"{digest}-*"):
             cached.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ records
@@ -224,17 +333,36 @@ class StateStore:
             for digest in set(digests):
                 self._collect_module(digest)
 
-    def agents(self) -> list[AgentRecord]:
+    def agent_names(self) -> list[str]:
+        """Every stored agent's name, sorted. A row whose name is not text
+        (only a hand-edited database has one) cannot be addressed: it is
+        logged and left out."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._db.execute("SELECT name FROM agents ORDER BY name").fetchall()
+        names = []
+        for (name,) in rows:
+            if isinstance(name, str):
+                names.append(name)
+            else:
+                log.error("the agents table has a row whose name is %r, not text: left out", name)
+        return names
+
+    def agent(self, name: str) -> AgentRecord:
+        """The record of `name`: KeyError if there is none, StateDamage if it
+        cannot be read."""
+        with self._lock:
+            row = self._db.execute(
                 "SELECT name, desired_state, current_version, policy, created_at, restart, replicas "
-                "FROM agents ORDER BY name"
-            ).fetchall()
-        return [
-            AgentRecord(name, desired_state, current_version, policy, created_at,
-                        restart=dataclasses.replace(RestartSettings(), **json.loads(restart)), replicas=replicas)
-            for name, desired_state, current_version, policy, created_at, restart, replicas in rows
-        ]
+                "FROM agents WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            raise KeyError(name)
+        return _agent_record(row)
+
+    def agents(self) -> list[AgentRecord]:
+        """Every record; StateDamage on the first that cannot be read (restore
+        reads them one by one instead)."""
+        return [self.agent(name) for name in self.agent_names()]
 
     def add_version(self, name: str, module_sha256: str, limits: Limits, label: str) -> VersionRecord:
         """Record a new version (the next number); not yet current."""
@@ -283,11 +411,19 @@ class StateStore:
         return None if row is None else _version_record(row)
 
     def versions(self, name: str) -> list[VersionRecord]:
+        """The agent's history. A version that cannot be read is left out
+        (and logged), so that one damaged row never fails a status call."""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM versions WHERE agent = ? ORDER BY version", (name,)
             ).fetchall()
-        return [_version_record(row) for row in rows]
+        records = []
+        for row in rows:
+            try:
+                records.append(_version_record(row))
+            except StateDamage as exc:
+                log.warning("left out of the history of %s: %s", name, exc)
+        return records
 
     def prune_versions(self, name: str, keep: int, current: int) -> None:
         """Forget all but the newest `keep` versions and their modules, so

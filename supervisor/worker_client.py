@@ -8,7 +8,9 @@ What a failure means for the worker process (did it die? must it be
 killed?) is for the caller, which owns the process.
 
 Log records the worker returns with a response are forwarded to the
-supervisor's log here, tagged with the agent and version.
+supervisor's log here, tagged with the agent and version. Error text from
+here ends up in what clients are shown (an agent's last_error), so host
+paths are taken out of it (redact.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from caxton.v1 import caxton_pb2
 
 from .config import Limits
 from .deadline import Deadline
+from .redact import without_paths
 
 log = logging.getLogger("caxton.worker_client")
 
@@ -98,7 +101,8 @@ def _translated(doing: str) -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as exc:
-        raise WorkerCallError(doing, exc.details() or exc.code().name,
+        # grpc's details of a failed connection name the worker's socket.
+        raise WorkerCallError(doing, without_paths(exc.details() or exc.code().name),
                               timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED) from exc
     except ValueError as exc:
         # grpc's way of refusing a call on a channel that was closed because
@@ -139,13 +143,16 @@ class WorkerClient:
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
 
     def load(self, module_path: str, cache_dir: str, limits: Limits, os_limits: WorkerOsLimits,
-             deadline: Deadline) -> LoadResult:
-        """Load the module and run caxton_init (once in the worker's life)."""
+             deadline: Deadline, *, module_sha256: str = "") -> LoadResult:
+        """Load the module and run caxton_init (once in the worker's life).
+        With `module_sha256`, the worker compiles the module only if its bytes
+        have that digest ("" = a module the supervisor did not record)."""
         request = worker_pb2.LoadRequest(
             agent=self.agent,
             version=self.version,
             module_path=module_path,
             cache_dir=cache_dir,
+            module_sha256=module_sha256,
             os_limits=worker_pb2.OsLimits(
                 data_bytes=os_limits.data_bytes,
                 open_files=os_limits.open_files,
@@ -164,7 +171,7 @@ class WorkerClient:
         with _translated("loading the module"):
             response = self._stub.Load(request, timeout=deadline.timeout())
         self._forward_logs(response.logs)
-        return LoadResult(response.init_code, response.error, tuple(response.enforcement))
+        return LoadResult(response.init_code, without_paths(response.error), tuple(response.enforcement))
 
     def handle(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
                hang_bound: Deadline) -> list[MessageOutcome]:

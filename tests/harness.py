@@ -16,13 +16,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Self, TypeVar
 
 import grpc
 import psutil
 
+from caxton.client.connection import connect
+from caxton.contract import ADMIN_TOKEN_FILE
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,9 +97,20 @@ def leftover_workers() -> list[int]:
 
 
 class SupervisorProcess:
-    """A `python -m caxton.supervisor` subprocess with its own state directory."""
+    """A `python -m caxton.supervisor` subprocess with its own state directory.
 
-    def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None):
+    Its `channel` (and every channel from `connect()`) presents `token`: the
+    one given, or else the admin token the supervisor created in its state
+    directory, so tests authenticate without a word about it. `tls` holds the
+    client's `ca`, `cert` and `key` files when the supervisor speaks TLS."""
+
+    def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None,
+                 listen: str = "127.0.0.1:0", token: str | None = None, args: Sequence[str] = (),
+                 tls: Mapping[str, Path] | None = None):
+        self.listen = listen
+        self.token = token
+        self.tls = dict(tls or {})
+        self.args = list(args)
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path: Path | None = None
@@ -107,13 +120,14 @@ class SupervisorProcess:
         self.log_path = log_path or self.state_dir.parent / f"{self.state_dir.name}.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.listening_on = ""
         self.channel: grpc.Channel | None = None
 
     # ------------------------------------------------------------ process
 
     def start(self, timeout: float = 60.0) -> SupervisorProcess:
         args = [sys.executable, "-m", "caxton.supervisor",
-                "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir)]
+                "--listen", self.listen, "--state-dir", str(self.state_dir), *self.args]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
@@ -121,16 +135,22 @@ class SupervisorProcess:
         log.close()
         _started_pids.add(self.proc.pid)
         try:
-            self.port = self._read_port(timeout)
+            self.listening_on = self._read_listening(timeout)
         except BaseException:
             self.kill()
             raise
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        if not self.listening_on.startswith("unix:"):
+            self.port = int(self.listening_on.rsplit(":", 1)[1])
+        admin_token = self.state_dir / ADMIN_TOKEN_FILE
+        if self.token is None and admin_token.exists():
+            self.token = admin_token.read_text().strip()
+        self.channel = self.connect()
         self.lifecycle = caxton_pb2_grpc.AgentLifecycleStub(self.channel)
         self.messaging = caxton_pb2_grpc.MessagingStub(self.channel)
         return self
 
-    def _read_port(self, timeout: float) -> int:
+    def _read_listening(self, timeout: float) -> str:
+        """The address of the `caxton-supervisor listening on ADDRESS` line."""
         deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         buf = b""
@@ -148,12 +168,24 @@ class SupervisorProcess:
                 )
             buf += chunk
             for line in buf.decode(errors="replace").splitlines():
-                if "listening on port" in line:
-                    return int(line.rsplit(" ", 1)[1])
+                if "listening on " in line:
+                    return line.rsplit(" ", 1)[1]
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """Where to connect: the address it listens on, loopback for a wildcard one."""
+        host, _, port = self.listening_on.rpartition(":")
+        return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]") else self.listening_on
+
+    @property
+    def token_file(self) -> Path:
+        """The admin token the supervisor created (when its config names no tokens)."""
+        return self.state_dir / ADMIN_TOKEN_FILE
+
+    def connect(self, token: str | None = None, **tls: Path) -> grpc.Channel:
+        """A new channel presenting `token` (default: this supervisor's), with
+        TLS files `ca`, `cert` and `key` (default: this supervisor's `tls`)."""
+        return connect(self.address, token=token or self.token, discover=False, **(tls or self.tls))
 
     @property
     def pid(self) -> int:
@@ -236,7 +268,7 @@ class Trip(NamedTuple):
 
 class LoadGenerator:
     """`callers` threads sending message after message until the with-block
-    ends, each over its own channel to `target` (a supervisor or an address).
+    ends, each over its own channel to `supervisor`.
 
     Each message goes to one of `receivers`, picked by the caller's own rng
     seeded with its index, so runs repeat. Caller i sends b"c<i>-<n>" for
@@ -247,7 +279,7 @@ class LoadGenerator:
 
     def __init__(
         self,
-        target: SupervisorProcess | str,
+        supervisor: SupervisorProcess,
         receivers: str | Sequence[str],
         *,
         callers: int = 1,
@@ -255,7 +287,7 @@ class LoadGenerator:
         pause: float = 0.0,
         warmup: int = 0,
     ) -> None:
-        self.address = target if isinstance(target, str) else target.address
+        self.supervisor = supervisor
         self.receivers = [receivers] if isinstance(receivers, str) else list(receivers)
         self.timeout = timeout  # of each send
         self.pause = pause  # between one caller's sends
@@ -273,7 +305,7 @@ class LoadGenerator:
 
     def _run(self, caller: int) -> None:
         rng = random.Random(caller)
-        with grpc.insecure_channel(self.address) as channel:
+        with self.supervisor.connect() as channel:
             stub = caxton_pb2_grpc.MessagingStub(channel)
             n = 0
             while not self._stop.is_set():

@@ -105,6 +105,10 @@ def test_bad_requests_get_the_right_status(shared_supervisor):
         ("Bad_Name", module("echo"), grpc.StatusCode.INVALID_ARGUMENT, "invalid agent name"),
         ("", module("echo"), grpc.StatusCode.INVALID_ARGUMENT, "invalid agent name"),
         ("x" * 64, module("echo"), grpc.StatusCode.INVALID_ARGUMENT, "invalid agent name"),
+        # `$` in a regex also matches before a trailing newline: the name check must not.
+        ("a\n", module("echo"), grpc.StatusCode.INVALID_ARGUMENT, "invalid agent name"),
+        # Quoted back cut short: a whole megabyte would not fit in the status.
+        ("n" * (1 << 20), module("echo"), grpc.StatusCode.INVALID_ARGUMENT, "(1048576 characters)"),
         ("malformed", b"\x00asm\x01\x00\x00\x00\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "structure.invalid"),
         ("not-wasm", b"hello", grpc.StatusCode.INVALID_ARGUMENT, "structure"),
         ("empty", b"", grpc.StatusCode.INVALID_ARGUMENT, "structure.empty"),
@@ -118,7 +122,7 @@ def test_bad_requests_get_the_right_status(shared_supervisor):
         assert words in error.details(), (name, error.details())
     # Nothing was left behind by the rejected deploys.
     names = {a.name for a in sup.lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(), timeout=10).agents}
-    assert not names & {"malformed", "not-wasm", "empty", "no-handle", "bad-sig", "bad-import"}
+    assert not names & {"a\n", "a", "malformed", "not-wasm", "empty", "no-handle", "bad-sig", "bad-import"}
 
 
 def test_rejection_carries_the_full_report(shared_supervisor):
@@ -141,11 +145,38 @@ def test_validate_module_is_a_dry_run(shared_supervisor):
     assert unknown_policy.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_duplicate_name_is_already_exists(shared_supervisor):
+def test_a_repeated_deploy_changes_nothing_and_any_difference_is_already_exists(shared_supervisor):
+    """A client that lost its connection mid-deploy retries: the same request
+    succeeds and changes nothing; one that differs in anything is refused."""
     sup = shared_supervisor
-    sup.deploy("twice", "echo")
-    assert _code(lambda: sup.deploy("twice", "echo")).code() == grpc.StatusCode.ALREADY_EXISTS
+
+    def request(**changes) -> caxton_pb2.DeployAgentRequest:
+        fields = dict(name="twice", module=module("echo"), limits=caxton_pb2.ResourceLimits(memory_bytes=4 << 20),
+                      label="build-7", replicas=2, restart=caxton_pb2.RestartPolicy(max_failures=3))
+        return caxton_pb2.DeployAgentRequest(**{**fields, **changes})
+
+    first = sup.lifecycle.DeployAgent(request(), timeout=60).status
+    again = sup.lifecycle.DeployAgent(request(), timeout=60).status
+    assert again.state == caxton_pb2.AGENT_STATE_RUNNING
+    assert again.version == first.version == 1 and len(again.history) == 1
+    assert sorted(i.pid for i in again.instances) == sorted(i.pid for i in first.instances)
     assert sup.send("twice", b"ok").reply.content == b"ok"
+
+    differing = {
+        "module_sha256": dict(module=module("uppercase")),
+        "limits": dict(limits=caxton_pb2.ResourceLimits(memory_bytes=8 << 20)),
+        "policy": dict(policy="permissive"),
+        "replicas": dict(replicas=3),
+        "restart": dict(restart=caxton_pb2.RestartPolicy(max_failures=4)),
+        "label": dict(label="build-8"),
+    }
+    for field, change in differing.items():
+        error = _code(lambda change=change: sup.lifecycle.DeployAgent(request(**change), timeout=60))
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS, (field, error.details())
+        assert field in error.details(), (field, error.details())
+    status = sup.status("twice")
+    assert (status.version, status.label, status.replicas) == (1, "build-7", 2)
+    assert sorted(i.pid for i in status.instances) == sorted(i.pid for i in first.instances)
 
 
 def test_init_failure_is_reported_and_leaves_nothing(shared_supervisor):

@@ -12,16 +12,27 @@ import time
 import psutil
 import pytest
 
-from .harness import AGENTS, EXAMPLES, ROOT, wait_until
+from caxton.client import connection
+from caxton.contract import TOKEN_ENV, TOKEN_FILE_ENV
+
+from .harness import AGENTS, EXAMPLES, ROOT, SupervisorProcess, wait_until
 
 ECHO = str(EXAMPLES / "echo.wat")
 CLI_TIMEOUT = 90  # seconds for any one CLI invocation
 
 
-def cli(address: str, *args: str, rpc_timeout: float | None = None,
+def cli_argv(target: SupervisorProcess | str) -> list[str]:
+    """`python -m caxton` for a supervisor (with its admin token file) or a bare address."""
+    if isinstance(target, str):
+        return [sys.executable, "-m", "caxton", "--address", target]
+    return [sys.executable, "-m", "caxton", "--address", target.address, "--token-file", str(target.token_file)]
+
+
+def cli(target: SupervisorProcess | str, *args: str, rpc_timeout: float | None = None,
         timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run `python -m caxton --address ADDRESS ARGS...`; stdout as bytes, stderr as text."""
-    argv = [sys.executable, "-m", "caxton", "--address", address]
+    """Run `python -m caxton --address ADDRESS [--token-file FILE] ARGS...`;
+    stdout as bytes, stderr as text."""
+    argv = cli_argv(target)
     if rpc_timeout is not None:
         argv += ["--rpc-timeout", str(rpc_timeout)]
     result = subprocess.run(
@@ -47,8 +58,8 @@ def error_line(result: subprocess.CompletedProcess, code: int = 1) -> str:
     return lines[0]
 
 
-def status_json(address: str, name: str) -> dict:
-    out = ok(cli(address, "status", name, "--json"))
+def status_json(target: SupervisorProcess, name: str) -> dict:
+    out = ok(cli(target, "status", name, "--json"))
     assert out.endswith("\n") and out.count("\n") == 1
     data = json.loads(out)
     assert isinstance(data, dict)
@@ -60,24 +71,24 @@ def status_json(address: str, name: str) -> dict:
 
 def test_deploy_and_send_prints_reply_exactly(shared_supervisor):
     sup = shared_supervisor
-    assert ok(cli(sup.address, "deploy", "cli-echo", ECHO)) == "deployed cli-echo v1\n"
+    assert ok(cli(sup, "deploy", "cli-echo", ECHO)) == "deployed cli-echo v1\n"
     # stdout is a pipe, not a tty: the reply exactly, no newline added
-    assert cli(sup.address, "send", "cli-echo", "hello, world").stdout == b"hello, world"
-    result = cli(sup.address, "send", "cli-echo", "  spaces\tand tabs ")
+    assert cli(sup, "send", "cli-echo", "hello, world").stdout == b"hello, world"
+    result = cli(sup, "send", "cli-echo", "  spaces\tand tabs ")
     assert ok(result) == "  spaces\tand tabs "
 
 
 def test_send_file_returns_binary_bytes_unchanged(shared_supervisor, tmp_path):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-echo-bin", ECHO))
+    ok(cli(sup, "deploy", "cli-echo-bin", ECHO))
     payload = bytes(range(256)) * 8 + b"\x00\xff\r\n\x00" + os.urandom(1000)
     path = tmp_path / "payload.bin"
     path.write_bytes(payload)
-    result = cli(sup.address, "send", "cli-echo-bin", "--file", str(path))
+    result = cli(sup, "send", "cli-echo-bin", "--file", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout == payload
-    assert status_json(sup.address, "cli-echo-bin")["messages"] == 1
+    assert status_json(sup, "cli-echo-bin")["messages"] == 1
 
 
 # ---------------------------------------------------------------- status / list
@@ -85,10 +96,10 @@ def test_send_file_returns_binary_bytes_unchanged(shared_supervisor, tmp_path):
 
 def test_status_json(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-status", ECHO))
-    assert cli(sup.address, "send", "cli-status", "ping").stdout == b"ping"
-    assert cli(sup.address, "send", "cli-status", "pong").stdout == b"pong"
-    status = status_json(sup.address, "cli-status")
+    ok(cli(sup, "deploy", "cli-status", ECHO))
+    assert cli(sup, "send", "cli-status", "ping").stdout == b"ping"
+    assert cli(sup, "send", "cli-status", "pong").stdout == b"pong"
+    status = status_json(sup, "cli-status")
     assert status["name"] == "cli-status"
     assert status["state"] == "running"
     assert status["version"] == 1
@@ -109,8 +120,8 @@ def test_status_json(shared_supervisor):
 
 def test_status_plain_line(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-status-line", ECHO))
-    out = ok(cli(sup.address, "status", "cli-status-line"))
+    ok(cli(sup, "deploy", "cli-status-line", ECHO))
+    out = ok(cli(sup, "status", "cli-status-line"))
     assert out.count("\n") == 1
     fields = out.split()
     assert fields[:3] == ["cli-status-line", "running", "v1"]
@@ -121,15 +132,15 @@ def test_status_plain_line(shared_supervisor):
 
 def test_list(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-listed", ECHO))
-    agents = json.loads(ok(cli(sup.address, "list", "--json")))
+    ok(cli(sup, "deploy", "cli-listed", ECHO))
+    agents = json.loads(ok(cli(sup, "list", "--json")))
     assert isinstance(agents, list)
     mine = [a for a in agents if a["name"] == "cli-listed"]
     assert len(mine) == 1
     assert (mine[0]["state"], mine[0]["version"]) == ("running", 1)
     assert mine[0]["pid"] in sup.worker_pids()
 
-    lines = ok(cli(sup.address, "list")).splitlines()
+    lines = ok(cli(sup, "list")).splitlines()
     mine = [line for line in lines if line.split()[0] == "cli-listed"]
     assert len(mine) == 1
     assert mine[0].split()[1:3] == ["running", "v1"]
@@ -140,45 +151,44 @@ def test_list(shared_supervisor):
 
 def test_stop_start_remove(shared_supervisor):
     sup = shared_supervisor
-    address = sup.address
-    ok(cli(address, "deploy", "cli-life", ECHO))
-    first_pid = status_json(address, "cli-life")["pid"]
+    ok(cli(sup, "deploy", "cli-life", ECHO))
+    first_pid = status_json(sup, "cli-life")["pid"]
 
-    assert ok(cli(address, "stop", "cli-life")) == "stopped cli-life\n"
-    status = status_json(address, "cli-life")
+    assert ok(cli(sup, "stop", "cli-life")) == "stopped cli-life\n"
+    status = status_json(sup, "cli-life")
     assert status["state"] == "stopped"
     assert status["pid"] is None
     assert status["instances"] == []
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
 
-    line = error_line(cli(address, "send", "cli-life", "hi"))
+    line = error_line(cli(sup, "send", "cli-life", "hi"))
     assert line.startswith("caxton: FAILED_PRECONDITION: ")
     assert "cli-life" in line
 
     # stopping a stopped agent is refused, not silently accepted
-    assert error_line(cli(address, "stop", "cli-life")).startswith("caxton: FAILED_PRECONDITION: ")
+    assert error_line(cli(sup, "stop", "cli-life")).startswith("caxton: FAILED_PRECONDITION: ")
 
-    assert ok(cli(address, "start", "cli-life")) == "started cli-life v1\n"
-    status = status_json(address, "cli-life")
+    assert ok(cli(sup, "start", "cli-life")) == "started cli-life v1\n"
+    status = status_json(sup, "cli-life")
     assert status["state"] == "running"
     assert status["version"] == 1
     assert status["pid"] in sup.worker_pids()
     assert status["pid"] != first_pid
-    assert cli(address, "send", "cli-life", "back again").stdout == b"back again"
+    assert cli(sup, "send", "cli-life", "back again").stdout == b"back again"
 
-    assert ok(cli(address, "remove", "cli-life")) == "removed cli-life\n"
-    line = error_line(cli(address, "status", "cli-life"))
+    assert ok(cli(sup, "remove", "cli-life")) == "removed cli-life\n"
+    line = error_line(cli(sup, "status", "cli-life"))
     assert line == "caxton: NOT_FOUND: no agent named 'cli-life'"
-    agents = json.loads(ok(cli(address, "list", "--json")))
+    agents = json.loads(ok(cli(sup, "list", "--json")))
     assert "cli-life" not in [a["name"] for a in agents]
-    assert error_line(cli(address, "remove", "cli-life")).startswith("caxton: NOT_FOUND: ")
+    assert error_line(cli(sup, "remove", "cli-life")).startswith("caxton: NOT_FOUND: ")
 
 
 def test_stop_with_timeout(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-stop-timeout", ECHO))
-    assert ok(cli(sup.address, "stop", "cli-stop-timeout", "--timeout", "1.5")) == "stopped cli-stop-timeout\n"
-    assert status_json(sup.address, "cli-stop-timeout")["state"] == "stopped"
+    ok(cli(sup, "deploy", "cli-stop-timeout", ECHO))
+    assert ok(cli(sup, "stop", "cli-stop-timeout", "--timeout", "1.5")) == "stopped cli-stop-timeout\n"
+    assert status_json(sup, "cli-stop-timeout")["state"] == "stopped"
 
 
 # ---------------------------------------------------------------- limits
@@ -187,41 +197,41 @@ def test_stop_with_timeout(shared_supervisor):
 def test_deploy_limits_are_applied_exactly(shared_supervisor):
     sup = shared_supervisor
     result = cli(
-        sup.address, "deploy", "cli-limits", ECHO, "--memory", "2MiB", "--fuel", "12345",
+        sup, "deploy", "cli-limits", ECHO, "--memory", "2MiB", "--fuel", "12345",
         "--timeout-ms", "777", "--max-message-bytes", "4KiB", "--json",
     )
     deployed = json.loads(ok(result))
     expected = {"memory_bytes": 2 * 1024 * 1024, "fuel": 12345, "timeout_ms": 777, "max_message_bytes": 4096}
     assert deployed["limits"] == expected
     assert (deployed["name"], deployed["state"], deployed["version"]) == ("cli-limits", "running", 1)
-    assert status_json(sup.address, "cli-limits")["limits"] == expected
+    assert status_json(sup, "cli-limits")["limits"] == expected
 
 
 def test_deploy_decimal_size_units(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-limits-dec", ECHO, "--memory", "3MB", "--max-message-bytes", "2000"))
-    limits = status_json(sup.address, "cli-limits-dec")["limits"]
+    ok(cli(sup, "deploy", "cli-limits-dec", ECHO, "--memory", "3MB", "--max-message-bytes", "2000"))
+    limits = status_json(sup, "cli-limits-dec")["limits"]
     assert (limits["memory_bytes"], limits["max_message_bytes"]) == (3_000_000, 2000)
 
 
 def test_max_message_bytes_enforced_through_cli(shared_supervisor, tmp_path):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-small-msg", ECHO, "--max-message-bytes", "4KiB"))
+    ok(cli(sup, "deploy", "cli-small-msg", ECHO, "--max-message-bytes", "4KiB"))
     fits = tmp_path / "fits.bin"
     fits.write_bytes(b"a" * 4096)
-    assert cli(sup.address, "send", "cli-small-msg", "--file", str(fits)).stdout == b"a" * 4096
+    assert cli(sup, "send", "cli-small-msg", "--file", str(fits)).stdout == b"a" * 4096
     too_big = tmp_path / "too_big.bin"
     too_big.write_bytes(b"b" * 4097)
-    line = error_line(cli(sup.address, "send", "cli-small-msg", "--file", str(too_big)))
+    line = error_line(cli(sup, "send", "cli-small-msg", "--file", str(too_big)))
     assert line.startswith("caxton: RESOURCE_EXHAUSTED: ")
     assert "4096" in line
 
 
 def test_bad_size_is_a_one_line_error(shared_supervisor):
     sup = shared_supervisor
-    line = error_line(cli(sup.address, "deploy", "cli-bad-size", ECHO, "--memory", "2XB"))
+    line = error_line(cli(sup, "deploy", "cli-bad-size", ECHO, "--memory", "2XB"))
     assert line == "caxton: not a size: '2XB' (examples: 4096, 10MB, 64MiB)"
-    assert error_line(cli(sup.address, "status", "cli-bad-size")).startswith("caxton: NOT_FOUND: ")
+    assert error_line(cli(sup, "status", "cli-bad-size")).startswith("caxton: NOT_FOUND: ")
 
 
 # ---------------------------------------------------------------- validation
@@ -229,14 +239,14 @@ def test_bad_size_is_a_one_line_error(shared_supervisor):
 
 def test_validate_good_module(shared_supervisor):
     sup = shared_supervisor
-    out = ok(cli(sup.address, "validate", ECHO))
+    out = ok(cli(sup, "validate", ECHO))
     assert out.count("\n") == 1
     assert out.startswith("valid (policy default, sha256 ")
 
 
 def test_validate_missing_export(shared_supervisor):
     sup = shared_supervisor
-    result = cli(sup.address, "validate", str(AGENTS / "no_handle.wat"))
+    result = cli(sup, "validate", str(AGENTS / "no_handle.wat"))
     assert result.returncode == 1
     assert result.stderr == ""
     lines = result.stdout.decode().splitlines()
@@ -246,7 +256,7 @@ def test_validate_missing_export(shared_supervisor):
 
 def test_validate_json_findings(shared_supervisor):
     sup = shared_supervisor
-    result = cli(sup.address, "validate", str(AGENTS / "no_handle.wat"), "--json")
+    result = cli(sup, "validate", str(AGENTS / "no_handle.wat"), "--json")
     assert result.returncode == 1
     assert result.stderr == ""
     report = json.loads(result.stdout)
@@ -258,14 +268,14 @@ def test_validate_json_findings(shared_supervisor):
     assert finding["severity"] == "SEVERITY_ERROR"
     assert "caxton_handle" in finding["message"]
 
-    good = json.loads(ok(cli(sup.address, "validate", ECHO, "--json")))
+    good = json.loads(ok(cli(sup, "validate", ECHO, "--json")))
     assert good["valid"] is True
     assert good["policy"] == "default"
 
 
 def test_validate_json_prints_valid_false(shared_supervisor):
     sup = shared_supervisor
-    result = cli(sup.address, "validate", str(AGENTS / "no_handle.wat"), "--json")
+    result = cli(sup, "validate", str(AGENTS / "no_handle.wat"), "--json")
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["valid"] is False
@@ -273,13 +283,13 @@ def test_validate_json_prints_valid_false(shared_supervisor):
 
 def test_validate_missing_file(shared_supervisor, tmp_path):
     missing = tmp_path / "nope.wat"
-    line = error_line(cli(shared_supervisor.address, "validate", str(missing)))
+    line = error_line(cli(shared_supervisor, "validate", str(missing)))
     assert line == f"caxton: cannot read {missing}: No such file or directory"
 
 
 def test_deploy_rejected_module_names_rule(shared_supervisor):
     sup = shared_supervisor
-    result = cli(sup.address, "deploy", "cli-bad-import", str(AGENTS / "bad_import.wat"))
+    result = cli(sup, "deploy", "cli-bad-import", str(AGENTS / "bad_import.wat"))
     assert result.returncode == 1
     assert result.stdout == b""
     lines = result.stderr.splitlines()
@@ -289,41 +299,41 @@ def test_deploy_rejected_module_names_rule(shared_supervisor):
     assert lines[1:] == [line for line in lines[1:] if line.startswith("error: abi.unknown-import: ")]
     assert any("env.abort" in line for line in lines[1:])
     assert any("wasi_snapshot_preview1.fd_write" in line for line in lines[1:])
-    assert error_line(cli(sup.address, "status", "cli-bad-import")).startswith("caxton: NOT_FOUND: ")
+    assert error_line(cli(sup, "status", "cli-bad-import")).startswith("caxton: NOT_FOUND: ")
 
 
 # ---------------------------------------------------------------- errors
 
 
 def test_bad_name_is_invalid_argument(shared_supervisor):
-    line = error_line(cli(shared_supervisor.address, "deploy", "Bad_Name", ECHO))
+    line = error_line(cli(shared_supervisor, "deploy", "Bad_Name", ECHO))
     assert line.startswith("caxton: INVALID_ARGUMENT: ")
     assert "Bad_Name" in line
 
 
 def test_unknown_agent_is_not_found(shared_supervisor):
-    line = error_line(cli(shared_supervisor.address, "send", "nobody", "x"))
+    line = error_line(cli(shared_supervisor, "send", "nobody", "x"))
     assert line == "caxton: NOT_FOUND: no agent named 'nobody'"
 
 
 def test_missing_module_file(shared_supervisor, tmp_path):
     missing = tmp_path / "missing.wat"
-    line = error_line(cli(shared_supervisor.address, "deploy", "cli-missing-module", str(missing)))
+    line = error_line(cli(shared_supervisor, "deploy", "cli-missing-module", str(missing)))
     assert line == f"caxton: cannot read {missing}: No such file or directory"
-    assert error_line(cli(shared_supervisor.address, "status", "cli-missing-module")).startswith("caxton: NOT_FOUND: ")
+    assert error_line(cli(shared_supervisor, "status", "cli-missing-module")).startswith("caxton: NOT_FOUND: ")
 
 
 def test_missing_send_file(shared_supervisor, tmp_path):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-missing-send", ECHO))
+    ok(cli(sup, "deploy", "cli-missing-send", ECHO))
     missing = tmp_path / "missing.bin"
-    line = error_line(cli(sup.address, "send", "cli-missing-send", "--file", str(missing)))
+    line = error_line(cli(sup, "send", "cli-missing-send", "--file", str(missing)))
     assert line == f"caxton: cannot read {missing}: No such file or directory"
-    assert status_json(sup.address, "cli-missing-send")["messages"] == 0
+    assert status_json(sup, "cli-missing-send")["messages"] == 0
 
 
 def test_usage_error_exits_2(shared_supervisor):
-    result = cli(shared_supervisor.address, "deploy", "cli-usage")
+    result = cli(shared_supervisor, "deploy", "cli-usage")
     assert result.returncode == 2
     assert result.stdout == b""
     assert "usage: caxton" in result.stderr
@@ -341,25 +351,25 @@ def test_nothing_listening_fails_fast(args):
 
 def test_reload_shows_progress_and_rollback_goes_back(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-swap", str(AGENTS / "version1.wat")))
-    result = cli(sup.address, "reload", "cli-swap", str(AGENTS / "version2.wat"), "--label", "two", "--warmup", "hi")
+    ok(cli(sup, "deploy", "cli-swap", str(AGENTS / "version1.wat")))
+    result = cli(sup, "reload", "cli-swap", str(AGENTS / "version2.wat"), "--label", "two", "--warmup", "hi")
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().startswith("reloaded cli-swap v1 -> v2 (switched after ")
     progress = [line.split()[3].rstrip(":") for line in result.stderr.splitlines()]
     assert progress == ["reload-started", "reload-ready", "reload-switched", "reload-drained"]
-    assert ok(cli(sup.address, "send", "cli-swap", "x")) == "v2:x"
+    assert ok(cli(sup, "send", "cli-swap", "x")) == "v2:x"
 
-    failed = cli(sup.address, "reload", "cli-swap", str(AGENTS / "init_fails.wat"))
+    failed = cli(sup, "reload", "cli-swap", str(AGENTS / "init_fails.wat"))
     assert failed.returncode == 1
     assert "reload-failed" in failed.stderr
     assert "caxton: FAILED_PRECONDITION: reload of 'cli-swap' to v3 failed, v2 keeps serving" in failed.stderr
-    assert ok(cli(sup.address, "send", "cli-swap", "x")) == "v2:x"
+    assert ok(cli(sup, "send", "cli-swap", "x")) == "v2:x"
 
-    back = cli(sup.address, "rollback", "cli-swap", "--to", "1")
+    back = cli(sup, "rollback", "cli-swap", "--to", "1")
     assert back.returncode == 0, back.stderr
     assert back.stdout.decode().startswith("rolled back cli-swap v2 -> v1")
-    assert ok(cli(sup.address, "send", "cli-swap", "x")) == "v1:x"
-    status = json.loads(ok(cli(sup.address, "status", "cli-swap", "--json")))
+    assert ok(cli(sup, "send", "cli-swap", "x")) == "v1:x"
+    status = json.loads(ok(cli(sup, "status", "cli-swap", "--json")))
     assert status["version"] == 1
     assert [h["version"] for h in status["history"]] == [1, 2, 3]
     assert [v["version"] for v in status["versions"]] == [1]
@@ -367,15 +377,15 @@ def test_reload_shows_progress_and_rollback_goes_back(shared_supervisor):
 
 def test_rollback_to_a_missing_version_is_not_found(shared_supervisor):
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-norollback", ECHO))
-    assert error_line(cli(sup.address, "rollback", "cli-norollback", "--to", "9")).startswith("caxton: NOT_FOUND:")
-    assert error_line(cli(sup.address, "rollback", "cli-norollback")).startswith("caxton: FAILED_PRECONDITION:")
+    ok(cli(sup, "deploy", "cli-norollback", ECHO))
+    assert error_line(cli(sup, "rollback", "cli-norollback", "--to", "9")).startswith("caxton: NOT_FOUND:")
+    assert error_line(cli(sup, "rollback", "cli-norollback")).startswith("caxton: FAILED_PRECONDITION:")
 
 
 def test_events_follows_the_stream(shared_supervisor):
     sup = shared_supervisor
     follower = subprocess.Popen(
-        [sys.executable, "-m", "caxton", "--address", sup.address, "events", "cli-evented"],
+        [*cli_argv(sup), "events", "cli-evented"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True,
     )
     try:
@@ -388,8 +398,8 @@ def test_events_follows_the_stream(shared_supervisor):
         def seen() -> bool:
             if any(" deployed" in line for line in lines):
                 return True
-            cli(sup.address, "deploy", "cli-evented", ECHO)
-            cli(sup.address, "remove", "cli-evented")
+            cli(sup, "deploy", "cli-evented", ECHO)
+            cli(sup, "remove", "cli-evented")
             return any(" deployed" in line for line in lines)
 
         wait_until(seen, 30, "the follower to print a deployed event")
@@ -404,14 +414,99 @@ def test_rollback_skips_a_version_that_never_served(shared_supervisor):
     plain `caxton rollback` must go to v1, the last version that took all
     traffic before v3, not to v2, which never did."""
     sup = shared_supervisor
-    ok(cli(sup.address, "deploy", "cli-neverstable", str(AGENTS / "version1.wat")))
-    failed = cli(sup.address, "reload", "cli-neverstable", str(AGENTS / "init_fails.wat"))
+    ok(cli(sup, "deploy", "cli-neverstable", str(AGENTS / "version1.wat")))
+    failed = cli(sup, "reload", "cli-neverstable", str(AGENTS / "init_fails.wat"))
     assert failed.returncode == 1
-    good = cli(sup.address, "reload", "cli-neverstable", str(AGENTS / "version2.wat"))
+    good = cli(sup, "reload", "cli-neverstable", str(AGENTS / "version2.wat"))
     assert good.returncode == 0, good.stderr
-    assert ok(cli(sup.address, "send", "cli-neverstable", "x")) == "v2:x"
+    assert ok(cli(sup, "send", "cli-neverstable", "x")) == "v2:x"
 
-    back = cli(sup.address, "rollback", "cli-neverstable")
+    back = cli(sup, "rollback", "cli-neverstable")
     assert back.returncode == 0, back.stderr
     assert back.stdout.decode().startswith("rolled back cli-neverstable v3 -> v1")
-    assert ok(cli(sup.address, "send", "cli-neverstable", "x")) == "v1:x"
+    assert ok(cli(sup, "send", "cli-neverstable", "x")) == "v1:x"
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def _env_without_tokens() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TOKEN_FILE_ENV)}
+
+
+def _run_bare(address: str, *args: str, cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m caxton` with no token option, from `cwd`, with `env`."""
+    result = subprocess.run([sys.executable, "-m", "caxton", "--address", address, *args], capture_output=True,
+                            stdin=subprocess.DEVNULL, cwd=cwd, env=env, timeout=CLI_TIMEOUT)
+    result.stderr = result.stderr.decode(errors="replace")
+    return result
+
+
+def test_the_readme_flow_needs_no_token_option(tmp_path):
+    """`caxton-supervisor` in a directory keeps its state in ./.caxton; the
+    CLI run from the same directory finds the admin token there."""
+    sup = SupervisorProcess(tmp_path / ".caxton").start()
+    try:
+        assert json.loads(ok(_run_bare(sup.address, "list", "--json", cwd=tmp_path, env=_env_without_tokens()))) == []
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        line = error_line(_run_bare(sup.address, "list", cwd=elsewhere, env=_env_without_tokens()))
+        assert line == ("caxton: UNAUTHENTICATED: missing token: send 'authorization: Bearer <token>' "
+                        "(the caxton CLI takes --token or --token-file)")
+        # $CAXTON_TOKEN_FILE, then $CAXTON_TOKEN; an explicit option comes first
+        env = _env_without_tokens()
+        assert ok(_run_bare(sup.address, "list", cwd=elsewhere, env={**env, TOKEN_FILE_ENV: str(sup.token_file)})) == ""
+        assert ok(_run_bare(sup.address, "list", cwd=elsewhere, env={**env, TOKEN_ENV: sup.token})) == ""
+        line = error_line(_run_bare(sup.address, "--token", "wrong", "list", cwd=tmp_path,
+                                    env={**env, TOKEN_ENV: sup.token}))
+        assert line == "caxton: UNAUTHENTICATED: unknown token"
+    finally:
+        sup.stop()
+
+
+def test_an_unreadable_token_file_is_a_one_line_error(tmp_path):
+    missing = tmp_path / "missing.token"
+    line = error_line(cli("127.0.0.1:1", "--token-file", str(missing), "list"))
+    assert line == f"caxton: cannot read token file {missing}: No such file or directory"
+
+
+@pytest.fixture
+def token_places(tmp_path, monkeypatch):
+    """A working directory and the two default token files, all empty."""
+    monkeypatch.chdir(tmp_path)
+    system = tmp_path / "var-lib-caxton" / "admin.token"
+    monkeypatch.setattr(connection, "DEFAULT_TOKEN_FILES", (".caxton/admin.token", str(system)))
+    (tmp_path / ".caxton").mkdir()
+    system.parent.mkdir()
+    return tmp_path / ".caxton" / "admin.token", system
+
+
+def test_the_token_is_found_in_the_documented_order(tmp_path, token_places):
+    local, system = token_places
+    given = tmp_path / "given.token"
+    named = tmp_path / "named.token"
+    for path in (local, system, given, named):
+        path.write_text(f"from-{path.stem}-{path.parent.name}\n")
+    env = {TOKEN_ENV: "from-env", TOKEN_FILE_ENV: str(named)}
+    find = connection.find_token
+    assert find("explicit", given, env) == "explicit"
+    assert find(None, given, env) == f"from-given-{tmp_path.name}"
+    assert find(None, None, env) == "from-env"
+    assert find(None, None, {TOKEN_FILE_ENV: str(named)}) == f"from-named-{tmp_path.name}"
+    assert find(None, None, {}) == "from-admin-.caxton"
+    local.unlink()
+    assert find(None, None, {}) == "from-admin-var-lib-caxton"
+    system.unlink()
+    assert find(None, None, {}) is None
+
+
+def test_a_named_token_file_must_be_readable_and_not_empty(tmp_path, token_places):
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    with pytest.raises(connection.ConnectionSetupError, match="is empty"):
+        connection.find_token(None, empty, {})
+    with pytest.raises(connection.ConnectionSetupError, match="cannot read token file"):
+        connection.find_token(None, None, {TOKEN_FILE_ENV: str(tmp_path / "nope")})
+    # an empty default file is passed over
+    token_places[0].write_text("")
+    assert connection.find_token(None, None, {}) is None

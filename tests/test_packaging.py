@@ -41,8 +41,8 @@ def _read_port(proc: subprocess.Popen, timeout: float) -> int:
             raise AssertionError(f"the installed supervisor exited with {proc.wait()} while starting")
         buf += chunk
         for line in buf.decode(errors="replace").splitlines():
-            if "listening on port" in line:
-                return int(line.rsplit(" ", 1)[1])
+            if "listening on " in line:
+                return int(line.rsplit(":", 1)[1])
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -69,9 +69,9 @@ def _run_supervisor(bin_dir: Path, cwd: Path, state: Path, log: Path, *extra: st
         raise
 
 
-def _send(bin_dir: Path, address: str, agent: str, text: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir / "caxton"), "--address", address, "send", agent, text],
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+def _send(bin_dir: Path, address: str, agent: str, text: str, state: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(bin_dir / "caxton"), "--address", address, "--token-file", str(state / "admin.token"),
+                           "send", agent, text], capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
 
 
 def test_pip_install_beside_supervisord_runs_the_examples(tmp_path):
@@ -112,7 +112,7 @@ def test_pip_install_beside_supervisord_runs_the_examples(tmp_path):
     proc, port = _run_supervisor(bin_dir, elsewhere, elsewhere / "state", tmp_path / "installed.log",
                                  "--deploy-examples")
     try:
-        result = _send(bin_dir, f"127.0.0.1:{port}", "uppercase", "installed")
+        result = _send(bin_dir, f"127.0.0.1:{port}", "uppercase", "installed", elsewhere / "state")
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"INSTALLED"
         workers = worker_pids_of(proc.pid)
@@ -138,7 +138,7 @@ def test_a_planted_module_in_the_start_directory_never_runs(tmp_path, mode):
     proc, port = _run_supervisor(bin_dir, planted, tmp_path / "state", tmp_path / "planted.log",
                                  "--config", "config.toml", "--deploy-examples")
     try:
-        result = _send(bin_dir, f"127.0.0.1:{port}", "echo", "still ours")
+        result = _send(bin_dir, f"127.0.0.1:{port}", "echo", "still ours", tmp_path / "state")
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"still ours"
         assert not marker.exists(), f"planted code ran: {marker.read_text()}"

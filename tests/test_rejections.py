@@ -161,3 +161,110 @@ def test_custom_policies_accept_what_fits(policy_supervisor):
         caxton_pb2.DeployAgentRequest(name="echo-few-imports", module=module("echo"), policy="few-imports"), timeout=60
     )
     assert sup.send("echo-few-imports", b"fits").reply.content == b"fits"
+
+
+# ------------------------------------------------------------ operator caps (issue 12)
+
+CAPS = """
+[limits]
+memory = "2MiB"
+fuel = 1000000
+timeout_ms = 1000
+max_message_bytes = "1KiB"
+
+[caps]
+memory = "8MiB"
+fuel = 1000000000
+timeout_ms = 2000
+max_message_bytes = "64KiB"
+replicas = 3
+label_length = 16
+agents = 3
+workers = 4
+committed_memory = "24MiB"
+"""
+
+U64_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+
+
+def _refused(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def _deploy(sup, name: str, *, wasm: bytes | None = None, label: str = "", replicas: int = 0, **limits):
+    return sup.lifecycle.DeployAgent(caxton_pb2.DeployAgentRequest(
+        name=name, module=wasm if wasm is not None else module("echo"), label=label, replicas=replicas,
+        limits=caxton_pb2.ResourceLimits(**limits)), timeout=60).status
+
+
+# (request fields, the words the refusal must name: field, value, cap)
+OVER_A_CAP = [
+    (dict(memory_bytes=U64_MAX), ["limits.memory_bytes", str(U64_MAX), str(8 * MIB), "caps.memory"]),
+    (dict(memory_bytes=8 * MIB + 1), ["limits.memory_bytes", str(8 * MIB + 1), str(8 * MIB)]),
+    (dict(fuel=10**9 + 1), ["limits.fuel", str(10**9 + 1), str(10**9), "caps.fuel"]),
+    (dict(timeout_ms=U32_MAX), ["limits.timeout_ms", str(U32_MAX), "2000", "caps.timeout_ms"]),
+    (dict(max_message_bytes=64 * 1024 + 1), ["limits.max_message_bytes", "65537", "65536"]),
+    (dict(replicas=4), ["replicas", "4", "3", "caps.replicas"]),
+    (dict(label="x" * 17), ["label", "17 characters", "16", "caps.label_length"]),
+    (dict(label="x" * (4 << 20)), ["label", f"{4 << 20} characters", "16"]),
+    (dict(label="line\nbreak"), ["label", "printable", "'\\n'"]),
+]
+
+
+def test_every_cap_is_enforced_through_the_api_and_a_restart_follows(supervisor, tmp_path):
+    """Each value above its cap is INVALID_ARGUMENT naming field, value and
+    cap, and leaves nothing behind; each host-wide quota is
+    RESOURCE_EXHAUSTED; and the supervisor starts again afterwards (a value
+    that once got through crash-looped it at every start)."""
+    state = tmp_path / "capped"
+    sup = supervisor(CAPS, state_dir=state)
+    for fields, words in OVER_A_CAP:
+        error = _refused(lambda fields=fields: _deploy(sup, "over", **fields))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (fields, error.details())
+        for word in words:
+            assert word in error.details(), (word, error.details())
+    assert agent_names(sup) == set()
+    assert not any((state / "modules").iterdir()), "a refused deploy left a module behind"
+
+    # A dry run is held to the same caps.
+    error = _refused(lambda: sup.lifecycle.ValidateModule(caxton_pb2.ValidateModuleRequest(
+        module=module("echo"), limits=caxton_pb2.ResourceLimits(memory_bytes=U64_MAX)), timeout=60))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "limits.memory_bytes" in error.details()
+
+    # Host-wide quotas: agents 3, workers 4, committed memory 24 MiB.
+    _deploy(sup, "quota-a", memory_bytes=8 * MIB, replicas=2)  # 2 workers, 16 MiB
+    _deploy(sup, "quota-b")  # 3 workers, 18 MiB
+    for fields, words in [
+        (dict(memory_bytes=8 * MIB), ["limits.memory_bytes x replicas", str(26 * MIB), str(24 * MIB),
+                                      "caps.committed_memory"]),
+        (dict(replicas=2), ["replicas", "5", "4", "caps.workers"]),
+    ]:
+        error = _refused(lambda fields=fields: _deploy(sup, "quota-c", **fields))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (fields, error.details())
+        for word in words:
+            assert word in error.details(), (word, error.details())
+    _deploy(sup, "quota-c")  # 3 agents, 4 workers, 20 MiB: exactly within
+    error = _refused(lambda: _deploy(sup, "quota-d"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "caps.agents" in error.details()
+
+    # A reload is held to the caps and to the committed-memory quota.
+    def reload(**limits):
+        return sup.lifecycle.HotReloadAgent(caxton_pb2.HotReloadAgentRequest(
+            name="quota-b", module=module("uppercase"), limits=caxton_pb2.ResourceLimits(**limits)), timeout=60)
+
+    error = _refused(lambda: reload(memory_bytes=U64_MAX))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "limits.memory_bytes" in error.details()
+    error = _refused(lambda: reload(memory_bytes=8 * MIB))  # 20 - 2 + 8 = 26 MiB
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "caps.committed_memory" in error.details()
+    assert reload(memory_bytes=6 * MIB).to_version == 2  # 24 MiB: within
+
+    assert sup.stop() == 0
+    again = supervisor(CAPS, state_dir=state)
+    assert agent_names(again) == {"quota-a", "quota-b", "quota-c"}
+    assert again.send("quota-a", b"back").reply.content == b"back"
+    assert again.send("quota-b", b"back").reply.content == b"BACK"
+    error = _refused(lambda: _deploy(again, "quota-d"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -4,21 +4,32 @@ the end-to-end suites cover the same paths with real processes."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from dataclasses import replace
 
 import grpc
 import pytest
 
+from caxton.supervisor import admission as admission_module
+from caxton.supervisor.caps import Caps
 from caxton.supervisor.config import Config
 from caxton.supervisor.deadline import Deadline
-from caxton.supervisor.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from caxton.supervisor.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from caxton.supervisor.events import EventBus
 from caxton.supervisor.lifecycle import AgentState
 from caxton.supervisor.restart import BreakerState, RestartSettings
 from caxton.supervisor.runtime import Runtime
 from caxton.supervisor.specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
-from caxton.supervisor.store import StateStore
+from caxton.supervisor.store import StateStore, VersionRecord
 from caxton.v1 import caxton_pb2
 
 from .fakes import FakeLaunch
@@ -228,3 +239,252 @@ def test_without_auto_recover_an_open_breaker_waits_for_an_operator(runtime, lau
     assert status.breaker.state is BreakerState.OPEN
     assert status.next_restart_in_s == 0.0  # nothing scheduled
     assert runtime.start("manual").state is AgentState.RUNNING
+
+
+# ------------------------------------------------------------ caps, quotas, idempotent deploy (issue 12)
+
+MIB = 1 << 20
+SMALL_CAPS = Caps(memory_bytes=8 * MIB, fuel=10**6, timeout_ms=1000, max_message_bytes=4096, replicas=3,
+                  label_length=8, agents=3, workers=4, committed_memory_bytes=24 * MIB)
+
+
+def make_runtime(tmp_path, launch, caps: Caps = SMALL_CAPS, **settings) -> Runtime:
+    limits = replace(Config().limits, memory_bytes=2 * MIB, fuel=1000, timeout_ms=100, max_message_bytes=1024)
+    config = replace(Config(), state_dir=tmp_path / "state", restart=FAST_RESTARTS, caps=caps, limits=limits,
+                     **settings)
+    return Runtime(config, StateStore(config.state_dir), launch, EventBus())
+
+
+@pytest.fixture
+def capped(tmp_path, launch):
+    runtime = make_runtime(tmp_path, launch)
+    yield runtime
+    runtime.shutdown(5.0)
+    runtime.store.close()
+
+
+def nothing_stored(runtime: Runtime) -> bool:
+    return runtime.store.agent_names() == [] and not any(runtime.store.modules_dir.iterdir())
+
+
+@pytest.mark.parametrize("spec, words", [
+    (dict(limits=LimitOverrides(memory_bytes=(1 << 64) - 1)), ["limits.memory_bytes", "18446744073709551615",
+                                                               "8388608 (8 MiB)", "caps.memory"]),
+    (dict(limits=LimitOverrides(fuel=10**6 + 1)), ["limits.fuel", "1000001", "1000000", "caps.fuel"]),
+    (dict(limits=LimitOverrides(timeout_ms=49 * 86_400_000)), ["limits.timeout_ms", "4233600000", "1000"]),
+    (dict(limits=LimitOverrides(max_message_bytes=4097)), ["limits.max_message_bytes", "4097", "4096 (4 KiB)"]),
+    (dict(limits=LimitOverrides(fuel=0)), ["limits.fuel", "at least 1"]),
+    (dict(replicas=4), ["replicas", "4", "3", "caps.replicas"]),
+    (dict(replicas=0), ["replicas", "at least 1"]),
+    (dict(label="123456789"), ["label", "9 characters", "8", "caps.label_length"]),
+    (dict(label="a\x1b[2J"), ["label", "printable", "'\\x1b'"]),
+], ids=["memory", "fuel", "timeout", "message", "fuel-zero", "replicas", "replicas-zero", "label-long",
+        "label-escape"])
+def test_a_value_above_its_cap_is_refused_and_leaves_nothing(capped, launch, spec, words):
+    with pytest.raises(InvalidArgument) as refused:
+        capped.deploy(DeploySpec(name="over", module=module("echo"), **spec))
+    for word in words:
+        assert word in refused.value.message, (word, refused.value.message)
+    assert nothing_stored(capped) and not launch.started
+
+
+def test_the_host_wide_quotas_count_every_agent(capped):
+    """agents 3, workers 4, committed memory 24 MiB (memory limit x replicas)."""
+    capped.deploy(DeploySpec(name="a", module=module("echo"), limits=LimitOverrides(memory_bytes=8 * MIB),
+                             replicas=2))
+    capped.deploy(DeploySpec(name="b", module=module("echo")))
+    with pytest.raises(ResourceExhausted, match=r"caps\.committed_memory"):
+        capped.deploy(DeploySpec(name="c", module=module("echo"), limits=LimitOverrides(memory_bytes=8 * MIB)))
+    with pytest.raises(ResourceExhausted, match=r"5, above the cap of 4.*caps\.workers"):
+        capped.deploy(DeploySpec(name="c", module=module("echo"), replicas=2))
+    capped.deploy(DeploySpec(name="c", module=module("echo")))
+    with pytest.raises(ResourceExhausted, match=r"holds 3 agents and its cap is 3"):
+        capped.deploy(DeploySpec(name="d", module=module("echo")))
+    # A reload that grows committed memory past the quota is refused; the
+    # version it would have added is never recorded.
+    with pytest.raises(ResourceExhausted, match=r"caps\.committed_memory"):
+        capped.hot_reload(ReloadSpec(name="b", module=module("uppercase"), limits=LimitOverrides(memory_bytes=7 * MIB)))
+    assert [v.version for v in capped.store.versions("b")] == [1]
+    capped.hot_reload(ReloadSpec(name="b", module=module("uppercase"), limits=LimitOverrides(memory_bytes=6 * MIB)))
+    # Removing frees what the agent held.
+    capped.remove("a", 5.0)
+    capped.deploy(DeploySpec(name="d", module=module("echo"), replicas=2))
+
+
+def test_a_repeated_deploy_changes_nothing(capped, launch):
+    spec = DeploySpec(name="again", module=module("echo"), label="b7", replicas=2,
+                      restart=RestartOverrides(max_failures=2))
+    first = capped.deploy(spec)
+    second = capped.deploy(spec)
+    assert second.status.state is AgentState.RUNNING
+    assert second.report.module_sha256 == first.report.module_sha256
+    assert len(launch.started) == 2 and [v.version for v in capped.store.versions("again")] == [1]
+    with pytest.raises(AlreadyExists, match="different label"):
+        capped.deploy(replace(spec, label="b8"))
+    with pytest.raises(AlreadyExists, match="different module_sha256, limits"):
+        capped.deploy(replace(spec, module=module("uppercase"), limits=LimitOverrides(fuel=5)))
+    with pytest.raises(AlreadyExists, match="different restart"):
+        capped.deploy(replace(spec, restart=RestartOverrides()))
+    # Even at a quota a retry succeeds: it asks for nothing new.
+    capped.deploy(DeploySpec(name="filler", module=module("echo"), replicas=2))
+    assert capped.deploy(spec).status.state is AgentState.RUNNING
+
+
+class HeldLaunch:
+    """Launches through `inner` once `release` is set; `fail_first` makes the
+    first launch fail as a broken worker would."""
+
+    def __init__(self, inner: FakeLaunch, *, fail_first: bool = False) -> None:
+        self.inner = inner
+        self.fail_first = fail_first
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, version: VersionRecord):
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(10)
+        if self.fail_first and self.calls == 1:
+            raise ValueError("a defect in the launch path")
+        return self.inner(version)
+
+
+@pytest.mark.parametrize("first_fails", [False, True], ids=["first-succeeds", "first-fails"])
+def test_a_retry_that_overtakes_the_first_deploy_gets_its_outcome(tmp_path, launch, first_fails):
+    held = HeldLaunch(launch, fail_first=first_fails)
+    runtime = make_runtime(tmp_path, held)
+    spec = DeploySpec(name="raced", module=module("echo"))
+    outcomes: dict[str, object] = {}
+
+    def deploy(which: str) -> None:
+        try:
+            outcomes[which] = runtime.deploy(spec).status.state
+        except Exception as exc:
+            outcomes[which] = exc
+
+    try:
+        first = threading.Thread(target=deploy, args=("first",))
+        first.start()
+        assert held.entered.wait(5)
+        retry = threading.Thread(target=deploy, args=("retry",))
+        retry.start()
+        retry.join(0.3)
+        assert retry.is_alive(), f"the retry answered before the first deploy ended: {outcomes}"
+        held.release.set()
+        first.join(10)
+        retry.join(10)
+        assert outcomes["retry"] is AgentState.RUNNING
+        if first_fails:
+            assert isinstance(outcomes["first"], ValueError)
+            assert held.calls == 2  # the retry deployed it afresh
+        else:
+            assert outcomes["first"] is AgentState.RUNNING and held.calls == 1
+        assert runtime.store.agent_names() == ["raced"]
+    finally:
+        held.release.set()
+        runtime.shutdown(5.0)
+        runtime.store.close()
+
+
+def test_a_deploy_that_fails_for_any_reason_leaves_no_trace(tmp_path, launch):
+    """A defect (not a CaxtonError) in the first start once left the record
+    behind, and the supervisor crashed on it at every start after."""
+    broken = HeldLaunch(launch, fail_first=True)
+    broken.release.set()
+    runtime = make_runtime(tmp_path, broken)
+    try:
+        with pytest.raises(ValueError, match="defect"):
+            runtime.deploy(DeploySpec(name="unlucky", module=module("echo")))
+        assert nothing_stored(runtime)
+        with pytest.raises(NotFound):
+            runtime.get("unlucky")
+        assert runtime.deploy(DeploySpec(name="unlucky", module=module("echo"))).status.state is AgentState.RUNNING
+    finally:
+        runtime.shutdown(5.0)
+        runtime.store.close()
+
+
+def test_validation_runs_a_few_at_a_time(tmp_path, launch, monkeypatch):
+    runtime = make_runtime(tmp_path, launch, validation_concurrency=2)
+    gate = threading.Event()
+    active: list[int] = [0, 0]  # now, most at once
+    lock = threading.Lock()
+    real_validate = admission_module.validate
+
+    def held_validate(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            active[1] = max(active)
+        try:
+            assert gate.wait(10)
+            return real_validate(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(admission_module, "validate", held_validate)
+    callers = [threading.Thread(target=runtime.validate, args=(module("echo"), "")) for _ in range(4)]
+    try:
+        for caller in callers:
+            caller.start()
+        wait_until(lambda: active[0] == 2, 5, "two validations to run")
+        callers[0].join(0.2)
+        assert active == [2, 2], "a third validation ran beside the first two"
+        monkeypatch.setattr(admission_module, "VALIDATION_WAIT_S", 0.05)
+        with pytest.raises(Unavailable, match="2 at a time"):
+            runtime.validate(module("echo"), "")
+    finally:
+        gate.set()
+        for caller in callers:
+            caller.join(10)
+        runtime.shutdown(5.0)
+        runtime.store.close()
+    assert active == [0, 2]
+
+
+def _corrupt(runtime: Runtime, statement: str, *args) -> None:
+    db = sqlite3.connect(runtime.store.state_dir / "caxton.db")
+    try:
+        with db:
+            assert db.execute(statement, args).rowcount == 1
+    finally:
+        db.close()
+
+
+def test_restore_brings_back_what_it_can_and_fails_the_rest(tmp_path, launch, caplog):
+    """Damaged records come back FAILED with the reason, can be removed and
+    deployed again; an agent above today's caps (stored under looser ones)
+    comes back running, with a warning."""
+    loose = make_runtime(tmp_path, launch, caps=Caps())
+    for name in ("intact", "damaged", "generous"):
+        loose.deploy(DeploySpec(name=name, module=module("echo"), replicas=4 if name == "generous" else 1))
+    loose.shutdown(5.0)
+    loose.store.close()
+    _corrupt(loose, "UPDATE versions SET limits = '{\"fuel\": \"plenty\"}' WHERE agent = 'damaged'")
+
+    again = make_runtime(tmp_path, launch)
+    try:
+        with caplog.at_level(logging.WARNING, logger="caxton.restore"):
+            again.restore()
+        assert "generous above today's caps" in caplog.text and "replicas = 4 (caps.replicas = 3)" in caplog.text
+        assert again.status("intact").state is AgentState.RUNNING
+        assert again.status("generous").state is AgentState.RUNNING and len(launch.alive("generous")) == 4
+        damaged = again.status("damaged")
+        assert damaged.state is AgentState.FAILED
+        assert damaged.last_error == ("cannot be restored: versions.limits of damaged v1: fuel is 'plenty', "
+                                      "not an integer")
+        with pytest.raises(FailedPrecondition, match="remove it and deploy it again"):
+            again.start("damaged")
+        with pytest.raises(FailedPrecondition, match="remove it"):
+            again.hot_reload(ReloadSpec(name="damaged", module=module("echo")))
+        # At the quota of 4 workers already (generous): a new agent is refused ...
+        with pytest.raises(ResourceExhausted):
+            again.deploy(DeploySpec(name="new", module=module("echo")))
+        again.remove("damaged", 5.0)
+        again.remove("generous", 5.0)
+        # ... and the damaged one's name is free for a fresh deploy.
+        assert again.deploy(DeploySpec(name="damaged", module=module("echo"))).status.state is AgentState.RUNNING
+    finally:
+        again.shutdown(5.0)
+        again.store.close()

@@ -13,7 +13,14 @@ import pytest
 from caxton.supervisor import store as store_module
 from caxton.supervisor.config import Limits
 from caxton.supervisor.restart import RestartSettings
-from caxton.supervisor.store import SCHEMA_VERSION, AgentRecord, StateStore, StateVersionError, VersionRecord
+from caxton.supervisor.store import (
+    SCHEMA_VERSION,
+    AgentRecord,
+    StateDamage,
+    StateStore,
+    StateVersionError,
+    VersionRecord,
+)
 
 WASM_A = b"\x00asm\x01\x00\x00\x00" + b"A" * 32
 WASM_B = b"\x00asm\x01\x00\x00\x00" + b"B" * 32
@@ -154,14 +161,25 @@ def test_delete_agent_removes_records_and_unused_module(store):
     digest = store.put_module(WASM_A)
     compiled = store.cache_dir / f"{digest}-x86_64.cwasm"
     compiled.write_bytes(b"native")
+    recorded = store.cache_dir / f"{digest}-x86_64.cwasm.sha256"
+    recorded.write_text("0" * 64)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.delete_agent("a")
     assert store.agents() == []
     with pytest.raises(KeyError):
         store.version("a", 1)
     assert not store.module_path(digest).exists()
-    assert not compiled.exists()
+    assert not compiled.exists() and not recorded.exists()
     assert module_files(store) == []
+
+
+def test_discard_module_spares_a_module_in_use(store):
+    used = store.put_module(WASM_A)
+    store.create_agent("a", "default", used, LIMITS, "")
+    orphan = store.put_module(WASM_B)  # stored by a deploy that then failed
+    store.discard_module(orphan)
+    store.discard_module(used)
+    assert module_files(store) == [f"{used}.wasm"]
 
 
 def test_delete_keeps_module_shared_with_another_agent(store):
@@ -211,6 +229,96 @@ def test_agent_can_be_recreated_after_delete(store):
 
 
 # ------------------------------------------------------------ durability
+
+
+def test_state_files_are_owner_only(tmp_path):
+    s = StateStore(tmp_path / "state")
+    try:
+        s.create_agent("a", "default", s.put_module(WASM_A), LIMITS, "")
+        files = [p for p in s.state_dir.rglob("*") if p.is_file()]
+        assert {p.name for p in files} >= {"caxton.db", "caxton.db-wal", f"{hashlib.sha256(WASM_A).hexdigest()}.wasm"}
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    finally:
+        s.close()
+
+
+def test_a_database_made_readable_by_others_is_tightened(tmp_path):
+    StateStore(tmp_path / "state").close()
+    database = tmp_path / "state" / "caxton.db"
+    database.chmod(0o644)
+    StateStore(tmp_path / "state").close()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+def test_module_problem_names_a_missing_or_empty_module_without_its_path(store):
+    digest = store.put_module(WASM_A)
+    assert store.module_problem(digest) == ""
+    store.module_path(digest).write_bytes(b"")
+    assert store.module_problem(digest) == f"module {digest[:12]} is an empty file"
+    store.module_path(digest).unlink()
+    assert store.module_problem(digest) == f"module {digest[:12]} is missing from the state directory"
+
+
+# ------------------------------------------------------------ damaged records
+
+
+def _raw(store: StateStore, statement: str, *args) -> None:
+    db = sqlite3.connect(store.state_dir / "caxton.db")
+    try:
+        with db:
+            db.execute(statement, args)
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("statement, args, damage", [
+    ("UPDATE versions SET limits = ?", ("{",), "versions.limits of a v1 is not valid JSON"),
+    ("UPDATE versions SET limits = ?", ("[1, 2]",), "versions.limits of a v1 is not a JSON object"),
+    ("UPDATE versions SET limits = ?", ('{"memory": 5}',), "versions.limits of a v1 has an unknown key 'memory'"),
+    ("UPDATE versions SET limits = ?", ('{"fuel": true}',), "versions.limits of a v1: fuel is True, not an integer"),
+    ("UPDATE versions SET limits = ?", ('{"fuel": 1.5}',), "versions.limits of a v1: fuel is 1.5, not an integer"),
+    ("UPDATE versions SET limits = ?", (7,), "versions.limits of a v1 is not a JSON object"),
+], ids=["json", "array", "unknown-key", "bool", "float", "number"])
+def test_a_damaged_version_is_named_and_left_out_of_the_history(store, statement, args, damage):
+    digest = store.put_module(WASM_A)
+    store.create_agent("a", "default", digest, LIMITS, "")
+    store.add_version("a", digest, LIMITS, "second")
+    _raw(store, statement + " WHERE version = 1", *args)
+    with pytest.raises(StateDamage) as info:
+        store.version("a", 1)
+    assert str(info.value).startswith(damage), str(info.value)
+    assert [v.version for v in store.versions("a")] == [2]
+
+
+@pytest.mark.parametrize("statement, args, damage", [
+    ("UPDATE agents SET restart = ?", ("nope",), "agents.restart of a is not valid JSON"),
+    ("UPDATE agents SET restart = ?", ('{"factor": 0.5}',), "agents.restart of a: factor: expected a finite number"),
+    ("UPDATE agents SET restart = ?", ('{"speed": 1}',), "agents.restart of a: "),
+    ("UPDATE agents SET restart = ?", ('{"window_s": "long"}',), "agents.restart of a: "),
+    ("UPDATE agents SET replicas = ?", ("many",), "agents.replicas of a is 'many', not an integer"),
+    ("UPDATE agents SET current_version = ?", (0,), "agents.current_version of a is 0, not a version number"),
+    ("UPDATE agents SET created_at = ?", ("yesterday",), "the record of a has a policy or creation time of the wrong"),
+], ids=["restart-json", "restart-range", "restart-key", "restart-type", "replicas", "version", "created-at"])
+def test_a_damaged_agent_record_is_named(store, statement, args, damage):
+    digest = store.put_module(WASM_A)
+    store.create_agent("a", "default", digest, LIMITS, "")
+    store.create_agent("b", "default", digest, LIMITS, "")
+    _raw(store, statement + " WHERE name = 'a'", *args)
+    with pytest.raises(StateDamage) as info:
+        store.agent("a")
+    assert str(info.value).startswith(damage), str(info.value)
+    assert store.agent("b").name == "b"
+    assert store.agent_names() == ["a", "b"]
+    with pytest.raises(KeyError):
+        store.agent("nobody")
+
+
+def test_a_row_without_a_text_name_is_left_out(store):
+    store.create_agent("a", "default", store.put_module(WASM_A), LIMITS, "")
+    _raw(store, "INSERT INTO agents (name, desired_state, current_version, policy, created_at) "
+                "VALUES (NULL, 'running', 1, 'default', 0)")
+    assert store.agent_names() == ["a"]
 
 
 def test_reopen_sees_same_records(tmp_path):

@@ -41,7 +41,8 @@ def _fake_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
-        lines = [line for line in Path("/etc", name).read_text().splitlines() if line.split(":")[0] in ("root", "nogroup")]
+        lines = [line for line in Path("/etc", name).read_text().splitlines()
+                 if line.split(":")[0] in ("root", "nogroup")]
         (root / "etc" / name).write_text("\n".join(lines) + "\n")
     return root
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import logging
 import math
 import os
 import threading
@@ -29,6 +30,8 @@ import wasmtime
 from caxton.v1 import caxton_pb2
 
 from .hostcalls import HostCalls, LogRecord, MemoryView
+
+log = logging.getLogger("caxton.worker.sandbox")
 
 _Extern = TypeVar("_Extern", wasmtime.Func, wasmtime.Memory)
 
@@ -141,41 +144,87 @@ def engine_fingerprint(limits: SandboxLimits) -> str:
 
 
 def load_module(engine: wasmtime.Engine, wasm_path: str, cache_dir: str,
-                fingerprint: str) -> tuple[wasmtime.Module, bool]:
+                fingerprint: str, module_sha256: str = "") -> tuple[wasmtime.Module, bool]:
     """Compile the module, or deserialize it from the cache.
 
-    The cache is keyed by the module's file name (its SHA-256) and the engine
-    fingerprint. It lives in the supervisor's private state directory: a
-    serialized module is trusted native code, so it must never come from
-    anywhere an agent could write.
+    The cache is keyed by the module's SHA-256 (`module_sha256`, else the
+    file's name) and the engine fingerprint. It lives in the supervisor's
+    private state directory: a serialized module is trusted native code, so
+    it must never come from anywhere an agent could write. Each entry's own
+    digest is recorded beside it when it is written, and an entry is used
+    only while it still matches: a torn write or a bad block would otherwise
+    run as native code. A mismatch compiles the module again and rewrites
+    the entry.
+
+    With `module_sha256`, the module's bytes must have that digest: they were
+    validated as those bytes, so a damaged file is refused, not compiled.
     """
+    cached = ""
     if cache_dir:
-        stem = os.path.splitext(os.path.basename(wasm_path))[0]
-        cached = os.path.join(cache_dir, f"{stem}-{fingerprint}.cwasm")
-        if os.path.exists(cached):
-            try:
-                return wasmtime.Module.deserialize_file(engine, cached), True
-            except wasmtime.WasmtimeError:
-                pass  # stale or damaged entry: recompile and overwrite it
-    with open(wasm_path, "rb") as f:
-        wasm = f.read()
+        key = module_sha256 or os.path.splitext(os.path.basename(wasm_path))[0]
+        cached = os.path.join(cache_dir, f"{key}-{fingerprint}.cwasm")
+        module = _cached_module(engine, cached)
+        if module is not None:
+            return module, True
+    wasm = _read_module(wasm_path, module_sha256)
     try:
         module = wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise LoadError(f"module does not compile: {exc}") from exc
-    if cache_dir:
-        tmp = f"{cached}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(module.serialize())
-            os.replace(tmp, cached)
-        except OSError:
-            # A cache that cannot be written only costs speed next time.
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    if cached:
+        _write_cached(cached, module.serialize())
     return module, False
+
+
+def _read_module(path: str, module_sha256: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            wasm = f.read()
+    except OSError as exc:
+        # Without the path: this reason reaches the agent's status.
+        raise LoadError(f"cannot read the module file: {exc.strerror}") from exc
+    if module_sha256 and hashlib.sha256(wasm).hexdigest() != module_sha256:
+        raise LoadError(f"the module file of {module_sha256[:12]} is damaged: its bytes do not match its digest")
+    return wasm
+
+
+def _cached_module(engine: wasmtime.Engine, path: str) -> wasmtime.Module | None:
+    """The compiled module at `path`, if it is there and matches the digest
+    recorded beside it; else None (compile again)."""
+    try:
+        with open(f"{path}.sha256", "rb") as f:
+            recorded = f.read().decode("ascii", "replace").strip()
+        with open(path, "rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("compiled module %s cannot be read (%s): compiling again", os.path.basename(path), exc.strerror)
+        return None
+    if actual != recorded:
+        log.warning("compiled module %s does not match its recorded digest: compiling again", os.path.basename(path))
+        return None
+    try:
+        return wasmtime.Module.deserialize_file(engine, path)
+    except wasmtime.WasmtimeError:
+        return None  # written by an engine that differs in a way the fingerprint misses: compile again
+
+
+def _write_cached(path: str, compiled: bytes | bytearray) -> None:
+    """Write a cache entry, then its digest, each owner-only and by an atomic
+    rename. A reader between the two sees a mismatch and compiles again; a
+    cache that cannot be written only costs speed next time."""
+    digest = hashlib.sha256(compiled).hexdigest().encode("ascii")
+    for target, data in ((path, compiled), (f"{path}.sha256", digest)):
+        tmp = f"{target}.{os.getpid()}.tmp"
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return
 
 
 class _EpochTicker:
@@ -220,11 +269,12 @@ class Sandbox:
     _alloc: wasmtime.Func
     _handle: wasmtime.Func
 
-    def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "",
+    def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "", module_sha256: str = "",
                  clock: Callable[[], float] = time.time):
         self.limits = limits
         self.engine = wasmtime.Engine(engine_config(limits))
-        self.module, self.cache_hit = load_module(self.engine, wasm_path, cache_dir, engine_fingerprint(limits))
+        self.module, self.cache_hit = load_module(self.engine, wasm_path, cache_dir, engine_fingerprint(limits),
+                                                  module_sha256)
         self.host = HostCalls(clock=clock, max_message_bytes=limits.max_message_bytes)
         linker = wasmtime.Linker(self.engine)
         self.host.define(linker)

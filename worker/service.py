@@ -55,7 +55,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 # Compile (and fill the cache) with the privileges the
                 # supervisor gave us; only then lower them, before any agent
                 # code runs.
-                sandbox = Sandbox(request.module_path, limits, cache_dir=request.cache_dir)
+                sandbox = Sandbox(request.module_path, limits, cache_dir=request.cache_dir,
+                                  module_sha256=request.module_sha256)
                 layers = apply_os_limits(
                     OsLimits(
                         data_bytes=os_limits.data_bytes,
@@ -68,8 +69,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 )
                 with sandbox.running():
                     code = sandbox.start()
-            except (LoadError, OSError) as exc:
+            except LoadError as exc:
                 return worker_pb2.LoadResponse(error=str(exc))
+            except OSError as exc:
+                # The reason, not str(exc), which may name a host path.
+                return worker_pb2.LoadResponse(error=f"the worker could not be set up: {exc.strerror or exc}")
             self._sandbox = sandbox
             return worker_pb2.LoadResponse(
                 init_code=code,

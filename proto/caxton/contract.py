@@ -2,9 +2,10 @@
 
 The protobuf messages are the API; this module holds the few conventions
 around them that both sides implement: the default address, the trailer that
-carries a full validation report, the gRPC message-size limit, how sizes are
-written on the command line and in config, and the JSON shape of an agent's
-status (a stable interface for scripts). It imports nothing of the server,
+carries a full validation report, the gRPC message-size limit, where a token
+travels and where a client finds one, how sizes are written on the command
+line and in config, and the JSON shape of an agent's status (a stable
+interface for scripts). It imports nothing of the server,
 so the client never pulls the supervisor in.
 """
 
@@ -23,6 +24,22 @@ REPORT_METADATA_KEY = "caxton-validation-report-bin"
 # gRPC message-size limit on every channel and server of Caxton, public and
 # private: room for a SendStream frame or a worker batch of many messages.
 MAX_GRPC_MESSAGE_BYTES = 64 << 20
+
+# Every call but grpc.health.v1 and reflection carries a bearer token in
+# this metadata key: `authorization: Bearer <token>`, as OAuth 2.0 (RFC 6750)
+# and gRPC's own access-token credentials write it.
+AUTHORIZATION_METADATA_KEY = "authorization"
+BEARER_SCHEME = "Bearer"
+
+# The admin token a supervisor without configured tokens creates at its first
+# start, in its state directory (mode 0600).
+ADMIN_TOKEN_FILE = "admin.token"
+# Where a client looks for its token, after --token, --token-file and these
+# two variables: the admin token of a supervisor run from the same directory
+# with the default state dir, then the one of the systemd unit.
+TOKEN_ENV = "CAXTON_TOKEN"
+TOKEN_FILE_ENV = "CAXTON_TOKEN_FILE"
+DEFAULT_TOKEN_FILES = (f".caxton/{ADMIN_TOKEN_FILE}", f"/var/lib/caxton/{ADMIN_TOKEN_FILE}")
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

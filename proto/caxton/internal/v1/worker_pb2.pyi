@@ -36,20 +36,22 @@ class OsLimits(_message.Message):
     def __init__(self, data_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., cpu_seconds: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user_name: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
-    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits", "os_limits")
+    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits", "os_limits", "module_sha256")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODULE_PATH_FIELD_NUMBER: _ClassVar[int]
     CACHE_DIR_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     OS_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    MODULE_SHA256_FIELD_NUMBER: _ClassVar[int]
     agent: str
     version: int
     module_path: str
     cache_dir: str
     limits: Limits
     os_limits: OsLimits
-    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., os_limits: _Optional[_Union[OsLimits, _Mapping]] = ...) -> None: ...
+    module_sha256: str
+    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., os_limits: _Optional[_Union[OsLimits, _Mapping]] = ..., module_sha256: _Optional[str] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("level", "text")
