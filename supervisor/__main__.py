@@ -8,7 +8,6 @@ supervisor accept it (its SHA-256, never the token itself).
 from __future__ import annotations
 
 import argparse
-import logging
 import resource
 import sys
 from dataclasses import replace
@@ -18,6 +17,8 @@ from caxton import __version__
 
 from .auth import Role, check_token_name, new_token, token_sha256
 from .config import ConfigError, load_config
+from .logs import configure as configure_logging
+from .logs import default_format
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -32,7 +33,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", type=Path, help="where agents and modules are kept (default ./.caxton)")
     parser.add_argument("--deploy-examples", action="store_true",
                         help="deploy the example agents (echo, uppercase, counter) if they are not deployed yet")
+    parser.add_argument("--metrics-listen", help="HOST:PORT serving Prometheus metrics over HTTP (default: off)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", choices=["text", "json"], default=default_format(),
+                        help="one line per event, as text or one JSON object (default: json under systemd)")
     return parser.parse_args(argv)
 
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["token"]:
         sys.exit(_token_command(argv[1:]))
     args = _parse(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         config = replace(config, health_listen=args.health_listen)
     if args.state_dir:
         config = replace(config, state_dir=args.state_dir)
+    if args.metrics_listen:
+        config = replace(config, metrics_listen=args.metrics_listen)
 
     _raise_open_file_limit()
     from .server import Supervisor, run
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as exc:
         print(f"caxton-supervisor: {exc}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(run(supervisor))
+    sys.exit(run(supervisor, reload=(lambda: load_config(args.config)) if args.config else None))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from .deadline import Deadline
 from .errors import CaxtonError, ModuleRejected, ResourceExhausted
 from .lifecycle import AgentState
 from .memory_budget import MemoryBudget
+from .metrics import Deployments
 from .request_gate import request_bytes
 from .restart import RestartSettings
 from .runtime import Reloaded, Runtime
@@ -218,27 +219,40 @@ def translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Await
     return wrapper
 
 
+# The deployment strategy each lifecycle call counts as (metrics.py).
+_STRATEGIES = {"DeployAgent": "deploy", "HotReloadAgent": "graceful", "RollbackAgent": "rollback"}
+
+
 def audited(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Record a lifecycle call in the audit log: who (the token's name),
-    what, on which agent, and how it ended. Inside translate_errors, so it
-    sees the domain error before it becomes a status."""
+    what, on which agent, and how it ended; and count deployments, reloads
+    and rollbacks with their duration. Inside translate_errors, so it sees
+    the domain error before it becomes a status."""
 
     @functools.wraps(method)
     async def wrapper(self: AgentLifecycleService, request, context: grpc.aio.ServicerContext) -> T:
         caller = self._principal(context).name
+        started = time.monotonic()
+        outcome = "OK"
         try:
-            response = await method(self, request, context)
+            return await method(self, request, context)
         except CaxtonError as exc:
-            self._audit.record(caller, method.__name__, request.name, f"{exc.code.name}: {exc.message}")
+            outcome = f"{exc.code.name}: {exc.message}"
             raise
         except asyncio.CancelledError:
-            self._audit.record(caller, method.__name__, request.name, "CANCELLED")
+            outcome = "CANCELLED"
             raise
         except Exception:
-            self._audit.record(caller, method.__name__, request.name, "INTERNAL")
+            outcome = "INTERNAL"
             raise
-        self._audit.record(caller, method.__name__, request.name, "OK")
-        return response
+        finally:
+            self._audit.record(caller, method.__name__, request.name, outcome)
+            strategy = _STRATEGIES.get(method.__name__)
+            if strategy is not None:
+                self._deployments.finished(strategy, "succeeded" if outcome == "OK" else "failed",
+                                           time.monotonic() - started)
+                if strategy == "rollback" and outcome == "OK":
+                    self._deployments.rolled_back(request.name, "manual")
 
     return wrapper
 
@@ -257,8 +271,9 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     charged to the memory budget while it is being processed."""
 
     def __init__(self, runtime: Runtime, budget: MemoryBudget, lifecycle: Executor, queries: Executor,
-                 authorizer: Authorizer, audit: Audit):
+                 authorizer: Authorizer, audit: Audit, deployments: Deployments | None = None):
         self._runtime = runtime
+        self._deployments = deployments or Deployments()
         self._budget = budget
         self._lifecycle = lifecycle
         self._queries = queries

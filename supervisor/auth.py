@@ -179,6 +179,14 @@ class Authorizer:
         if not self._tokens:
             raise ValueError("an authorizer needs at least one token")
 
+    def replace(self, tokens: Iterable[TokenEntry]) -> None:
+        """Accept these tokens from now on (a config reload). One assignment,
+        so a call sees either the old set or the new one."""
+        entries = [(bytes.fromhex(entry.sha256), entry) for entry in tokens]
+        if not entries:
+            raise ValueError("an authorizer needs at least one token")
+        self._tokens = entries
+
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
         """The principal whose token the metadata carries; Unauthenticated if none is known."""
         digest = hashlib.sha256(_bearer(metadata).encode()).digest()

@@ -60,6 +60,8 @@ class Config:
     listen: str = "127.0.0.1:50051"
     # A plaintext listener serving only grpc.health.v1, for probes ("" = none).
     health_listen: str = ""
+    # Prometheus metrics over HTTP at HOST:PORT ("" = off).
+    metrics_listen: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     state_dir: Path = Path(".caxton")
@@ -156,6 +158,7 @@ def config_from_table(table: dict[str, Any]) -> Config:
     config = Config(
         listen=t.string("listen", base.listen),
         health_listen=t.string("health_listen", base.health_listen),
+        metrics_listen=t.string("metrics_listen", base.metrics_listen),
         auth=read_auth(t.table("auth")),
         tls=read_tls(t.table("tls")),
         state_dir=Path(t.string("state_dir", str(base.state_dir))),

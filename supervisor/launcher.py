@@ -85,6 +85,15 @@ class Launcher:
         thread (never on the launcher thread)."""
         self._capacity.subscribe(callback)
 
+    def responsive(self, timeout: float) -> bool:
+        """The launcher thread runs a no-op within `timeout`: it is neither
+        dead nor stuck (the systemd watchdog's question)."""
+        try:
+            self._thread.call(lambda: None, timeout)
+        except Exception:
+            return False
+        return True
+
     def close(self, timeout: float = 5.0) -> None:
         """Kill every worker still running and stop the launcher's threads."""
         if self._closed:

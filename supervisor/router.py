@@ -25,6 +25,7 @@ from .deadline import Deadline
 from .errors import InvalidArgument, NotFound, ResourceExhausted
 from .mailbox import OutcomeCallback, Pending
 from .memory_budget import MemoryBudget, RoomCallback
+from .metrics import MessageTally, Series, Timed
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -36,6 +37,10 @@ class Router:
         # What queued messages are charged to (None: mailboxes are bounded
         # in messages only). The composition root (server.py) sets it.
         self.budget = budget
+        # Where each message's outcome and latency are counted (metrics.py);
+        # None: not counted. The composition root sets it.
+        self.tally: MessageTally | None = None
+        self._series: dict[tuple[str, int], Series] = {}
         # Message ids the supervisor assigns: unique per supervisor boot and
         # cheap (no uuid per message on the hot path).
         self._boot = f"{int(time.time() * 1000):x}"
@@ -49,7 +54,7 @@ class Router:
         with it); `held_by_caller`: the charge lasts until the caller calls
         the Pending's release(), not only while the message is queued."""
         agent = self._receiver(message)
-        pending = self._pending(message, deadline, callback, retained, held_by_caller)
+        pending = self._pending(agent, message, deadline, callback, retained, held_by_caller)
         agent.intake.submit(pending, self.budget)
         return pending
 
@@ -61,8 +66,16 @@ class Router:
         another thread) when room may have appeared; the caller offers the
         same message again."""
         agent = self._receiver(message)
-        pending = self._pending(message, deadline, callback)
+        pending = self._pending(agent, message, deadline, callback)
         return pending if agent.intake.submit(pending, self.budget, on_room) else None
+
+    def removed(self, agent: str) -> None:
+        """The agent was removed: its metrics series go with it (a new
+        agent of the same name starts from zero)."""
+        for key in [key for key in self._series if key[0] == agent]:
+            self._series.pop(key, None)
+        if self.tally is not None:
+            self.tally.forget(agent)
 
     def forget(self, message: caxton_pb2.AgentMessage, on_room: RoomCallback) -> None:
         """Withdraw a wake-up given to offer (its caller stopped waiting)."""
@@ -72,10 +85,17 @@ class Router:
         if self.budget is not None:
             self.budget.forget(on_room)
 
-    def _pending(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
-                 retained: int = 0, held_by_caller: bool = False) -> Pending:
+    def _pending(self, agent: Agent, message: caxton_pb2.AgentMessage, deadline: Deadline,
+                 callback: OutcomeCallback, retained: int = 0, held_by_caller: bool = False) -> Pending:
         if not message.message_id:
             message.message_id = f"{self._boot}-{next(self._ids)}"
+        if self.tally is not None:
+            key = (agent.name, agent.version.version)
+            # A plain dict read is atomic: no lock per message on the hot path.
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = self.tally.series(*key)
+            callback = Timed(series, callback)
         return Pending(message, deadline, callback, retained, held_by_caller)
 
     def _receiver(self, message: caxton_pb2.AgentMessage) -> Agent:

@@ -279,4 +279,5 @@ class Runtime:
             self._damaged.pop(name, None)
             self.store.delete_agent(name)
         log.info("removed %s", name)
+        self.router.removed(name)
         self.events.publish(name, "removed", agent.version.version)

@@ -23,8 +23,9 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,7 +43,7 @@ from .audit import Audit
 from .auth import Authorizer, TokenEntry
 from .auth_interceptor import AuthInterceptor
 from .cgroups import Cgroups
-from .config import Config
+from .config import Config, ConfigError
 from .errors import CaxtonError, NotFound
 from .events import EventBus
 from .health import HealthMonitor
@@ -51,6 +52,8 @@ from .launcher import Launcher
 from .listeners import check_api_listen, restrict_unix_socket, unix_path
 from .memory_budget import MemoryBudget
 from .messaging import MessagingService
+from .metrics import AgentFigures, CaxtonCollector, Deployments, MessageTally, MetricsEndpoint
+from .notify import Notifier
 from .pool import SparePool
 from .request_gate import Gate, RequestGate
 from .runtime import Runtime
@@ -171,6 +174,10 @@ class Supervisor:
         )
         self.budget = MemoryBudget(config.memory_budget, config.queue_bytes)
         self.runtime.router.budget = self.budget
+        self.tally = MessageTally()
+        self.runtime.router.tally = self.tally
+        self.deployments = Deployments()
+        self.metrics: MetricsEndpoint | None = None
         self._lifecycle_pool = ThreadPoolExecutor(LIFECYCLE_THREADS, thread_name_prefix="lifecycle")
         self._query_pool = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="query")
         self.health = health.aio.HealthServicer()
@@ -210,7 +217,7 @@ class Supervisor:
         api = ApiServer(SERVER_OPTIONS, [*interceptors, _request_gate()])
         caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(
             AgentLifecycleService(self.runtime, self.budget, self._lifecycle_pool, self._query_pool,
-                                  self.authorizer, self.audit), api.server)
+                                  self.authorizer, self.audit, self.deployments), api.server)
         caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router, self.authorizer),
                                                         api.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, api.server)
@@ -230,6 +237,11 @@ class Supervisor:
         restrict_unix_socket(self.config.listen)
         if self.health_server is not None:
             self.api.call(self.health_server.start())
+        if self.config.metrics_listen:
+            self.metrics = MetricsEndpoint(self.config.metrics_listen,
+                                           CaxtonCollector(self.tally, self.deployments, self._agent_figures))
+            host = self.config.metrics_listen.rpartition(":")[0] or "127.0.0.1"
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
         self.launcher.on_capacity_change(self._capacity_changed)
         log.info("serving on %s (state in %s)", self.address, self.config.state_dir)
 
@@ -238,6 +250,39 @@ class Supervisor:
         """Where the API listens, with the port it got for `HOST:0`."""
         listen = self.config.listen
         return listen if unix_path(listen) is not None else f"{listen.rsplit(':', 1)[0]}:{self.port}"
+
+    def _agent_figures(self) -> list[AgentFigures]:
+        """Every agent's figures for a scrape (worker figures asked at once)."""
+        figures = []
+        for status in self.runtime.list():
+            try:
+                depth = len(self.runtime.get(status.name).mailbox)
+            except NotFound:
+                continue  # removed meanwhile
+            figures.append(AgentFigures(
+                name=status.name, state=status.state.value, breaker=status.breaker.state.value,
+                restarts=status.restarts, resets=sum(i.resets for i in status.instances),
+                memory_bytes=status.memory_bytes, mailbox_depth=depth,
+                worker_rss=tuple((i.pid, i.rss_bytes) for i in status.instances),
+            ))
+        return figures
+
+    def healthy(self, timeout: float) -> bool:
+        """The supervisor's own machinery answers: the launcher thread and
+        the state store (the API loop answers health checks itself)."""
+        return self.launcher.responsive(timeout) and self.store.responsive(timeout)
+
+    def summary(self) -> str:
+        """One line for `systemctl status`."""
+        states = [status.state.value for status in self.runtime.list()]
+        return (f"{states.count('running')} of {len(states)} agents running, {states.count('failed')} failed; "
+                f"API on {self.address}")
+
+    def reload_config(self, config: Config) -> None:
+        """SIGHUP: the accepted tokens change at once (a revoked token is
+        refused from its next call); running agents are not touched."""
+        self.authorizer.replace(config.auth.tokens or self.tokens)
+        self.config = replace(self.config, auth=config.auth)
 
     def _capacity_changed(self, up: bool) -> None:
         if not up:
@@ -277,6 +322,8 @@ class Supervisor:
         self.store.close()
         if self._own_runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.health_server is not None:
             self.api.call(self.health_server.stop(0.5))
         self.api.stop(grace=2.0)
@@ -284,15 +331,59 @@ class Supervisor:
         self._query_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run(supervisor: Supervisor) -> int:
-    """Serve until SIGTERM or SIGINT; exit status 0 after a clean drain."""
+def run(supervisor: Supervisor, reload: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; exit status 0 after a clean drain.
+
+    Under systemd it says READY=1 once agents are restored and the API
+    serves, pings WATCHDOG=1 from this loop only while the supervisor's own
+    threads answer (a stuck launcher or store stops the pings, and systemd
+    restarts the service), reports RELOADING=1/READY=1 around a SIGHUP
+    config reload (`reload()` reads the config again) and STOPPING=1 when it
+    drains."""
+    notifier = Notifier()
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda signum, frame: signals.put(signum))
     supervisor.start()
     print(f"caxton-supervisor listening on {supervisor.address}", flush=True)
-    received = signals.get()
+    notifier.ready(supervisor.summary())
+    tick = notifier.watchdog_interval_s or STATUS_INTERVAL_S
+    while True:
+        try:
+            received = signals.get(timeout=tick)
+        except queue.Empty:
+            if supervisor.healthy(timeout=min(tick, HEALTHY_WITHIN_S)):
+                notifier.watchdog()
+                notifier.status(supervisor.summary())
+            else:
+                log.error("the launcher thread or the state store did not answer: withholding the watchdog ping")
+            continue
+        if received == signal.SIGHUP:
+            notifier.reloading()
+            _reload(supervisor, reload)
+            notifier.ready(supervisor.summary())
+            continue
+        break
     log.info("received %s: draining", signal.Signals(received).name)
+    notifier.stopping()
     supervisor.stop()
     log.info("stopped")
     return 0
+
+
+# How often STATUS= is refreshed without a watchdog, and how long the
+# supervisor's own threads may take to answer the watchdog's question.
+STATUS_INTERVAL_S = 10.0
+HEALTHY_WITHIN_S = 5.0
+
+
+def _reload(supervisor: Supervisor, reload: Callable[[], Config] | None) -> None:
+    if reload is None:
+        log.warning("SIGHUP: no config file to read again")
+        return
+    try:
+        supervisor.reload_config(reload())
+    except (ConfigError, ValueError) as exc:
+        log.error("SIGHUP: the config was not reloaded, the old one stays in force: %s", exc)
+        return
+    log.info("SIGHUP: config reloaded (tokens)")

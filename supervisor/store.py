@@ -238,6 +238,19 @@ class StateStore:
                     migration(self._db)
                     self._db.execute(f"PRAGMA user_version = {number}")
 
+    def responsive(self, timeout: float) -> bool:
+        """The database answers a trivial query within `timeout` (its lock
+        is not held by a stuck writer)."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            self._db.execute("SELECT 1").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -106,7 +106,8 @@ class SupervisorProcess:
 
     def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None,
                  listen: str = "127.0.0.1:0", token: str | None = None, args: Sequence[str] = (),
-                 tls: Mapping[str, Path] | None = None):
+                 tls: Mapping[str, Path] | None = None, env: Mapping[str, str] | None = None):
+        self.env = dict(env) if env is not None else None  # extra environment variables
         self.listen = listen
         self.token = token
         self.tls = dict(tls or {})
@@ -131,7 +132,9 @@ class SupervisorProcess:
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
+        env = {**os.environ, **self.env} if self.env is not None else None
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                     env=env)
         log.close()
         _started_pids.add(self.proc.pid)
         try:

@@ -1,0 +1,112 @@
+"""Operable in production: Prometheus metrics under load, and systemd's
+notification protocol, from a real supervisor process."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from caxton.v1 import caxton_pb2
+
+from .harness import LoadGenerator, SupervisorProcess, module, wait_until
+
+EXPECTED = {
+    "caxton_messages", "caxton_message_duration_seconds", "caxton_agent_state", "caxton_breaker_state",
+    "caxton_agent_restarts", "caxton_instance_resets", "caxton_deployments", "caxton_deployment_duration_seconds",
+    "caxton_rollbacks", "caxton_worker_rss_bytes", "caxton_agent_memory_bytes", "caxton_mailbox_depth",
+    "caxton_agents", "caxton_workers", "process_resident_memory_bytes",
+}
+
+
+def _scrape(url: str) -> dict[str, list]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def _value(samples: list, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_a_scrape_under_load_shows_every_metric(supervisor):
+    sup = supervisor('metrics_listen = "127.0.0.1:0"\n')
+    match = wait_until(lambda: re.search(r"metrics on (http://\S+)", sup.log_text()), 10, "the metrics address")
+    url = match.group(1)
+    sup.deploy("metered", "echo")
+    sup.deploy("trapper", "trap")
+    with LoadGenerator(sup, "metered", callers=2, timeout=10, warmup=20):
+        pass
+    for _ in range(3):
+        try:
+            sup.send("trapper", b"unreachable")
+            raise AssertionError("a trap must fail its message")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INTERNAL
+    sup.lifecycle.HotReloadAgent(caxton_pb2.HotReloadAgentRequest(name="metered", module=module("uppercase")),
+                                 timeout=60)
+    sup.lifecycle.RollbackAgent(caxton_pb2.RollbackAgentRequest(name="metered"), timeout=60)
+
+    metrics = _scrape(url)
+    assert EXPECTED <= set(metrics), EXPECTED - set(metrics)
+    ok = _value(metrics["caxton_messages"], "caxton_messages_total", agent="metered", version="1", outcome="ok")
+    assert ok >= 40
+    assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="trapper", outcome="internal") == 3
+    count = _value(metrics["caxton_message_duration_seconds"], "caxton_message_duration_seconds_count",
+                   agent="metered", version="1")
+    assert count == ok
+    assert _value(metrics["caxton_message_duration_seconds"], "caxton_message_duration_seconds_bucket",
+                  agent="metered", version="1", le="10.0") == count
+    assert _value(metrics["caxton_agent_state"], "caxton_agent_state", agent="metered", state="running") == 1
+    assert _value(metrics["caxton_agent_state"], "caxton_agent_state", agent="metered", state="failed") == 0
+    assert _value(metrics["caxton_breaker_state"], "caxton_breaker_state", agent="metered") == 0
+    assert _value(metrics["caxton_deployments"], "caxton_deployments_total", strategy="deploy",
+                  outcome="succeeded") == 2
+    assert _value(metrics["caxton_deployments"], "caxton_deployments_total", strategy="graceful",
+                  outcome="succeeded") == 1
+    assert _value(metrics["caxton_rollbacks"], "caxton_rollbacks_total", agent="metered", reason="manual") == 1
+    assert _value(metrics["caxton_agents"], "caxton_agents") == 2
+    assert _value(metrics["caxton_workers"], "caxton_workers") == 2
+    rss = [s.value for s in metrics["caxton_worker_rss_bytes"] if s.labels["agent"] == "metered"]
+    assert len(rss) == 1 and rss[0] > 10 << 20
+    assert _value(metrics["caxton_agent_memory_bytes"], "caxton_agent_memory_bytes", agent="metered") >= 65536
+
+
+def test_systemd_hears_ready_watchdog_reloading_and_stopping_in_order(tmp_path):
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    manager.bind(str(path))
+    manager.settimeout(20)
+    sup = SupervisorProcess(tmp_path / "state", config="worker_pool = 0\n",
+                            env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    try:
+        sup.start()
+        messages = []
+
+        def receive_until(prefix: str) -> str:
+            while True:
+                message = manager.recv(4096).decode()
+                messages.append(message.split("\n")[0])
+                if message.startswith(prefix):
+                    return message
+
+        ready = receive_until("READY=1")
+        assert "STATUS=0 of 0 agents running" in ready
+        receive_until("WATCHDOG=1")
+        receive_until("WATCHDOG=1")
+        sup.proc.send_signal(signal.SIGHUP)
+        receive_until("RELOADING=1")
+        receive_until("READY=1")
+        assert sup.proc.poll() is None, "SIGHUP must not end the supervisor"
+        sup.proc.send_signal(signal.SIGTERM)
+        receive_until("STOPPING=1")
+        assert sup.proc.wait(30) == 0
+        kinds = [m for m in messages if not m.startswith(("STATUS=", "WATCHDOG=1"))]
+        assert kinds == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], messages
+    finally:
+        sup.kill()
+        manager.close()
