@@ -17,6 +17,7 @@ so a token is never sent across a network in the clear.
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,41 @@ def connect(address: str, *, token: str | None = None, token_file: PathLike | No
         found = find_token(token, token_file)
     else:
         found = token or (read_token_file(token_file) if token_file else None)
-    if found is not None:
-        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(found))
-    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    if found is None:
+        return channel
+    return grpc.intercept_channel(channel, _Bearer(found))
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call. Not grpc's
+    access-token call credentials: their plugin runs on a new thread for
+    every call, which measured 150-200 us of client CPU per Send."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(details.method, details.timeout, [*(details.metadata or ()), self._header],
+                            details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                                            "compression")),
+    grpc.ClientCallDetails,
+):
+    """grpc.ClientCallDetails with fields (grpc leaves building one to us)."""
