@@ -51,7 +51,7 @@ from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess, module, wait_until
 
 from . import report
-from .support import PAYLOAD, running_supervisor, with_custom_section
+from .support import PAYLOAD, auth_metadata, running_supervisor, with_custom_section
 
 # exec-started workers make this file ~6x longer (~70 s of its ~95 s);
 # CAXTON_BENCH_QUICK=1 keeps fork only.
@@ -144,6 +144,7 @@ class Load:
 
     def __init__(self, sup: SupervisorProcess, name: str, callers: int = CALLERS):
         self.address = sup.address
+        self.metadata = auth_metadata(sup)
         self.name = name
         self.callers = [Caller() for _ in range(callers)]
         self._stop = threading.Event()
@@ -162,7 +163,8 @@ class Load:
                 caller.sent += 1
                 start = time.perf_counter()
                 try:
-                    response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=SEND_DEADLINE_S)
+                    response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=SEND_DEADLINE_S,
+                                         metadata=self.metadata)
                 except grpc.RpcError as exc:
                     caller.errors[exc.code().name] += 1
                     continue

@@ -24,7 +24,7 @@ from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess
 
 from . import report
-from .support import PAYLOAD, CpuMeter
+from .support import PAYLOAD, CpuMeter, Metadata, auth_metadata
 
 ROUNDS = 2000  # calls measured per target: enough for a stable p99
 WARMUP = 200
@@ -41,9 +41,11 @@ def rt_agent(supervisor: SupervisorProcess, echo_wasm: bytes) -> Iterator[str]:
         supervisor.lifecycle.RemoveAgent(caxton_pb2.RemoveAgentRequest(name=AGENT), timeout=60)
 
 
-def _measure(benchmark, address: str, receiver: str, cpu_groups: dict[str, list[int]], key: str, label: str) -> None:
-    """Time ROUNDS sequential Send calls on a fresh channel; record p50/p99
-    and the CPU each process spent per call."""
+def _measure(benchmark, address: str, receiver: str, cpu_groups: dict[str, list[int]], key: str, label: str,
+             metadata: Metadata | None = None) -> None:
+    """Time ROUNDS sequential Send calls on a fresh channel, each carrying
+    `metadata` (Caxton's: the token); record p50/p99 and the CPU each
+    process spent per call."""
     request = caxton_pb2.SendRequest(
         message=caxton_pb2.AgentMessage(receiver=receiver, sender="bench", content=PAYLOAD)
     )
@@ -53,7 +55,7 @@ def _measure(benchmark, address: str, receiver: str, cpu_groups: dict[str, list[
 
         def call() -> None:
             nonlocal calls
-            response = stub.Send(request, timeout=10)
+            response = stub.Send(request, timeout=10, metadata=metadata)
             calls += 1
             assert response.has_reply and response.reply.content == PAYLOAD, "wrong reply"
 
@@ -87,4 +89,4 @@ def test_caxton_send(benchmark, supervisor: SupervisorProcess, rt_agent: str) ->
     worker_pids = [i.pid for i in supervisor.status(rt_agent).instances]
     _measure(benchmark, supervisor.address, rt_agent,
              {"client": [os.getpid()], "supervisor": [supervisor.pid], "worker": worker_pids},
-             "send", "Caxton Messaging.Send")
+             "send", "Caxton Messaging.Send", auth_metadata(supervisor))

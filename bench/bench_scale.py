@@ -50,7 +50,7 @@ from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess, alive, worker_pids_of
 
 from . import report
-from .support import MIB, grow_fleet, memory_of, numbered_payload, payload_number
+from .support import MIB, auth_metadata, grow_fleet, memory_of, numbered_payload, payload_number
 
 _BASE_STEPS = (10, 100, 500, 1000)
 SCALE = int(os.environ.get("CAXTON_BENCH_SCALE") or ("100" if os.environ.get("CAXTON_BENCH_QUICK") == "1" else "500"))
@@ -134,6 +134,7 @@ def _sweep(fleet: Fleet) -> tuple[int, Counter, float]:
     answered = 0
     errors: Counter = Counter()
     lock = threading.Lock()
+    metadata = auth_metadata(fleet.supervisor)
 
     def run(part: list[tuple[int, str]]) -> None:
         nonlocal answered
@@ -142,7 +143,7 @@ def _sweep(fleet: Fleet) -> tuple[int, Counter, float]:
             for number, name in part:
                 message = caxton_pb2.AgentMessage(receiver=name, sender="bench", content=numbered_payload(number))
                 try:
-                    response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=60)
+                    response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=60, metadata=metadata)
                 except grpc.RpcError as exc:
                     with lock:
                         errors[f"{exc.code().name}: {exc.details()[:200]}"] += 1

@@ -36,7 +36,7 @@ from caxton.worker.sandbox import Sandbox, SandboxLimits
 from tests.harness import SupervisorProcess
 
 from . import report
-from .support import CpuMeter, numbered_payload, payload_number
+from .support import CpuMeter, Metadata, auth_metadata, numbered_payload, payload_number
 
 FRAME = 256  # messages per SendStream frame (= the supervisor's batch bound)
 WINDOW = 4  # frames in flight per stream
@@ -99,9 +99,11 @@ def _frames(receivers: list[str], total: int) -> list[caxton_pb2.SendStreamReque
     return frames
 
 
-def _stream_round(stub: caxton_pb2_grpc.MessagingStub, frames: list[caxton_pb2.SendStreamRequest]) -> int:
-    """Send every frame on one stream, at most WINDOW frames unanswered; return
-    the number of correct results (every one must be)."""
+def _stream_round(stub: caxton_pb2_grpc.MessagingStub, frames: list[caxton_pb2.SendStreamRequest],
+                  metadata: Metadata) -> int:
+    """Send every frame on one stream (which carries `metadata` once), at most
+    WINDOW frames unanswered; return the number of correct results (every one
+    must be)."""
     total = sum(len(f.items) for f in frames)
     credits = threading.Semaphore(WINDOW)
     finished = threading.Event()
@@ -113,7 +115,7 @@ def _stream_round(stub: caxton_pb2_grpc.MessagingStub, frames: list[caxton_pb2.S
                     return
             yield frame
 
-    responses = stub.SendStream(requests(), timeout=300)
+    responses = stub.SendStream(requests(), timeout=300, metadata=metadata)
     received = ok = released = 0
     try:
         for response in responses:
@@ -133,6 +135,7 @@ def _stream_round(stub: caxton_pb2_grpc.MessagingStub, frames: list[caxton_pb2.S
 
 def _bench_stream(benchmark, supervisor: SupervisorProcess, receivers: list[str], key: str, label: str) -> None:
     rounds_run = 0
+    metadata = auth_metadata(supervisor)
     with grpc.insecure_channel(supervisor.address) as channel:
         stub = caxton_pb2_grpc.MessagingStub(channel)
 
@@ -141,7 +144,7 @@ def _bench_stream(benchmark, supervisor: SupervisorProcess, receivers: list[str]
 
         def run(frames: list[caxton_pb2.SendStreamRequest]) -> None:
             nonlocal rounds_run
-            _stream_round(stub, frames)
+            _stream_round(stub, frames, metadata)
             rounds_run += 1
 
         with CpuMeter(_cpu_groups(supervisor)) as meter:
@@ -165,9 +168,11 @@ def test_stream_eight_agents(benchmark, supervisor: SupervisorProcess, tp_agents
 
 class UnaryClients:
     """UNARY_CLIENTS threads, each with its own channel and connection (as
-    separate client processes would have), each sending sequentially."""
+    separate client processes would have), each sending sequentially, every
+    call carrying `metadata` (Caxton's: the token)."""
 
-    def __init__(self, address: str, count: int = UNARY_CLIENTS):
+    def __init__(self, address: str, count: int = UNARY_CLIENTS, metadata: Metadata | None = None):
+        self._metadata = metadata
         # A local subchannel pool per channel: otherwise grpc shares one
         # connection between channels to the same address.
         self._channels = [
@@ -185,25 +190,27 @@ class UnaryClients:
         """Every client sends `per_client` messages to its receiver (client i
         to receivers[i % len]); returns the number of correct replies."""
         futures = [
-            self._pool.submit(self._client, stub, receivers[i % len(receivers)], i * per_client, per_client)
+            self._pool.submit(self._client, stub, receivers[i % len(receivers)], i * per_client, per_client,
+                              self._metadata)
             for i, stub in enumerate(self._stubs)
         ]
         return sum(f.result() for f in futures)
 
     @staticmethod
-    def _client(stub: caxton_pb2_grpc.MessagingStub, receiver: str, first: int, count: int) -> int:
+    def _client(stub: caxton_pb2_grpc.MessagingStub, receiver: str, first: int, count: int,
+                metadata: Metadata | None) -> int:
         ok = 0
         for n in range(first, first + count):
             message = caxton_pb2.AgentMessage(receiver=receiver, sender="bench", content=numbered_payload(n))
-            response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=60)
+            response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=60, metadata=metadata)
             if response.has_reply and payload_number(response.reply.content) == n:
                 ok += 1
         return ok
 
 
 def _bench_unary(benchmark, address: str, receivers: list[str], cpu_groups: dict[str, list[int]],
-                 key: str, label: str) -> None:
-    clients = UnaryClients(address)
+                 key: str, label: str, metadata: Metadata | None = None) -> None:
+    clients = UnaryClients(address, metadata=metadata)
     total = UNARY_CLIENTS * UNARY_PER_CLIENT
     rounds_run = 0
     try:
@@ -226,13 +233,13 @@ def _bench_unary(benchmark, address: str, receivers: list[str], cpu_groups: dict
 @pytest.mark.benchmark(group=GROUP)
 def test_unary8_one_agent(benchmark, supervisor: SupervisorProcess, tp_agents: list[str]) -> None:
     _bench_unary(benchmark, supervisor.address, tp_agents[:1], _cpu_groups(supervisor),
-                 "unary8_1", "8 unary clients, 1 agent")
+                 "unary8_1", "8 unary clients, 1 agent", auth_metadata(supervisor))
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_unary8_eight_agents(benchmark, supervisor: SupervisorProcess, tp_agents: list[str]) -> None:
     _bench_unary(benchmark, supervisor.address, tp_agents, _cpu_groups(supervisor),
-                 "unary8_8", "8 unary clients, 8 agents")
+                 "unary8_8", "8 unary clients, 8 agents", auth_metadata(supervisor))
 
 
 @pytest.mark.benchmark(group=GROUP)
