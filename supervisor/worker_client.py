@@ -28,6 +28,7 @@ from caxton.v1 import caxton_pb2
 
 from .config import Limits
 from .deadline import Deadline
+from .logs import escape
 from .redact import without_paths
 
 log = logging.getLogger("caxton.worker_client")
@@ -231,8 +232,12 @@ class WorkerClient:
         self._channel.close()
 
     def _forward_logs(self, records: Iterable[worker_pb2.LogRecord]) -> None:
+        """An agent's caxton.log lines, as lines of the supervisor's log with
+        the agent named, and the agent's text escaped: it can neither forge a
+        line of its own nor send escape sequences to a terminal."""
         for record in records:
-            log.log(_LOG_LEVELS.get(record.level, logging.INFO), "[%s v%d] %s", self.agent, self.version, record.text)
+            log.log(_LOG_LEVELS.get(record.level, logging.INFO), "[%s v%d] %s", self.agent, self.version,
+                    escape(record.text), extra={"agent": self.agent, "version": self.version})
 
 
 def _stats(response: worker_pb2.StatsResponse) -> WorkerStats:

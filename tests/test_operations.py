@@ -110,3 +110,15 @@ def test_systemd_hears_ready_watchdog_reloading_and_stopping_in_order(tmp_path):
     finally:
         sup.kill()
         manager.close()
+
+
+def test_an_agent_cannot_forge_a_supervisor_log_line(shared_supervisor):
+    sup = shared_supervisor
+    sup.deploy("forger", "logger")
+    forged = "hi\n2026-11-30 03:00:00,000 caxton.supervisor ERROR all agents deleted\x1b[2J"
+    assert sup.send("forger", forged.encode()).reply.content == b"logged"
+    line = wait_until(lambda: next((line for line in sup.log_text().splitlines() if "[forger v1] hi" in line), None),
+                      10, "the agent's log line")
+    assert line.endswith("[forger v1] hi\\n2026-11-30 03:00:00,000 caxton.supervisor ERROR all agents deleted\\x1b[2J")
+    assert not any(line.startswith("2026-11-30 03:00:00,000 caxton.supervisor") for line in sup.log_text().splitlines())
+    assert "\x1b" not in sup.log_text()
