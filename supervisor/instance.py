@@ -99,8 +99,8 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup)
     try:
         instance.load(
-            str(env.store.module_path(version.module_sha256)),
-            str(env.store.cache_dir),
+            str(env.store.modules.path(version.module_sha256)),
+            str(env.store.modules.cache_dir),
             WorkerOsLimits(
                 # RLIMIT_DATA is the backstop where cgroups are unavailable;
                 # where they are, the cgroup is the precise limit, so the

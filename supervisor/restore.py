@@ -118,7 +118,7 @@ def _judge(store: StateStore, caps: Caps, defaults: Limits, name: str) -> Restor
     if problem:
         # Limits the status could not even report are shown as the defaults.
         return Damaged(name, problem, replace(version, limits=defaults), record.policy)
-    problem = store.module_problem(version.module_sha256)
+    problem = store.modules.problem(version.module_sha256)
     if problem:
         return Damaged(name, problem, version, record.policy)
     over = over_caps(caps, version.limits, record.replicas)

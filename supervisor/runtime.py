@@ -173,7 +173,7 @@ class Runtime:
         """Record and start a new agent: it runs, or nothing of it is left, so
         the caller can fix what was wrong and deploy again under the name."""
         with self._lock:
-            digest = self.store.put_module(wasm)
+            digest = self.store.modules.put(wasm)
             try:
                 version = self.store.create_agent(name, policy, digest, wanted.limits, wanted.label, wanted.restart,
                                                   wanted.replicas)
@@ -211,7 +211,7 @@ class Runtime:
         growth = Usage(memory_bytes=(limits.memory_bytes - agent.limits.memory_bytes) * agent.replicas)
         with self._lock:
             self.admission.check_growth(growth)
-            digest = self.store.put_module(wasm)
+            digest = self.store.modules.put(wasm)
             version = self.store.add_version(spec.name, digest, limits, spec.label)
             self.admission.hold(growth)
         try:

@@ -19,7 +19,6 @@ upgraded in place and one written by a newer Caxton is refused, not misread.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,13 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Limits
+from .modules import FILE_MODE, ModuleFiles
 from .restart import RestartSettings
 
 log = logging.getLogger("caxton.store")
-
-# Every file the store creates is the supervisor's alone.
-_FILE_MODE = 0o600
-
 
 class StateVersionError(ValueError):
     """The state directory was written by a newer Caxton than this one."""
@@ -189,23 +185,19 @@ def _agent_record(row: tuple) -> AgentRecord:
 class StateStore:
     def __init__(self, state_dir: Path):
         self.state_dir = Path(state_dir)
-        self.modules_dir = self.state_dir / "modules"
-        # Compiled modules are native code: the cache must be as private as
-        # the state itself.
-        self.cache_dir = self.state_dir / "cache"
-        for directory in (self.state_dir, self.modules_dir, self.cache_dir):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # A directory made earlier (by hand, by an older version) is
-            # tightened too: nobody else may plant a compiled module here.
-            os.chmod(directory, 0o700)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A directory made earlier (by hand, by an older version) is
+        # tightened too.
+        os.chmod(self.state_dir, 0o700)
+        self.modules = ModuleFiles(self.state_dir)
         self._lock = threading.Lock()
         database = self.state_dir / "caxton.db"
         # Made owner-only before SQLite opens it: SQLite gives its -wal and
         # -shm files the database file's mode.
-        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         for path in (database, database.with_name("caxton.db-wal"), database.with_name("caxton.db-shm")):
             if path.exists():
-                os.chmod(path, _FILE_MODE)
+                os.chmod(path, FILE_MODE)
         self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         try:
             # Checked before anything writes, so a newer Caxton's
@@ -257,42 +249,6 @@ class StateStore:
 
     # ------------------------------------------------------------ modules
 
-    def put_module(self, wasm: bytes) -> str:
-        """Store module bytes durably; returns their SHA-256 (hex)."""
-        digest = hashlib.sha256(wasm).hexdigest()
-        path = self.module_path(digest)
-        if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-            with open(fd, "wb") as f:
-                f.write(wasm)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            # The rename is durable only once the directory is: without this
-            # a crash could leave a record pointing at a module that is gone.
-            directory = os.open(self.modules_dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        return digest
-
-    def module_path(self, digest: str) -> Path:
-        return self.modules_dir / f"{digest}.wasm"
-
-    def module_problem(self, digest: str) -> str:
-        """Why the module file of `digest` cannot be used ("" if it can): it
-        is missing or empty. Its bytes are checked against the digest where
-        they are compiled (the worker)."""
-        try:
-            size = self.module_path(digest).stat().st_size
-        except FileNotFoundError:
-            return f"module {digest[:12]} is missing from the state directory"
-        except OSError as exc:
-            return f"module {digest[:12]} cannot be read ({exc.strerror})"
-        return f"module {digest[:12]} is an empty file" if size == 0 else ""
-
     def discard_module(self, digest: str) -> None:
         """Delete the module of `digest` unless a version refers to it (a
         deploy that stored it and then failed)."""
@@ -305,9 +261,7 @@ class StateStore:
         (count,) = self._db.execute("SELECT COUNT(*) FROM versions WHERE module_sha256 = ?", (digest,)).fetchone()
         if count:
             return
-        self.module_path(digest).unlink(missing_ok=True)
-        for cached in self.cache_dir.glob(f"{digest}-*"):
-            cached.unlink(missing_ok=True)
+        self.modules.delete(digest)
 
     # ------------------------------------------------------------ records
 

@@ -264,7 +264,7 @@ def capped(tmp_path, launch):
 
 
 def nothing_stored(runtime: Runtime) -> bool:
-    return runtime.store.agent_names() == [] and not any(runtime.store.modules_dir.iterdir())
+    return runtime.store.agent_names() == [] and not any(runtime.store.modules.modules_dir.iterdir())
 
 
 @pytest.mark.parametrize("spec, words", [

@@ -35,39 +35,39 @@ def store(tmp_path):
 
 
 def module_files(store: StateStore) -> list[str]:
-    return sorted(p.name for p in store.modules_dir.iterdir())
+    return sorted(p.name for p in store.modules.modules_dir.iterdir())
 
 
 # ------------------------------------------------------------ modules
 
 
 def test_put_module_is_content_addressed(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     assert digest == hashlib.sha256(WASM_A).hexdigest()
-    assert store.put_module(WASM_A) == digest
+    assert store.modules.put(WASM_A) == digest
     assert module_files(store) == [f"{digest}.wasm"]  # one file, no temporaries left
-    assert store.module_path(digest).read_bytes() == WASM_A
+    assert store.modules.path(digest).read_bytes() == WASM_A
 
 
 def test_different_modules_different_files(store):
-    a = store.put_module(WASM_A)
-    b = store.put_module(WASM_B)
+    a = store.modules.put(WASM_A)
+    b = store.modules.put(WASM_B)
     assert a != b
     assert module_files(store) == sorted([f"{a}.wasm", f"{b}.wasm"])
-    assert store.module_path(b).read_bytes() == WASM_B
+    assert store.modules.path(b).read_bytes() == WASM_B
 
 
 def test_module_path_is_under_modules_dir(store):
-    digest = store.put_module(WASM_A)
-    path = store.module_path(digest)
-    assert path.parent == store.modules_dir
+    digest = store.modules.put(WASM_A)
+    path = store.modules.path(digest)
+    assert path.parent == store.modules.modules_dir
     assert path.name == f"{digest}.wasm"
 
 
 def test_directories_are_private(tmp_path):
     s = StateStore(tmp_path / "deep" / "state")
     try:
-        for directory in (s.state_dir, s.modules_dir, s.cache_dir):
+        for directory in (s.state_dir, s.modules.modules_dir, s.modules.cache_dir):
             assert directory.is_dir()
             assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     finally:
@@ -82,7 +82,7 @@ def test_empty_store_has_no_agents(store):
 
 
 def test_create_agent_round_trip(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     created = store.create_agent("echo", "strict", digest, LIMITS, "v1-label")
     assert isinstance(created, VersionRecord)
     assert created.agent == "echo"
@@ -101,13 +101,13 @@ def test_create_agent_round_trip(store):
 
 
 def test_default_limits_round_trip(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, Limits(), "")
     assert store.version("a", 1).limits == Limits()
 
 
 def test_agents_sorted_by_name(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     for name in ("zeta", "alpha", "mid"):
         store.create_agent(name, "default", digest, LIMITS, name)
     assert [a.name for a in store.agents()] == ["alpha", "mid", "zeta"]
@@ -116,15 +116,15 @@ def test_agents_sorted_by_name(store):
 def test_unknown_version_raises_key_error(store):
     with pytest.raises(KeyError):
         store.version("nobody", 1)
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     with pytest.raises(KeyError):
         store.version("a", 2)
 
 
 def test_duplicate_agent_rejected_and_rolled_back(store):
-    a = store.put_module(WASM_A)
-    b = store.put_module(WASM_B)
+    a = store.modules.put(WASM_A)
+    b = store.modules.put(WASM_B)
     store.create_agent("dup", "default", a, LIMITS, "first")
     with pytest.raises(sqlite3.IntegrityError):
         store.create_agent("dup", "strict", b, Limits(), "second")
@@ -138,7 +138,7 @@ def test_duplicate_agent_rejected_and_rolled_back(store):
 
 
 def test_set_desired_state(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.set_desired_state("a", "stopped")
     assert store.agents()[0].desired_state == "stopped"
@@ -147,7 +147,7 @@ def test_set_desired_state(store):
 
 
 def test_set_desired_state_rejects_unknown_state(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     with pytest.raises(sqlite3.IntegrityError):
         store.set_desired_state("a", "paused")
@@ -158,74 +158,74 @@ def test_set_desired_state_rejects_unknown_state(store):
 
 
 def test_delete_agent_removes_records_and_unused_module(store):
-    digest = store.put_module(WASM_A)
-    compiled = store.cache_dir / f"{digest}-x86_64.cwasm"
+    digest = store.modules.put(WASM_A)
+    compiled = store.modules.cache_dir / f"{digest}-x86_64.cwasm"
     compiled.write_bytes(b"native")
-    recorded = store.cache_dir / f"{digest}-x86_64.cwasm.sha256"
+    recorded = store.modules.cache_dir / f"{digest}-x86_64.cwasm.sha256"
     recorded.write_text("0" * 64)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.delete_agent("a")
     assert store.agents() == []
     with pytest.raises(KeyError):
         store.version("a", 1)
-    assert not store.module_path(digest).exists()
+    assert not store.modules.path(digest).exists()
     assert not compiled.exists() and not recorded.exists()
     assert module_files(store) == []
 
 
 def test_discard_module_spares_a_module_in_use(store):
-    used = store.put_module(WASM_A)
+    used = store.modules.put(WASM_A)
     store.create_agent("a", "default", used, LIMITS, "")
-    orphan = store.put_module(WASM_B)  # stored by a deploy that then failed
+    orphan = store.modules.put(WASM_B)  # stored by a deploy that then failed
     store.discard_module(orphan)
     store.discard_module(used)
     assert module_files(store) == [f"{used}.wasm"]
 
 
 def test_delete_keeps_module_shared_with_another_agent(store):
-    digest = store.put_module(WASM_A)
-    compiled = store.cache_dir / f"{digest}-x86_64.cwasm"
+    digest = store.modules.put(WASM_A)
+    compiled = store.modules.cache_dir / f"{digest}-x86_64.cwasm"
     compiled.write_bytes(b"native")
     store.create_agent("a", "default", digest, LIMITS, "")
     store.create_agent("b", "default", digest, LIMITS, "")
     store.delete_agent("a")
     assert [x.name for x in store.agents()] == ["b"]
-    assert store.module_path(digest).read_bytes() == WASM_A
+    assert store.modules.path(digest).read_bytes() == WASM_A
     assert compiled.exists()
     store.delete_agent("b")
-    assert not store.module_path(digest).exists()
+    assert not store.modules.path(digest).exists()
     assert not compiled.exists()
 
 
 def test_delete_only_collects_own_module(store):
-    a = store.put_module(WASM_A)
-    b = store.put_module(WASM_B)
-    other_cache = store.cache_dir / f"{b}-x86_64.cwasm"
+    a = store.modules.put(WASM_A)
+    b = store.modules.put(WASM_B)
+    other_cache = store.modules.cache_dir / f"{b}-x86_64.cwasm"
     other_cache.write_bytes(b"native")
     store.create_agent("a", "default", a, LIMITS, "")
     store.create_agent("b", "default", b, LIMITS, "")
     store.delete_agent("a")
-    assert not store.module_path(a).exists()
-    assert store.module_path(b).exists()
+    assert not store.modules.path(a).exists()
+    assert store.modules.path(b).exists()
     assert other_cache.exists()
 
 
 def test_delete_unknown_agent_is_harmless(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.delete_agent("nobody")
     assert [x.name for x in store.agents()] == ["a"]
-    assert store.module_path(digest).exists()
+    assert store.modules.path(digest).exists()
 
 
 def test_agent_can_be_recreated_after_delete(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.delete_agent("a")
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "strict", digest, Limits(), "again")
     assert store.version("a", 1).label == "again"
-    assert store.module_path(digest).exists()
+    assert store.modules.path(digest).exists()
 
 
 # ------------------------------------------------------------ durability
@@ -234,7 +234,7 @@ def test_agent_can_be_recreated_after_delete(store):
 def test_state_files_are_owner_only(tmp_path):
     s = StateStore(tmp_path / "state")
     try:
-        s.create_agent("a", "default", s.put_module(WASM_A), LIMITS, "")
+        s.create_agent("a", "default", s.modules.put(WASM_A), LIMITS, "")
         files = [p for p in s.state_dir.rglob("*") if p.is_file()]
         assert {p.name for p in files} >= {"caxton.db", "caxton.db-wal", f"{hashlib.sha256(WASM_A).hexdigest()}.wasm"}
         for path in files:
@@ -252,12 +252,12 @@ def test_a_database_made_readable_by_others_is_tightened(tmp_path):
 
 
 def test_module_problem_names_a_missing_or_empty_module_without_its_path(store):
-    digest = store.put_module(WASM_A)
-    assert store.module_problem(digest) == ""
-    store.module_path(digest).write_bytes(b"")
-    assert store.module_problem(digest) == f"module {digest[:12]} is an empty file"
-    store.module_path(digest).unlink()
-    assert store.module_problem(digest) == f"module {digest[:12]} is missing from the state directory"
+    digest = store.modules.put(WASM_A)
+    assert store.modules.problem(digest) == ""
+    store.modules.path(digest).write_bytes(b"")
+    assert store.modules.problem(digest) == f"module {digest[:12]} is an empty file"
+    store.modules.path(digest).unlink()
+    assert store.modules.problem(digest) == f"module {digest[:12]} is missing from the state directory"
 
 
 # ------------------------------------------------------------ damaged records
@@ -281,7 +281,7 @@ def _raw(store: StateStore, statement: str, *args) -> None:
     ("UPDATE versions SET limits = ?", (7,), "versions.limits of a v1 is not a JSON object"),
 ], ids=["json", "array", "unknown-key", "bool", "float", "number"])
 def test_a_damaged_version_is_named_and_left_out_of_the_history(store, statement, args, damage):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.add_version("a", digest, LIMITS, "second")
     _raw(store, statement + " WHERE version = 1", *args)
@@ -301,7 +301,7 @@ def test_a_damaged_version_is_named_and_left_out_of_the_history(store, statement
     ("UPDATE agents SET created_at = ?", ("yesterday",), "the record of a has a policy or creation time of the wrong"),
 ], ids=["restart-json", "restart-range", "restart-key", "restart-type", "replicas", "version", "created-at"])
 def test_a_damaged_agent_record_is_named(store, statement, args, damage):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.create_agent("b", "default", digest, LIMITS, "")
     _raw(store, statement + " WHERE name = 'a'", *args)
@@ -315,7 +315,7 @@ def test_a_damaged_agent_record_is_named(store, statement, args, damage):
 
 
 def test_a_row_without_a_text_name_is_left_out(store):
-    store.create_agent("a", "default", store.put_module(WASM_A), LIMITS, "")
+    store.create_agent("a", "default", store.modules.put(WASM_A), LIMITS, "")
     _raw(store, "INSERT INTO agents (name, desired_state, current_version, policy, created_at) "
                 "VALUES (NULL, 'running', 1, 'default', 0)")
     assert store.agent_names() == ["a"]
@@ -324,8 +324,8 @@ def test_a_row_without_a_text_name_is_left_out(store):
 def test_reopen_sees_same_records(tmp_path):
     state = tmp_path / "state"
     first = StateStore(state)
-    a = first.put_module(WASM_A)
-    b = first.put_module(WASM_B)
+    a = first.modules.put(WASM_A)
+    b = first.modules.put(WASM_B)
     first.create_agent("one", "strict", a, LIMITS, "L1")
     first.create_agent("two", "default", b, Limits(), "L2")
     first.set_desired_state("two", "stopped")
@@ -338,18 +338,18 @@ def test_reopen_sees_same_records(tmp_path):
         assert second.agents() == agents_before
         assert [second.version("one", 1), second.version("two", 1)] == versions_before
         assert second.agents()[1].desired_state == "stopped"
-        assert second.module_path(a).read_bytes() == WASM_A
+        assert second.modules.path(a).read_bytes() == WASM_A
         # and it can still write
         second.delete_agent("one")
         assert [x.name for x in second.agents()] == ["two"]
-        assert not second.module_path(a).exists()
+        assert not second.modules.path(a).exists()
     finally:
         second.close()
 
 
 def test_restart_settings_round_trip(tmp_path):
     store = StateStore(tmp_path / "state")
-    digest = store.put_module(b"\0asm\1\0\0\0")
+    digest = store.modules.put(b"\0asm\1\0\0\0")
     settings = RestartSettings(initial_delay_s=0.05, max_failures=2, window_s=10.0)
     store.create_agent("tuned", "default", digest, Limits(), "", settings)
     store.create_agent("plain", "default", digest, Limits(), "")
@@ -363,7 +363,7 @@ def test_restart_settings_round_trip(tmp_path):
 
 
 def test_new_versions_are_not_stable(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     created = store.create_agent("a", "default", digest, LIMITS, "")
     added = store.add_version("a", digest, LIMITS, "")
     assert not created.stable and not added.stable
@@ -372,7 +372,7 @@ def test_new_versions_are_not_stable(store):
 
 
 def test_mark_stable(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.add_version("a", digest, LIMITS, "")
     store.mark_stable("a", 2)
@@ -389,7 +389,7 @@ def test_mark_stable(store):
 def test_rollback_target_skips_never_stable_versions(store):
     """Defect 5: v1 worked, v2's switch failed, v3 worked: rolling back from
     v3 goes to v1, not v2."""
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "good")
     store.mark_stable("a", 1)
     store.add_version("a", digest, LIMITS, "broken")
@@ -404,7 +404,7 @@ def test_rollback_target_skips_never_stable_versions(store):
 
 
 def test_rollback_target_none_without_an_older_stable_version(store):
-    digest = store.put_module(WASM_A)
+    digest = store.modules.put(WASM_A)
     store.create_agent("a", "default", digest, LIMITS, "")
     store.add_version("a", digest, LIMITS, "")
     store.add_version("a", digest, LIMITS, "")
@@ -414,7 +414,7 @@ def test_rollback_target_none_without_an_older_stable_version(store):
 
 
 def test_prune_versions_with_stable_column(store):
-    digests = [store.put_module(WASM_A), store.put_module(WASM_B)]
+    digests = [store.modules.put(WASM_A), store.modules.put(WASM_B)]
     store.create_agent("a", "default", digests[0], LIMITS, "v1")
     store.mark_stable("a", 1)
     for number in range(2, 6):
@@ -426,13 +426,13 @@ def test_prune_versions_with_stable_column(store):
     assert [(v.version, v.stable) for v in store.versions("a")] == [(4, True), (5, True)]
     assert store.rollback_target("a", 5).version == 4
     # v1's module is still used by v5's
-    assert store.module_path(digests[0]).exists() and store.module_path(digests[1]).exists()
+    assert store.modules.path(digests[0]).exists() and store.modules.path(digests[1]).exists()
 
 
 def test_prune_versions_spares_the_rollback_target(store):
     """A run of failed reloads must not push the last version that worked
     out of history."""
-    a, b = store.put_module(WASM_A), store.put_module(WASM_B)
+    a, b = store.modules.put(WASM_A), store.modules.put(WASM_B)
     store.create_agent("a", "default", a, LIMITS, "good")
     store.mark_stable("a", 1)
     for number in range(2, 6):  # v2..v4 never switched; v5 did
@@ -442,17 +442,17 @@ def test_prune_versions_spares_the_rollback_target(store):
     store.prune_versions("a", keep=2, current=5)
     assert [v.version for v in store.versions("a")] == [1, 4, 5]
     assert store.rollback_target("a", 5).version == 1
-    assert store.module_path(a).exists()
+    assert store.modules.path(a).exists()
 
 
 def test_prune_versions_keeps_current_even_when_old(store):
-    a, b = store.put_module(WASM_A), store.put_module(WASM_B)
+    a, b = store.modules.put(WASM_A), store.modules.put(WASM_B)
     store.create_agent("a", "default", a, LIMITS, "")
     for _ in range(3):
         store.add_version("a", b, LIMITS, "")
     store.prune_versions("a", keep=1, current=1)  # rolled back to v1; nothing older is stable
     assert [v.version for v in store.versions("a")] == [1, 4]
-    assert store.module_path(a).exists() and store.module_path(b).exists()
+    assert store.modules.path(a).exists() and store.modules.path(b).exists()
 
 
 # ------------------------------------------------------------ schema versions
@@ -525,7 +525,7 @@ def test_state_v0_migrates_intact(state_v0):
         ]
         assert s.rollback_target("echo", 2) is None  # v1 may never have worked: no guess
         for digest in (ECHO_V1, ECHO_V2, COUNTER_V1):
-            path = s.module_path(digest)
+            path = s.modules.path(digest)
             assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
         # and it can still write
         s.mark_stable("echo", 1)
