@@ -98,8 +98,24 @@ class Runtime:
                 if running:
                     to_start.append(agent)
             self._agents[agent.name] = agent
+        saved, _ = self.store.saved_counters()
+        for name, (messages, errors, restarts) in saved.items():
+            if name in self._agents:
+                self._agents[name].intake.messages = messages
+                self._agents[name].intake.errors = errors
+                self._agents[name].recovery.restarts = restarts
         start_restored(to_start)
         log.info("restored %d agents (%d started, %d damaged)", len(self._agents), len(to_start), len(self._damaged))
+
+    def save_counters(self) -> None:
+        """Persist message, error and restart counts (and the metrics'
+        per-outcome counts): periodically, and at shutdown."""
+        agents = []
+        for agent in list(self._agents.values()):
+            messages, errors = agent.intake.tally()
+            agents.append((agent.name, messages, errors, agent.recovery.restarts))
+        tally = self.router.tally
+        self.store.save_counters(agents, tally.snapshot() if tally is not None else [])
 
     def shutdown(self, timeout: float) -> None:
         """Drain every agent in parallel within `timeout`, then end all workers.

@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -174,7 +175,7 @@ class Supervisor:
         )
         self.budget = MemoryBudget(config.memory_budget, config.queue_bytes)
         self.runtime.router.budget = self.budget
-        self.tally = MessageTally()
+        self.tally = MessageTally(self.store.saved_counters()[1])
         self.runtime.router.tally = self.tally
         self.deployments = Deployments()
         self.metrics: MetricsEndpoint | None = None
@@ -315,6 +316,7 @@ class Supervisor:
         self.api.call(self.health.enter_graceful_shutdown())
         self.health_monitor.stop()
         self.runtime.shutdown(self.config.shutdown_timeout_s)
+        self.runtime.save_counters()
         self.events.close()
         self.pool.close()
         self.launcher.close()
@@ -348,6 +350,7 @@ def run(supervisor: Supervisor, reload: Callable[[], Config] | None = None) -> i
     print(f"caxton-supervisor listening on {supervisor.address}", flush=True)
     notifier.ready(supervisor.summary())
     tick = notifier.watchdog_interval_s or STATUS_INTERVAL_S
+    save_due = time.monotonic() + SAVE_COUNTERS_EVERY_S
     while True:
         try:
             received = signals.get(timeout=tick)
@@ -355,6 +358,9 @@ def run(supervisor: Supervisor, reload: Callable[[], Config] | None = None) -> i
             if supervisor.healthy(timeout=min(tick, HEALTHY_WITHIN_S)):
                 notifier.watchdog()
                 notifier.status(supervisor.summary())
+                if time.monotonic() >= save_due:
+                    supervisor.runtime.save_counters()
+                    save_due = time.monotonic() + SAVE_COUNTERS_EVERY_S
             else:
                 log.error("the launcher thread or the state store did not answer: withholding the watchdog ping")
             continue
@@ -374,6 +380,8 @@ def run(supervisor: Supervisor, reload: Callable[[], Config] | None = None) -> i
 # How often STATUS= is refreshed without a watchdog, and how long the
 # supervisor's own threads may take to answer the watchdog's question.
 STATUS_INTERVAL_S = 10.0
+# How often counters are saved (and always at shutdown): a crash loses at most this much.
+SAVE_COUNTERS_EVERY_S = 30.0
 HEALTHY_WITHIN_S = 5.0
 
 

@@ -88,8 +88,21 @@ def _migration_2(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """Counters that survive a supervisor restart, so that status and
+    dashboards do not drop to zero: per agent (messages, errors, restarts)
+    and per agent version and outcome (caxton_messages_total)."""
+    db.execute("""CREATE TABLE agent_counters (
+        agent    TEXT PRIMARY KEY REFERENCES agents(name) ON DELETE CASCADE,
+        messages INTEGER NOT NULL, errors INTEGER NOT NULL, restarts INTEGER NOT NULL)""")
+    db.execute("""CREATE TABLE message_counts (
+        agent   TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+        version INTEGER NOT NULL, outcome TEXT NOT NULL, count INTEGER NOT NULL,
+        PRIMARY KEY (agent, version, outcome))""")
+
+
 # Migration N is _MIGRATIONS[N - 1]; append only, never edit a released one.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -299,6 +312,29 @@ class StateStore:
             self._db.execute("DELETE FROM agents WHERE name = ?", (name,))
             for digest in set(digests):
                 self._collect_module(digest)
+
+    def save_counters(self, agents: list[tuple[str, int, int, int]],
+                      messages: list[tuple[str, int, str, int]]) -> None:
+        """Replace the saved counters: (agent, messages, errors, restarts)
+        and (agent, version, outcome, count) rows. Rows of agents that are
+        gone meanwhile are skipped."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            known = {row[0] for row in self._db.execute("SELECT name FROM agents")}
+            self._db.execute("DELETE FROM agent_counters")
+            self._db.execute("DELETE FROM message_counts")
+            self._db.executemany("INSERT INTO agent_counters VALUES (?, ?, ?, ?)",
+                                 [row for row in agents if row[0] in known])
+            self._db.executemany("INSERT INTO message_counts VALUES (?, ?, ?, ?)",
+                                 [row for row in messages if row[0] in known])
+
+    def saved_counters(self) -> tuple[dict[str, tuple[int, int, int]], list[tuple[str, int, str, int]]]:
+        """What save_counters() saved: {agent: (messages, errors, restarts)}
+        and the per-outcome rows."""
+        with self._lock:
+            agents = {a: (m, e, r) for a, m, e, r in self._db.execute("SELECT * FROM agent_counters")}
+            messages = list(self._db.execute("SELECT agent, version, outcome, count FROM message_counts"))
+        return agents, messages
 
     def agent_names(self) -> list[str]:
         """Every stored agent's name, sorted. A row whose name is not text

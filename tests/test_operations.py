@@ -122,3 +122,26 @@ def test_an_agent_cannot_forge_a_supervisor_log_line(shared_supervisor):
     assert line.endswith("[forger v1] hi\\n2026-11-30 03:00:00,000 caxton.supervisor ERROR all agents deleted\\x1b[2J")
     assert not any(line.startswith("2026-11-30 03:00:00,000 caxton.supervisor") for line in sup.log_text().splitlines())
     assert "\x1b" not in sup.log_text()
+
+
+def test_counts_survive_a_supervisor_restart(supervisor, tmp_path):
+    state = tmp_path / "counted"
+    first = supervisor('metrics_listen = "127.0.0.1:0"\n', state_dir=state)
+    first.deploy("counted", "trap")
+    for _ in range(5):
+        assert first.send("counted", b"x").reply.content == b"x"
+    try:
+        first.send("counted", b"unreachable")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INTERNAL
+    before = first.status("counted")
+    assert (before.messages, before.errors) == (6, 1)
+    assert first.stop() == 0
+
+    second = supervisor('metrics_listen = "127.0.0.1:0"\n', state_dir=state)
+    after = second.status("counted")
+    assert (after.messages, after.errors, after.restarts) == (6, 1, before.restarts)
+    match = wait_until(lambda: re.findall(r"metrics on (http://\S+)", second.log_text()), 10, "the metrics address")
+    metrics = _scrape(match[-1])
+    assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="counted", outcome="ok") == 5
+    assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="counted", outcome="internal") == 1
