@@ -15,7 +15,7 @@ every agent can carry.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import psutil
 
@@ -65,8 +65,8 @@ class FailureRecord:
 
 
 @dataclass(frozen=True)
-class AgentView:
-    """What the agent itself knows, read in one step under its state lock."""
+class AgentFacts:
+    """What a view and a snapshot share."""
 
     name: str
     state: AgentState
@@ -82,25 +82,19 @@ class AgentView:
     next_restart_in_s: float
     breaker: BreakerView
     recent_failures: tuple[FailureRecord, ...]
+
+
+@dataclass(frozen=True)
+class AgentView(AgentFacts):
+    """What the agent itself knows, read in one step under its state lock."""
+
     instances: tuple  # WorkerInstance, in service now
 
 
 @dataclass(frozen=True)
-class AgentSnapshot:
-    name: str
-    state: AgentState
-    version: VersionRecord
-    policy: str
-    replicas: int
-    restart: RestartSettings
-    uptime_s: float
-    messages: int
-    errors: int
-    restarts: int
-    last_error: str
-    next_restart_in_s: float
-    breaker: BreakerView
-    recent_failures: tuple[FailureRecord, ...]
+class AgentSnapshot(AgentFacts):
+    """The status as callers see it: no host paths, each worker's figures."""
+
     instances: tuple[InstanceSnapshot, ...]
     versions: tuple[VersionShare, ...]
     history: tuple[VersionRecord, ...]
@@ -147,15 +141,14 @@ def snapshot(view: AgentView, history: list[VersionRecord]) -> AgentSnapshot:
             pid=instance.pid, version=instance.version, uptime_s=time.monotonic() - instance.started_at,
             rss_bytes=_rss(instance.pid), enforcement=tuple(instance.enforcement), **figures,
         ))
-    return AgentSnapshot(
-        name=view.name, state=view.state, version=_shown(view.version), policy=view.policy, replicas=view.replicas,
-        restart=view.restart, uptime_s=view.uptime_s, messages=view.messages, errors=view.errors,
-        restarts=view.restarts, last_error=without_paths(view.last_error), next_restart_in_s=view.next_restart_in_s,
+    facts = {field.name: getattr(view, field.name) for field in fields(AgentFacts)}
+    facts.update(
+        version=_shown(view.version), last_error=without_paths(view.last_error),
         breaker=replace(view.breaker, reason=without_paths(view.breaker.reason)),
         recent_failures=tuple(FailureRecord(f.at, without_paths(f.reason)) for f in view.recent_failures),
-        instances=tuple(instances), versions=version_shares(view.instances),
-        history=tuple(_shown(record) for record in history),
     )
+    return AgentSnapshot(**facts, instances=tuple(instances), versions=version_shares(view.instances),
+                         history=tuple(_shown(record) for record in history))
 
 
 def _shown(record: VersionRecord) -> VersionRecord:
