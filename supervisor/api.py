@@ -31,6 +31,7 @@ from .auth import Authorizer, Principal, check_policy_choice
 from .config import Limits
 from .deadline import Deadline
 from .errors import CaxtonError, ModuleRejected, ResourceExhausted
+from .events import AgentEvent, EventBus
 from .lifecycle import AgentState
 from .memory_budget import MemoryBudget
 from .metrics import Deployments
@@ -167,6 +168,13 @@ def _reloaded_to_proto(result: Reloaded) -> caxton_pb2.HotReloadAgentResponse:
     return response
 
 
+def _log_line(line: AgentEvent) -> caxton_pb2.LogLine:
+    """An agent's log line (kept on a per-agent event bus: kind = level)."""
+    if line.kind == "events-dropped":  # a follower that fell behind
+        return caxton_pb2.LogLine(at=line.at, agent=line.agent, level="warning", text=line.message)
+    return caxton_pb2.LogLine(at=line.at, agent=line.agent, version=line.version, level=line.kind, text=line.message)
+
+
 def _seconds(milliseconds: int) -> float | None:
     """A request's optional timeout in ms (0 = the supervisor's default)."""
     return milliseconds / 1000 if milliseconds else None
@@ -271,9 +279,11 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     charged to the memory budget while it is being processed."""
 
     def __init__(self, runtime: Runtime, budget: MemoryBudget, lifecycle: Executor, queries: Executor,
-                 authorizer: Authorizer, audit: Audit, deployments: Deployments | None = None):
+                 authorizer: Authorizer, audit: Audit, deployments: Deployments | None = None,
+                 logbook: EventBus | None = None):
         self._runtime = runtime
         self._deployments = deployments or Deployments()
+        self._logbook = logbook or EventBus(per_agent=True)
         self._budget = budget
         self._lifecycle = lifecycle
         self._queries = queries
@@ -364,7 +374,7 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
         """Events as they happen, with no thread held while none do; the
         subscription's bounded queue drops the oldest for a client that
         does not keep up (events.py)."""
-        subscription = self._runtime.events.subscribe(request.agent)
+        subscription = self._runtime.events.subscribe(request.agent, since=request.since or None)
         try:
             # Tells the client it is subscribed: it can now start what it
             # wants to watch without missing the first events.
@@ -380,7 +390,24 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     @audited
     async def RemoveAgent(self, request, context):
         await self._run(self._lifecycle, lambda: self._runtime.remove(request.name, _seconds(request.timeout_ms)))
+        self._logbook.forget(request.name)
         return caxton_pb2.RemoveAgentResponse()
+
+    @translate_errors
+    async def AgentLogs(self, request, context):
+        """The agent's kept log lines newer than `since`, then, with follow,
+        new ones as they come (no thread held while none do)."""
+        self._runtime.get(request.name)  # NOT_FOUND for an unknown agent
+        if not request.follow:
+            for kept in self._logbook.replay(request.name, request.since):
+                await context.write(_log_line(kept))
+            return
+        subscription = self._logbook.subscribe(request.name, since=request.since)
+        try:
+            while (line := await subscription.get()) is not None:
+                await context.write(_log_line(line))
+        finally:
+            self._logbook.unsubscribe(subscription)
 
     @translate_errors
     async def GetAgentStatus(self, request, context):

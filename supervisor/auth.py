@@ -71,6 +71,7 @@ REQUIRED_ROLE: dict[str, Role] = {
     _LIFECYCLE + "ListAgents": Role.READER,
     _LIFECYCLE + "ValidateModule": Role.READER,
     _LIFECYCLE + "WatchEvents": Role.READER,
+    _LIFECYCLE + "AgentLogs": Role.READER,
     _MESSAGING + "Send": Role.SENDER,
     _MESSAGING + "SendStream": Role.SENDER,
 }

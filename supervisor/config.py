@@ -62,6 +62,8 @@ class Config:
     health_listen: str = ""
     # Prometheus metrics over HTTP at HOST:PORT ("" = off).
     metrics_listen: str = ""
+    # An agent's own log lines kept for `caxton logs`, per agent.
+    log_lines: int = 1000
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     state_dir: Path = Path(".caxton")
@@ -159,6 +161,7 @@ def config_from_table(table: dict[str, Any]) -> Config:
         listen=t.string("listen", base.listen),
         health_listen=t.string("health_listen", base.health_listen),
         metrics_listen=t.string("metrics_listen", base.metrics_listen),
+        log_lines=t.integer("log_lines", base.log_lines, minimum=1),
         auth=read_auth(t.table("auth")),
         tls=read_tls(t.table("tls")),
         state_dir=Path(t.string("state_dir", str(base.state_dir))),

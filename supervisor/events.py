@@ -4,6 +4,11 @@ Publishing never blocks the supervisor: each subscriber has a bounded
 queue (read by a thread, or awaited by a coroutine that holds no thread), and
 a subscriber that falls behind loses its oldest events and is told how many
 with an `events-dropped` event, instead of slowing everyone down.
+
+A bus also keeps a bounded history (the newest N events, or N per agent), so
+that a watcher can start from a moment in the past: `caxton events --since`
+shows a rollback that happened a minute ago. The same bus, per agent,
+carries each agent's own log lines for `caxton logs`.
 """
 
 from __future__ import annotations
@@ -97,24 +102,58 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, subscriber_limit: int = 1000):
+    def __init__(self, subscriber_limit: int = 1000, history: int = 1000, per_agent: bool = False):
         self._limit = subscriber_limit
         self._subscribers: list[Subscription] = []
         self._lock = threading.Lock()
+        # The newest `history` events (per agent with per_agent), oldest first.
+        self._history_limit = history
+        self._per_agent = per_agent
+        self._history: dict[str, deque[AgentEvent]] = {}
 
     def publish(self, agent: str, kind: str, version: int, message: str = "") -> None:
         event = AgentEvent(time.time(), agent, kind, version, message)
+        key = agent if self._per_agent else ""
         with self._lock:
+            kept = self._history.get(key)
+            if kept is None:
+                kept = self._history[key] = deque(maxlen=self._history_limit)
+            kept.append(event)
             subscribers = list(self._subscribers)
         for subscription in subscribers:
             if not subscription.agent or subscription.agent == agent:
                 subscription._offer(event)
 
-    def subscribe(self, agent: str = "") -> Subscription:
+    def subscribe(self, agent: str = "", since: float | None = None) -> Subscription:
+        """A subscription to `agent`'s events ("" = every agent's), starting
+        with the kept ones newer than `since` (Unix seconds) if given. Taken
+        in one step with publishing, so no event is missed or seen twice."""
         subscription = Subscription(agent, self._limit)
         with self._lock:
+            if since is not None:
+                for event in self._replay(agent, since)[-self._limit:]:
+                    subscription._queue.append(event)
             self._subscribers.append(subscription)
         return subscription
+
+    def replay(self, agent: str, since: float) -> list[AgentEvent]:
+        """The kept events of `agent` ("" = every agent) newer than `since`, oldest first."""
+        with self._lock:
+            return self._replay(agent, since)
+
+    def _replay(self, agent: str, since: float) -> list[AgentEvent]:
+        """(Caller holds _lock.)"""
+        if self._per_agent:
+            pools = [self._history.get(agent, ())] if agent else list(self._history.values())
+        else:
+            pools = [self._history.get("", ())]
+        events = [e for pool in pools for e in pool if e.at > since and (not agent or e.agent == agent)]
+        return sorted(events, key=lambda e: e.at)
+
+    def forget(self, agent: str) -> None:
+        """The agent was removed: its kept history goes (per-agent buses)."""
+        with self._lock:
+            self._history.pop(agent, None)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscription.close()

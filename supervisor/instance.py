@@ -25,6 +25,7 @@ from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
 from .deadline import Deadline
 from .errors import WorkerStartError
+from .events import EventBus
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .mailbox import Mailbox, Pending
 from .pool import SparePool
@@ -64,6 +65,8 @@ class WorkerEnv:
     uid: int = -1
     gid: int = -1
     user_name: str = ""
+    # Where agents' log lines are kept for `caxton logs` (None: not kept).
+    logbook: EventBus | None = None
 
 
 def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
@@ -96,7 +99,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
             raise
     if cgroup is not None:
         cgroup.adopt(process.pid)
-    instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup)
+    instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook)
     try:
         instance.load(
             str(env.store.modules.path(version.module_sha256)),
@@ -127,7 +130,7 @@ class WorkerInstance:
     """The process, its client and the dispatcher that feeds it."""
 
     def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
-                 cgroup: WorkerCgroup | None = None):
+                 cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None):
         self.agent = agent
         self.version = version
         self.limits = limits
@@ -136,7 +139,7 @@ class WorkerInstance:
         self.enforcement: list[str] = []
         self.kill_reason = ""
         self._config = config
-        self.client = WorkerClient(process.socket_path, agent, version)
+        self.client = WorkerClient(process.socket_path, agent, version, logbook)
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)
         self._retiring = False

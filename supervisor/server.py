@@ -164,7 +164,8 @@ class Supervisor:
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python)
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
         self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s)
-        env = WorkerEnv(config, self.launcher, self.store, self.cgroups, self.pool, *identity)
+        self.logbook = EventBus(history=config.log_lines, per_agent=True)
+        env = WorkerEnv(config, self.launcher, self.store, self.cgroups, self.pool, *identity, logbook=self.logbook)
         self.events = EventBus()
         self.runtime = Runtime(config, self.store, functools.partial(launch_instance, env), self.events)
         self.health_monitor = HealthMonitor(
@@ -218,7 +219,7 @@ class Supervisor:
         api = ApiServer(SERVER_OPTIONS, [*interceptors, _request_gate()])
         caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(
             AgentLifecycleService(self.runtime, self.budget, self._lifecycle_pool, self._query_pool,
-                                  self.authorizer, self.audit, self.deployments), api.server)
+                                  self.authorizer, self.audit, self.deployments, self.logbook), api.server)
         caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router, self.authorizer),
                                                         api.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, api.server)

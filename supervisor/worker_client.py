@@ -28,6 +28,7 @@ from caxton.v1 import caxton_pb2
 
 from .config import Limits
 from .deadline import Deadline
+from .events import EventBus
 from .logs import escape
 from .redact import without_paths
 
@@ -131,9 +132,10 @@ class Probe:
 class WorkerClient:
     """The gRPC channel to one worker and every call made over it."""
 
-    def __init__(self, socket_path: str, agent: str, version: int):
+    def __init__(self, socket_path: str, agent: str, version: int, logbook: EventBus | None = None):
         self.agent = agent
         self.version = version
+        self._logbook = logbook  # keeps the agent's log lines for `caxton logs`
         self._channel = grpc.insecure_channel(
             f"unix:{socket_path}",
             options=[
@@ -236,8 +238,11 @@ class WorkerClient:
         the agent named, and the agent's text escaped: it can neither forge a
         line of its own nor send escape sequences to a terminal."""
         for record in records:
-            log.log(_LOG_LEVELS.get(record.level, logging.INFO), "[%s v%d] %s", self.agent, self.version,
-                    escape(record.text), extra={"agent": self.agent, "version": self.version})
+            level = _LOG_LEVELS.get(record.level, logging.INFO)
+            log.log(level, "[%s v%d] %s", self.agent, self.version, escape(record.text),
+                    extra={"agent": self.agent, "version": self.version})
+            if self._logbook is not None:
+                self._logbook.publish(self.agent, logging.getLevelName(level).lower(), self.version, record.text)
 
 
 def _stats(response: worker_pb2.StatsResponse) -> WorkerStats:

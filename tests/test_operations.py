@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import time
 import urllib.request
 
 import grpc
@@ -145,3 +146,42 @@ def test_counts_survive_a_supervisor_restart(supervisor, tmp_path):
     metrics = _scrape(match[-1])
     assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="counted", outcome="ok") == 5
     assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="counted", outcome="internal") == 1
+
+
+def test_agent_logs_are_kept_and_followed(shared_supervisor):
+    sup = shared_supervisor
+    sup.deploy("diarist", "logger")
+    for text in (b"first", b"second"):
+        assert sup.send("diarist", text).reply.content == b"logged"
+    lines = list(sup.lifecycle.AgentLogs(caxton_pb2.AgentLogsRequest(name="diarist"), timeout=10))
+    assert [line.text for line in lines] == ["init", "first", "second"]
+    assert {(line.agent, line.version, line.level) for line in lines} == {("diarist", 1, "info")}
+    later = list(sup.lifecycle.AgentLogs(caxton_pb2.AgentLogsRequest(name="diarist", since=lines[1].at), timeout=10))
+    assert [line.text for line in later] == ["second"]
+
+    follow = sup.lifecycle.AgentLogs(caxton_pb2.AgentLogsRequest(name="diarist", since=lines[-1].at, follow=True),
+                                     timeout=30)
+    assert sup.send("diarist", b"third").reply.content == b"logged"
+    assert next(follow).text == "third"
+    follow.cancel()
+    try:
+        list(sup.lifecycle.AgentLogs(caxton_pb2.AgentLogsRequest(name="nobody-here"), timeout=10))
+        raise AssertionError("logs of an unknown agent")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_events_since_replays_what_happened_before_watching(shared_supervisor):
+    sup = shared_supervisor
+    before = time.time()
+    sup.deploy("historian", "echo")
+    sup.lifecycle.StopAgent(caxton_pb2.StopAgentRequest(name="historian"), timeout=30)
+    stream = sup.lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(agent="historian", since=before), timeout=30)
+    kinds = []
+    for event in stream:
+        kinds.append(event.kind)
+        if event.kind == "stopped":
+            break
+    stream.cancel()
+    assert kinds[0] == "watching"
+    assert {"started", "deployed", "stopped"} <= set(kinds)

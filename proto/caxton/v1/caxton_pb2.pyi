@@ -357,10 +357,36 @@ class HotReloadAgentResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., report: _Optional[_Union[ValidationReport, _Mapping]] = ..., switched_after_s: _Optional[float] = ..., drained_after_s: _Optional[float] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("agent",)
+    __slots__ = ("agent", "since")
     AGENT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
     agent: str
-    def __init__(self, agent: _Optional[str] = ...) -> None: ...
+    since: float
+    def __init__(self, agent: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
+
+class AgentLogsRequest(_message.Message):
+    __slots__ = ("name", "since", "follow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    since: float
+    follow: bool
+    def __init__(self, name: _Optional[str] = ..., since: _Optional[float] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("at", "agent", "version", "level", "text")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    agent: str
+    version: int
+    level: str
+    text: str
+    def __init__(self, at: _Optional[float] = ..., agent: _Optional[str] = ..., version: _Optional[int] = ..., level: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("at", "agent", "kind", "version", "message")

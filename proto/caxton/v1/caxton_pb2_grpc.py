@@ -86,6 +86,11 @@ class AgentLifecycleStub:
                 request_serializer=caxton_dot_v1_dot_caxton__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=caxton_dot_v1_dot_caxton__pb2.Event.FromString,
                 _registered_method=True)
+        self.AgentLogs = channel.unary_stream(
+                '/caxton.v1.AgentLifecycle/AgentLogs',
+                request_serializer=caxton_dot_v1_dot_caxton__pb2.AgentLogsRequest.SerializeToString,
+                response_deserializer=caxton_dot_v1_dot_caxton__pb2.LogLine.FromString,
+                _registered_method=True)
 
 
 class AgentLifecycleServicer:
@@ -170,6 +175,14 @@ class AgentLifecycleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AgentLogs(self, request, context):
+        """An agent's own caxton.log lines, from a bounded history per agent
+        (config log_lines), then, with follow, as they come.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLifecycleServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +235,11 @@ def add_AgentLifecycleServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=caxton_dot_v1_dot_caxton__pb2.WatchEventsRequest.FromString,
                     response_serializer=caxton_dot_v1_dot_caxton__pb2.Event.SerializeToString,
+            ),
+            'AgentLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.AgentLogs,
+                    request_deserializer=caxton_dot_v1_dot_caxton__pb2.AgentLogsRequest.FromString,
+                    response_serializer=caxton_dot_v1_dot_caxton__pb2.LogLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +514,33 @@ class AgentLifecycle:
             '/caxton.v1.AgentLifecycle/WatchEvents',
             caxton_dot_v1_dot_caxton__pb2.WatchEventsRequest.SerializeToString,
             caxton_dot_v1_dot_caxton__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgentLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/caxton.v1.AgentLifecycle/AgentLogs',
+            caxton_dot_v1_dot_caxton__pb2.AgentLogsRequest.SerializeToString,
+            caxton_dot_v1_dot_caxton__pb2.LogLine.FromString,
             options,
             channel_credentials,
             insecure,
