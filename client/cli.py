@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -20,11 +21,52 @@ from caxton import __version__
 from caxton.contract import DEFAULT_ADDRESS, REPORT_METADATA_KEY, parse_size, state_name, status_dict
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
+from .completion import SHELLS, script
 from .connection import ConnectionSetupError, connect
+from .duration import parse_duration
+from .escape import escape
 
 
 class CliError(Exception):
     pass
+
+
+# Performative names as the agent sees them in message_info: lower case,
+# no prefix, hyphens (accept-proposal); underscores are accepted too.
+_PERFORMATIVES = {
+    name.removeprefix("PERFORMATIVE_").lower().replace("_", "-"): name
+    for name in caxton_pb2.Performative.keys() if name != "PERFORMATIVE_UNSPECIFIED"
+}
+
+
+def _performative(text: str) -> str:
+    """The enum name (PERFORMATIVE_INFORM) for a name as the agent sees it (inform)."""
+    try:
+        return _PERFORMATIVES[text.lower().replace("_", "-")]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"not a performative: {text!r} (choose from {', '.join(_PERFORMATIVES)})") from None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _json_line(message) -> str:
+    """A protobuf message as one line of JSON, field names as in the proto."""
+    return json.dumps(json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
+def _log_line(line: caxton_pb2.LogLine) -> str:
+    return f"{_clock(line.at)} {line.level:<7} v{line.version} {escape(line.text)}"
 
 
 def _status_line(status: caxton_pb2.AgentStatus) -> str:
@@ -77,7 +119,7 @@ def _report_from_error(exc: grpc.RpcError) -> caxton_pb2.ValidationReport | None
 
 
 def _event_line(event: caxton_pb2.Event) -> str:
-    at = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
+    at = _clock(event.at)
     version = f" v{event.version}" if event.version else ""
     return f"{at} {event.agent}{version} {event.kind}" + (f": {event.message}" if event.message else "")
 
@@ -92,9 +134,10 @@ class _Progress:
     for the stream's `watching` event before the caller starts, so that no
     progress line is missed."""
 
-    def __init__(self, lifecycle, name: str, out):
+    def __init__(self, lifecycle, name: str, out, as_json: bool = False):
         self._call = lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(agent=name))
         self._out = out
+        self._format = _json_line if as_json else _event_line
         self._subscribed = threading.Event()
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -112,7 +155,7 @@ class _Progress:
                     continue
                 if event.kind == _AUDIT_KIND:
                     continue  # the audit trail is not the rollout's progress
-                print(_event_line(event), file=self._out, flush=True)
+                print(self._format(event), file=self._out, flush=True)
                 if event.kind in _FINAL_KINDS:
                     self._finished.set()
         except grpc.RpcError:
@@ -151,9 +194,14 @@ def run(args: argparse.Namespace) -> int:
             _print_report(response.report, sys.stdout)
     elif command == "send":
         content = _read_module(args.file) if args.file else args.text.encode()
-        message = caxton_pb2.AgentMessage(receiver=args.name, content=content, sender=args.sender)
+        message = caxton_pb2.AgentMessage(
+            receiver=args.name, content=content, sender=args.sender, performative=args.performative,
+            conversation_id=args.conversation or "", reply_with=args.reply_with or "",
+        )
         response = messaging.Send(caxton_pb2.SendRequest(message=message), timeout=timeout)
-        if response.has_reply:
+        if args.json:
+            print(_json_line(response))
+        elif response.has_reply:
             sys.stdout.buffer.write(response.reply.content)
             if sys.stdout.isatty():
                 sys.stdout.buffer.write(b"\n")
@@ -171,16 +219,16 @@ def run(args: argparse.Namespace) -> int:
     elif command == "stop":
         stop = caxton_pb2.StopAgentRequest(name=args.name, timeout_ms=int(args.timeout * 1000) if args.timeout else 0)
         status = lifecycle.StopAgent(stop, timeout=max(timeout, (args.timeout or 0) + 30)).status
-        print(f"stopped {status.name}")
+        print(json.dumps(status_dict(status)) if args.json else f"stopped {status.name}")
     elif command == "start":
         status = lifecycle.StartAgent(caxton_pb2.StartAgentRequest(name=args.name), timeout=timeout).status
-        print(f"started {status.name} v{status.version}")
+        print(json.dumps(status_dict(status)) if args.json else f"started {status.name} v{status.version}")
     elif command == "remove":
         lifecycle.RemoveAgent(caxton_pb2.RemoveAgentRequest(name=args.name), timeout=timeout)
-        print(f"removed {args.name}")
+        print(json.dumps({"name": args.name, "removed": True}) if args.json else f"removed {args.name}")
     elif command in ("reload", "rollback"):
         drain_ms = int(args.drain_timeout * 1000) if args.drain_timeout else 0
-        with _Progress(lifecycle, args.name, sys.stderr):
+        with _Progress(lifecycle, args.name, sys.stderr, as_json=args.json):
             if command == "reload":
                 reload = caxton_pb2.HotReloadAgentRequest(
                     name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
@@ -191,15 +239,31 @@ def run(args: argparse.Namespace) -> int:
                 rollback = caxton_pb2.RollbackAgentRequest(name=args.name, to_version=args.to or 0,
                                                            drain_timeout_ms=drain_ms)
                 response = lifecycle.RollbackAgent(rollback, timeout=timeout)
+        if args.json:
+            result = {"name": args.name, "from_version": response.from_version, "to_version": response.to_version,
+                      "switched_after_s": response.switched_after_s, "drained_after_s": response.drained_after_s,
+                      "status": status_dict(response.status)}
+            print(json.dumps(result))
+            return 0
         print(f"{'reloaded' if command == 'reload' else 'rolled back'} {args.name} "
               f"v{response.from_version} -> v{response.to_version} "
               f"(switched after {response.switched_after_s * 1000:.0f} ms, "
               f"old drained after {response.drained_after_s * 1000:.0f} ms)")
     elif command == "events":
+        since = time.time() - args.since if args.since else 0.0
         try:
-            for event in lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(agent=args.name or "")):
+            for event in lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(agent=args.name or "", since=since)):
                 if event.kind != "watching":
-                    print(_event_line(event), flush=True)
+                    print(_json_line(event) if args.json else _event_line(event), flush=True)
+        except KeyboardInterrupt:
+            return 0
+    elif command == "logs":
+        logs = caxton_pb2.AgentLogsRequest(name=args.name, since=time.time() - args.since if args.since else 0.0,
+                                           follow=args.follow)
+        try:
+            # A followed stream has no end, so no deadline; a plain read does.
+            for line in lifecycle.AgentLogs(logs, timeout=None if args.follow else timeout):
+                print(_json_line(line) if args.json else _log_line(line), flush=True)
         except KeyboardInterrupt:
             return 0
     elif command == "validate":
@@ -216,89 +280,143 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caxton", description="Command-line client for the Caxton supervisor.",
-                                     allow_abbrev=False)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
-                        help=f"supervisor address, HOST:PORT or unix:PATH (default {DEFAULT_ADDRESS})")
-    parser.add_argument("--rpc-timeout", type=float, default=60.0, help="seconds to wait for the supervisor")
+ADDRESS_ENV = "CAXTON_ADDRESS"
+
+
+def _shared_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The connection options, on the top-level parser (with defaults) and
+    on every subcommand (with SUPPRESS, so a value given before the command
+    is not overwritten by the subcommand's default)."""
+    default_address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--address", default=default(default_address),
+                        help=f"supervisor address, HOST:PORT or unix:PATH (default ${ADDRESS_ENV}, "
+                             f"else {DEFAULT_ADDRESS})")
+    parser.add_argument("--rpc-timeout", type=float, default=default(60.0), help="seconds to wait for the supervisor")
     auth = parser.add_argument_group(
         "authentication",
         "The token is the first of: --token, --token-file, $CAXTON_TOKEN, $CAXTON_TOKEN_FILE, "
         "./.caxton/admin.token, /var/lib/caxton/admin.token (when readable).")
-    auth.add_argument("--token", help="bearer token (prefer --token-file: a command line is visible to others)")
-    auth.add_argument("--token-file", help="file holding the bearer token")
-    auth.add_argument("--ca", help="TLS: CA certificate (PEM) that signed the supervisor's certificate")
-    auth.add_argument("--cert", help="mutual TLS: this client's certificate (PEM)")
-    auth.add_argument("--key", help="mutual TLS: this client's private key (PEM)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    auth.add_argument("--token", default=default(None),
+                      help="bearer token (prefer --token-file: a command line is visible to others)")
+    auth.add_argument("--token-file", default=default(None), help="file holding the bearer token")
+    auth.add_argument("--ca", default=default(None),
+                      help="TLS: CA certificate (PEM) that signed the supervisor's certificate")
+    auth.add_argument("--cert", default=default(None), help="mutual TLS: this client's certificate (PEM)")
+    auth.add_argument("--key", default=default(None), help="mutual TLS: this client's private key (PEM)")
 
-    deploy = commands.add_parser("deploy", help="validate a module and run it as a new agent")
-    deploy.add_argument("name")
+
+def _json_flag(parser: argparse.ArgumentParser, what: str = "the result as one JSON object") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+def _limit_options(parser: argparse.ArgumentParser, *, keep: bool) -> None:
+    suffix = " (default: keep)" if keep else ""
+    parser.add_argument("--memory", help="linear memory limit, e.g. 10MB or 64MiB" + suffix)
+    parser.add_argument("--fuel", type=int, help="fuel per message" + suffix)
+    parser.add_argument("--timeout-ms", type=int, help="wall-clock limit per message, in ms" + suffix)
+    parser.add_argument("--max-message-bytes", help="largest message content in or out, e.g. 64KiB" + suffix)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caxton", description="Command-line client for the Caxton supervisor.",
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _shared_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
+        _shared_options(sub, top=False)
+        return sub
+
+    deploy = command("deploy", "validate a module and run it as a new agent")
+    deploy.add_argument("name", help="agent name")
     deploy.add_argument("module", help=".wasm or .wat file")
-    deploy.add_argument("--memory", help="linear memory limit, e.g. 10MB or 64MiB")
-    deploy.add_argument("--fuel", type=int, help="fuel per message")
-    deploy.add_argument("--timeout-ms", type=int, help="wall-clock limit per message")
-    deploy.add_argument("--max-message-bytes", help="largest message content in or out")
+    _limit_options(deploy, keep=False)
     deploy.add_argument("--policy", help="validation policy name")
     deploy.add_argument("--label", help="free-form version label")
     deploy.add_argument("--replicas", type=int, help="worker processes behind the name (default 1)")
-    deploy.add_argument("--json", action="store_true")
+    _json_flag(deploy, "the agent's status as one JSON object")
 
-    reload = commands.add_parser("reload", help="replace an agent's module with no downtime")
-    reload.add_argument("name")
+    reload = command("reload", "replace an agent's module with no downtime")
+    reload.add_argument("name", help="agent name")
     reload.add_argument("module", help=".wasm or .wat file")
-    reload.add_argument("--memory", help="new linear memory limit (default: keep)")
-    reload.add_argument("--fuel", type=int)
-    reload.add_argument("--timeout-ms", type=int)
-    reload.add_argument("--max-message-bytes")
+    _limit_options(reload, keep=True)
     reload.add_argument("--policy", help="validation policy (default: the agent's)")
     reload.add_argument("--label", help="free-form version label")
     reload.add_argument("--warmup", action="append", default=[],
                         help="a message each new worker must answer before the switch (repeatable)")
     reload.add_argument("--drain-timeout", type=float, help="seconds the old workers get to finish")
+    _json_flag(reload, "progress events (stderr) and the result (stdout) as JSON, one object per line")
 
-    rollback = commands.add_parser("rollback", help="go back to an earlier version with no downtime")
-    rollback.add_argument("name")
+    rollback = command("rollback", "go back to an earlier version with no downtime")
+    rollback.add_argument("name", help="agent name")
     rollback.add_argument("--to", type=int, help="version number (default: the one before the current)")
     rollback.add_argument("--drain-timeout", type=float, help="seconds the old workers get to finish")
+    _json_flag(rollback, "progress events (stderr) and the result (stdout) as JSON, one object per line")
 
-    events = commands.add_parser("events", help="follow lifecycle, restart and rollout events")
+    events = command("events", "follow lifecycle, restart and rollout events (Ctrl-C to stop)")
     events.add_argument("name", nargs="?", help="only this agent's events")
+    events.add_argument("--since", type=_duration, help="first replay the events of this long ago, e.g. 5m, 2h")
+    _json_flag(events, "one JSON object per event")
 
-    send = commands.add_parser("send", help="send a message and print the reply")
-    send.add_argument("name")
-    send.add_argument("text", nargs="?", default="")
+    logs = command("logs", "print an agent's log lines")
+    logs.add_argument("name", help="agent name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    logs.add_argument("--since", type=_duration, help="only lines of this long ago, e.g. 30s, 5m, 2h, 1d")
+    _json_flag(logs, "one JSON object per line")
+
+    send = command("send", "send a message and print the reply")
+    send.add_argument("name", help="agent name")
+    send.add_argument("text", nargs="?", default="", help="message content (default: empty)")
     send.add_argument("--file", help="send this file's bytes instead of TEXT")
-    send.add_argument("--sender", default="cli", help="sender name in the envelope")
+    send.add_argument("--sender", default="cli", help="sender name in the envelope (default cli)")
+    send.add_argument("--performative", type=_performative, metavar="NAME",
+                      help="envelope performative: " + ", ".join(_PERFORMATIVES) + " (default request)")
+    send.add_argument("--conversation", help="envelope conversation id")
+    send.add_argument("--reply-with", help="envelope reply-with (the reply's in_reply_to echoes it)")
+    _json_flag(send, "the whole reply envelope as JSON (content in base64)")
 
-    status = commands.add_parser("status", help="show one agent")
-    status.add_argument("name")
-    status.add_argument("--json", action="store_true")
+    status = command("status", "show one agent")
+    status.add_argument("name", help="agent name")
+    _json_flag(status)
 
-    listing = commands.add_parser("list", help="show every agent")
-    listing.add_argument("--json", action="store_true")
+    listing = command("list", "show every agent")
+    _json_flag(listing, "a JSON array of agents")
 
-    stop = commands.add_parser("stop", help="drain and stop an agent")
-    stop.add_argument("name")
+    stop = command("stop", "drain and stop an agent")
+    stop.add_argument("name", help="agent name")
     stop.add_argument("--timeout", type=float, help="seconds in-flight messages may take to finish")
+    _json_flag(stop, "the agent's status as one JSON object")
 
-    start = commands.add_parser("start", help="start a stopped or failed agent")
-    start.add_argument("name")
+    start = command("start", "start a stopped or failed agent")
+    start.add_argument("name", help="agent name")
+    _json_flag(start, "the agent's status as one JSON object")
 
-    remove = commands.add_parser("remove", help="stop and forget an agent")
-    remove.add_argument("name")
+    remove = command("remove", "stop and forget an agent")
+    remove.add_argument("name", help="agent name")
+    _json_flag(remove)
 
-    validate = commands.add_parser("validate", help="check a module without deploying it")
-    validate.add_argument("module")
-    validate.add_argument("--policy")
-    validate.add_argument("--json", action="store_true")
+    validate = command("validate", "check a module without deploying it")
+    validate.add_argument("module", help=".wasm or .wat file")
+    validate.add_argument("--policy", help="validation policy name")
+    _json_flag(validate, "the validation report as one JSON object")
+
+    completion = command("completion", "print a shell completion script")
+    completion.add_argument("shell", choices=SHELLS, help="bash or zsh")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        sys.stdout.write(script(parser, args.shell))
+        sys.exit(0)
     try:
         sys.exit(run(args))
     except CliError as exc:

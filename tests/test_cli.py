@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pty
+import shlex
 import subprocess
 import sys
 import threading
 import time
+import tty
 
 import psutil
 import pytest
 
 from caxton.client import connection
+from caxton.client.duration import parse_duration
+from caxton.client.escape import escape
 from caxton.contract import TOKEN_ENV, TOKEN_FILE_ENV
 
 from .harness import AGENTS, EXAMPLES, ROOT, SupervisorProcess, wait_until
@@ -510,3 +516,270 @@ def test_a_named_token_file_must_be_readable_and_not_empty(tmp_path, token_place
     # an empty default file is passed over
     token_places[0].write_text("")
     assert connection.find_token(None, None, {}) is None
+
+
+# ---------------------------------------------------------------- conventions
+
+
+def _plain_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "caxton", *args]
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
+                            timeout=CLI_TIMEOUT)
+    result.stderr = result.stderr.decode(errors="replace")
+    return result
+
+
+def test_connection_options_after_the_command_and_address_from_env(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-opts-after", ECHO))
+    after = _run(_plain_argv("status", "cli-opts-after", "--address", sup.address,
+                             "--token-file", str(sup.token_file), "--json"))
+    assert json.loads(ok(after))["name"] == "cli-opts-after"
+    # a value after the command wins over one before it
+    both = _run(_plain_argv("--address", "127.0.0.1:1", "status", "cli-opts-after", "--address", sup.address,
+                            "--token-file", str(sup.token_file)))
+    assert ok(both).split()[0] == "cli-opts-after"
+    env = {**os.environ, "CAXTON_ADDRESS": sup.address}
+    from_env = _run(_plain_argv("--token-file", str(sup.token_file), "status", "cli-opts-after"), env=env)
+    assert ok(from_env).split()[0] == "cli-opts-after"
+    # --address beats the environment
+    env = {**os.environ, "CAXTON_ADDRESS": "127.0.0.1:1"}
+    given = _run(_plain_argv("status", "cli-opts-after", "--address", sup.address,
+                             "--token-file", str(sup.token_file)), env=env)
+    assert ok(given).split()[0] == "cli-opts-after"
+    env_only = _run(_plain_argv("--rpc-timeout", "2", "--token-file", str(sup.token_file), "list"), env=env)
+    assert error_line(env_only).startswith(("caxton: UNAVAILABLE: ", "caxton: DEADLINE_EXCEEDED: "))
+
+
+def _json_lines(text: str) -> list[dict]:
+    lines = text.splitlines()
+    assert lines and text.endswith("\n")
+    return [json.loads(line) for line in lines]
+
+
+def test_json_on_every_command(shared_supervisor):
+    sup = shared_supervisor
+    [deployed] = _json_lines(ok(cli(sup, "deploy", "cli-json", str(AGENTS / "version1.wat"), "--json")))
+    assert (deployed["name"], deployed["version"]) == ("cli-json", 1)
+
+    [sent] = _json_lines(ok(cli(sup, "send", "cli-json", "hi", "--json")))
+    assert sent["has_reply"] is True
+    assert base64.b64decode(sent["reply"]["content"]) == b"v1:hi"
+    assert sent["reply"]["sender"] == "cli-json"
+    assert sent["reply"]["receiver"] == "cli"
+
+    reload = cli(sup, "reload", "cli-json", str(AGENTS / "version2.wat"), "--json")
+    [reloaded] = _json_lines(reload.stdout.decode())
+    assert reload.returncode == 0, reload.stderr
+    assert (reloaded["from_version"], reloaded["to_version"]) == (1, 2)
+    assert reloaded["status"]["version"] == 2
+    progress = _json_lines(reload.stderr)
+    assert [e["kind"] for e in progress] == ["reload-started", "reload-ready", "reload-switched", "reload-drained"]
+    assert all(e["agent"] == "cli-json" for e in progress)
+
+    back = cli(sup, "rollback", "cli-json", "--json")
+    assert back.returncode == 0, back.stderr
+    [rolled] = _json_lines(back.stdout.decode())
+    assert (rolled["from_version"], rolled["to_version"]) == (2, 1)
+    assert _json_lines(back.stderr)[-1]["kind"] == "reload-drained"
+
+    [stopped] = _json_lines(ok(cli(sup, "stop", "cli-json", "--json")))
+    assert (stopped["name"], stopped["state"]) == ("cli-json", "stopped")
+    [started] = _json_lines(ok(cli(sup, "start", "cli-json", "--json")))
+    assert (started["name"], started["state"]) == ("cli-json", "running")
+    assert _json_lines(ok(cli(sup, "remove", "cli-json", "--json"))) == [{"name": "cli-json", "removed": True}]
+
+
+def test_send_json_without_a_reply(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-json-noreply", str(AGENTS / "noreply.wat")))
+    [sent] = _json_lines(ok(cli(sup, "send", "cli-json-noreply", "x", "--json")))
+    assert sent["has_reply"] is False
+
+
+def test_send_adds_a_newline_only_on_a_terminal(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-tty", ECHO))
+    assert cli(sup, "send", "cli-tty", "no newline").stdout == b"no newline"
+    leader, follower = pty.openpty()
+    try:
+        # raw mode: the terminal must not turn "\n" into "\r\n"
+        tty.setraw(follower)
+        process = subprocess.run([*cli_argv(sup), "send", "cli-tty", "on a tty"], stdout=follower,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, timeout=CLI_TIMEOUT)
+        assert process.returncode == 0, process.stderr
+        os.close(follower)
+        follower = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert output == b"on a tty\n"
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+
+def test_send_envelope_options_reach_the_agent(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-info", str(AGENTS / "info.wat")))
+    reply = cli(sup, "send", "cli-info", "x", "--performative", "accept-proposal", "--conversation", "conv-7",
+                "--reply-with", "rw-1", "--sender", "alice")
+    envelope = json.loads(ok(reply))
+    assert {k: envelope[k] for k in ("sender", "performative", "conversation_id", "reply_with")} == {
+        "sender": "alice", "performative": "accept-proposal", "conversation_id": "conv-7", "reply_with": "rw-1",
+    }
+    assert json.loads(ok(cli(sup, "send", "cli-info", "x", "--performative", "INFORM")))["performative"] == "inform"
+    default = json.loads(ok(cli(sup, "send", "cli-info", "x")))
+    assert (default["sender"], default["performative"]) == ("cli", "request")
+
+    bad = cli(sup, "send", "cli-info", "x", "--performative", "shout")
+    assert bad.returncode == 2
+    assert "not a performative: 'shout'" in bad.stderr
+    assert json.loads(ok(cli(sup, "status", "cli-info", "--json")))["messages"] == 3
+
+
+def test_bad_duration_is_a_usage_error(shared_supervisor):
+    result = cli(shared_supervisor, "logs", "anyone", "--since", "5 minutes")
+    assert result.returncode == 2
+    assert "not a duration: '5 minutes'" in result.stderr
+
+
+def test_parse_duration():
+    assert [parse_duration(t) for t in ("30s", "5m", "2h", "1d", "90", "1.5m")] == [30, 300, 7200, 86400, 90, 90]
+    for bad in ("", "m", "-5m", "5w", "5 m5"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+
+
+def test_escape_makes_agent_text_one_safe_line():
+    assert escape("a\nb\x1b[31mred\r\t\\ \x9b é") == "a\\nb\\x1b[31mred\\r\\t\\\\ \\u009b é"
+
+
+# ---------------------------------------------------------------- logs and events --since
+
+
+def _follow(argv: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """A following CLI process and the lines it prints so far (read by a thread)."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               cwd=ROOT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True).start()
+    return process, lines
+
+
+def _end(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(10)
+
+
+def test_logs_prints_escaped_lines_and_follows(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-logs", str(AGENTS / "logger.wat")))
+    assert ok(cli(sup, "send", "cli-logs", "first\n\x1b[31mline")) == "logged"
+    lines = ok(cli(sup, "logs", "cli-logs")).splitlines()
+    assert [line.split()[1:3] for line in lines] == [["info", "v1"], ["info", "v1"]]
+    assert lines[0].endswith(" v1 init")
+    assert lines[1].endswith(" v1 first\\n\\x1b[31mline")
+
+    records = _json_lines(ok(cli(sup, "logs", "cli-logs", "--json")))
+    assert [(r["agent"], r["version"], r["level"], r["text"]) for r in records] == [
+        ("cli-logs", 1, "info", "init"), ("cli-logs", 1, "info", "first\n\x1b[31mline")]
+    assert all(abs(r["at"] - time.time()) < 300 for r in records)
+
+    follower, followed = _follow([*cli_argv(sup), "logs", "cli-logs", "-f", "--json"])
+    try:
+        wait_until(lambda: len(followed) >= 2, 30, "the follower to print the kept lines")
+        assert ok(cli(sup, "send", "cli-logs", "later")) == "logged"
+        wait_until(lambda: len(followed) >= 3, 30, "the follower to print the new line")
+        assert json.loads(followed[2])["text"] == "later"
+        assert follower.poll() is None
+    finally:
+        _end(follower)
+
+
+def test_logs_since_leaves_out_older_lines(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-logs-since", str(AGENTS / "logger.wat")))
+    assert ok(cli(sup, "send", "cli-logs-since", "kept")) == "logged"
+    texts = [r["text"] for r in _json_lines(ok(cli(sup, "logs", "cli-logs-since", "--since", "1h", "--json")))]
+    assert texts == ["init", "kept"]
+    # Lines older than 1 s are left out; poll until the two lines have aged.
+    wait_until(lambda: ok(cli(sup, "logs", "cli-logs-since", "--since", "1s")) == "", 30, "old lines to be left out")
+    assert error_line(cli(sup, "logs", "cli-nobody")).startswith("caxton: NOT_FOUND: ")
+
+
+def test_events_since_replays_recent_events(shared_supervisor):
+    sup = shared_supervisor
+    ok(cli(sup, "deploy", "cli-replayed", ECHO))
+    ok(cli(sup, "stop", "cli-replayed"))
+    follower, lines = _follow([*cli_argv(sup), "events", "cli-replayed", "--since", "1h", "--json"])
+    try:
+        wait_until(lambda: {"deployed", "stopped"} <= {json.loads(line)["kind"] for line in lines}, 30,
+                   "the follower to replay the deploy and the stop")
+        kinds = [json.loads(line)["kind"] for line in lines]
+        assert kinds.index("deployed") < kinds.index("stopped")
+        assert "watching" not in kinds
+        assert all(json.loads(line)["agent"] == "cli-replayed" for line in lines)
+        ok(cli(sup, "start", "cli-replayed"))
+        wait_until(lambda: "started" in [json.loads(line)["kind"] for line in lines], 30, "the follower to follow")
+    finally:
+        _end(follower)
+    # without --since nothing from before is printed
+    follower, lines = _follow([*cli_argv(sup), "events", "cli-replayed"])
+    try:
+        ok(cli(sup, "stop", "cli-replayed"))
+        wait_until(lambda: any(" stopped" in line for line in lines), 30, "the stop event")
+        assert not any(" deployed" in line for line in lines)
+    finally:
+        _end(follower)
+
+
+# ---------------------------------------------------------------- completion
+
+
+COMMANDS = ["deploy", "reload", "rollback", "events", "logs", "send", "status", "list", "stop", "start", "remove",
+            "validate", "completion"]
+
+
+def _completion(shell: str) -> str:
+    result = _run(_plain_argv("completion", shell))
+    assert result.returncode == 0 and result.stderr == ""
+    return result.stdout.decode()
+
+
+def test_completion_scripts_name_every_command():
+    for shell in ("bash", "zsh"):
+        text = _completion(shell)
+        for command in COMMANDS:
+            assert f"{command})" in text or f"|{command}" in text, (shell, command)
+        assert "--performative" in text and "--follow" in text and "--address" in text
+    bash_script = _completion("bash")
+    check = subprocess.run(["bash", "-n"], input=bash_script.encode(), capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["caxton", "lo"], {"logs"}),
+    (["caxton", "--address", "x", "st"], {"status", "stop", "start"}),
+    (["caxton", "logs", "--f"], {"--follow"}),
+    (["caxton", "send", "a", "--per"], {"--performative"}),
+    (["caxton", "--addr"], {"--address"}),
+])
+def test_bash_completion_offers_the_right_words(words, expected):
+    """Runs the generated function in bash as `complete` would."""
+    array = " ".join(shlex.quote(word) for word in words)
+    program = (f"{_completion('bash')}\nCOMP_WORDS=({array}); COMP_CWORD={len(words) - 1}; _caxton\n"
+               'printf "%s\\n" "${COMPREPLY[@]}"\n')
+    result = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == expected
