@@ -73,6 +73,11 @@ class Admission:
         # What reloads under way add to the quotas until they end.
         self._growing: list[Usage] = []
 
+    def reconfigure(self, config: Config) -> None:
+        """New caps, policies and default limits for requests from now on."""
+        self.config = config
+        self.caps = config.caps
+
     # ------------------------------------------------------------ the request's own values
 
     def check_deploy(self, spec: DeploySpec) -> int:

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .admission import Admission, Wanted
 from .agent import Agent
@@ -106,6 +106,16 @@ class Runtime:
                 self._agents[name].recovery.restarts = restarts
         start_restored(to_start)
         log.info("restored %d agents (%d started, %d damaged)", len(self._agents), len(to_start), len(self._damaged))
+
+    def reconfigure(self, config: Config) -> None:
+        """A config reload (SIGHUP): what callers may ask for changes for
+        requests from now on (default limits, validation policies, caps, the
+        default restart policy); running agents keep what they were deployed
+        with, and settings of the process itself (listen, state_dir, the
+        sandbox, the memory budget) need a restart."""
+        self.config = replace(self.config, limits=config.limits, default_policy=config.default_policy,
+                              policies=config.policies, caps=config.caps, restart=config.restart)
+        self.admission.reconfigure(self.config)
 
     def save_counters(self) -> None:
         """Persist message, error and restart counts (and the metrics'

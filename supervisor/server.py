@@ -282,9 +282,12 @@ class Supervisor:
 
     def reload_config(self, config: Config) -> None:
         """SIGHUP: the accepted tokens change at once (a revoked token is
-        refused from its next call); running agents are not touched."""
+        refused from its next call), and so do default limits, policies and
+        caps for new requests (Runtime.reconfigure); running agents are not
+        touched."""
         self.authorizer.replace(config.auth.tokens or self.tokens)
-        self.config = replace(self.config, auth=config.auth)
+        self.runtime.reconfigure(config)
+        self.config = replace(self.runtime.config, auth=config.auth)
 
     def _capacity_changed(self, up: bool) -> None:
         if not up:
@@ -395,4 +398,4 @@ def _reload(supervisor: Supervisor, reload: Callable[[], Config] | None) -> None
     except (ConfigError, ValueError) as exc:
         log.error("SIGHUP: the config was not reloaded, the old one stays in force: %s", exc)
         return
-    log.info("SIGHUP: config reloaded (tokens)")
+    log.info("SIGHUP: config reloaded (tokens, default limits, policies, caps, default restart policy)")

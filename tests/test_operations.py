@@ -185,3 +185,22 @@ def test_events_since_replays_what_happened_before_watching(shared_supervisor):
     stream.cancel()
     assert kinds[0] == "watching"
     assert {"started", "deployed", "stopped"} <= set(kinds)
+
+
+def test_sighup_reloads_caps_and_defaults_without_touching_running_agents(supervisor):
+    sup = supervisor("[caps]\nmemory = \"64MiB\"\n")
+    sup.deploy("steady", "echo", memory_bytes=32 << 20)
+    sup.config_path.write_text(sup.config_path.read_text().replace('memory = "64MiB"', 'memory = "16MiB"')
+                               + '\n[limits]\nmemory = "8MiB"\n')
+    sup.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: config reloaded" in sup.log_text(), 10, "the reload")
+    try:
+        sup.deploy("too-big", "echo", memory_bytes=32 << 20)
+        raise AssertionError("the new cap must apply to new deploys")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "16777216" in exc.details() or "16MiB" in exc.details() or "16 MiB" in exc.details()
+    assert sup.deploy("small", "echo").limits.memory_bytes == 8 << 20  # the new default
+    # The running agent keeps what it was deployed with, and serves.
+    assert sup.status("steady").limits.memory_bytes == 32 << 20
+    assert sup.send("steady", b"still").reply.content == b"still"
