@@ -42,10 +42,6 @@ class ResourceExhausted(CaxtonError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class DeadlineExceeded(CaxtonError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
 class MessageFailed(CaxtonError):
     """A message's outcome was an error with this status (from the worker,
     or from the supervisor on the worker's behalf)."""
