@@ -25,6 +25,7 @@ from .completion import SHELLS, script
 from .connection import ConnectionSetupError, connect
 from .duration import parse_duration
 from .escape import escape
+from .rollout import add_rollout_arguments, add_strategy_options, control, follow, rollout_options, status_line
 
 
 class CliError(Exception):
@@ -76,6 +77,15 @@ def _status_line(status: caxton_pb2.AgentStatus) -> str:
         f"messages {status.messages:<8} errors {status.errors:<6} restarts {status.restarts}"
         + (f"  ({status.last_error})" if status.last_error else "")
     )
+
+
+def _status_text(status: caxton_pb2.AgentStatus) -> str:
+    """`status NAME`: the status line, then health when it is not healthy, and the rollout in progress."""
+    lines = [_status_line(status)]
+    if status.health_status and status.health_status != "healthy":
+        lines.append(f"health: {status.health_status}" + (f" ({status.health_reason})" if status.health_reason else ""))
+    rollout = status_line(status)
+    return "\n".join(lines + [rollout] if rollout else lines)
 
 
 def _read_module(path: str) -> bytes:
@@ -184,8 +194,16 @@ def run(args: argparse.Namespace) -> int:
     if command == "deploy":
         request = caxton_pb2.DeployAgentRequest(
             name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
-            label=args.label or "", replicas=args.replicas or 0,
+            label=args.label or "", replicas=args.replicas or 0, rollout=args.rollout,
         )
+        if args.rollout is not None:
+            def deploy() -> caxton_pb2.AgentStatus:
+                deployed = lifecycle.DeployAgent(request, timeout=timeout)
+                if not args.json:
+                    _print_report(deployed.report, sys.stderr)
+                return deployed.status
+            return follow(lifecycle, args.name, deploy, as_json=args.json,
+                          format_event=_json_line if args.json else _event_line, timeout=timeout)
         response = lifecycle.DeployAgent(request, timeout=timeout)
         if args.json:
             print(json.dumps(status_dict(response.status)))
@@ -208,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     elif command == "status":
         status = lifecycle.GetAgentStatus(caxton_pb2.GetAgentStatusRequest(name=args.name), timeout=timeout)
-        print(json.dumps(status_dict(status)) if args.json else _status_line(status))
+        print(json.dumps(status_dict(status)) if args.json else _status_text(status))
     elif command == "list":
         agents = lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(), timeout=timeout).agents
         if args.json:
@@ -228,12 +246,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"name": args.name, "removed": True}) if args.json else f"removed {args.name}")
     elif command in ("reload", "rollback"):
         drain_ms = int(args.drain_timeout * 1000) if args.drain_timeout else 0
+        if command == "reload":
+            reload = caxton_pb2.HotReloadAgentRequest(
+                name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
+                label=args.label or "", warmup=[w.encode() for w in args.warmup], drain_timeout_ms=drain_ms,
+                rollout=args.rollout,
+            )
+            if args.rollout is not None:
+                return follow(lifecycle, args.name, lambda: lifecycle.HotReloadAgent(reload, timeout=timeout),
+                              as_json=args.json, format_event=_json_line if args.json else _event_line,
+                              timeout=timeout)
         with _Progress(lifecycle, args.name, sys.stderr, as_json=args.json):
             if command == "reload":
-                reload = caxton_pb2.HotReloadAgentRequest(
-                    name=args.name, module=_read_module(args.module), limits=_limits(args), policy=args.policy or "",
-                    label=args.label or "", warmup=[w.encode() for w in args.warmup], drain_timeout_ms=drain_ms,
-                )
                 response = lifecycle.HotReloadAgent(reload, timeout=timeout)
             else:
                 rollback = caxton_pb2.RollbackAgentRequest(name=args.name, to_version=args.to or 0,
@@ -249,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
               f"v{response.from_version} -> v{response.to_version} "
               f"(switched after {response.switched_after_s * 1000:.0f} ms, "
               f"old drained after {response.drained_after_s * 1000:.0f} ms)")
+    elif command == "rollout":
+        return control(lifecycle, args.action, args.name, as_json=args.json, timeout=timeout)
     elif command == "events":
         since = time.time() - args.since if args.since else 0.0
         try:
@@ -340,7 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--policy", help="validation policy name")
     deploy.add_argument("--label", help="free-form version label")
     deploy.add_argument("--replicas", type=int, help="worker processes behind the name (default 1)")
-    _json_flag(deploy, "the agent's status as one JSON object")
+    _json_flag(deploy, "the agent's status as one JSON object; with --strategy, progress events (stderr) and "
+                       "the outcome (stdout), one object per line")
+    add_strategy_options(deploy)
 
     reload = command("reload", "replace an agent's module with no downtime")
     reload.add_argument("name", help="agent name")
@@ -352,12 +380,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="a message each new worker must answer before the switch (repeatable)")
     reload.add_argument("--drain-timeout", type=float, help="seconds the old workers get to finish")
     _json_flag(reload, "progress events (stderr) and the result (stdout) as JSON, one object per line")
+    add_strategy_options(reload)
 
     rollback = command("rollback", "go back to an earlier version with no downtime")
     rollback.add_argument("name", help="agent name")
     rollback.add_argument("--to", type=int, help="version number (default: the one before the current)")
     rollback.add_argument("--drain-timeout", type=float, help="seconds the old workers get to finish")
     _json_flag(rollback, "progress events (stderr) and the result (stdout) as JSON, one object per line")
+
+    rollout = command("rollout", "show or steer an agent's rollout: status, promote, abort, pause, resume")
+    add_rollout_arguments(rollout)
 
     events = command("events", "follow lifecycle, restart and rollout events (Ctrl-C to stop)")
     events.add_argument("name", nargs="?", help="only this agent's events")
@@ -414,6 +446,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in ("deploy", "reload"):
+        try:
+            args.rollout = rollout_options(args)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.command == "completion":
         sys.stdout.write(script(parser, args.shell))
         sys.exit(0)

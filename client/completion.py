@@ -2,8 +2,14 @@
 
 The script is built by walking the parser, so a new command or option is
 completable as soon as it exists: the first word that names a subcommand
-selects that subcommand's options; before it, the top-level options and the
-subcommand names are offered; any other word falls back to file names.
+(and is not an option's value) selects that subcommand's options; before it,
+the top-level options and the subcommand names are offered; an option's
+value and any other word fall back to file names.
+
+The zsh script works both ways zsh loads completions: sourced
+(`source <(caxton completion zsh)` after compinit), and saved as `_caxton`
+in a directory of `$fpath`, where compinit autoloads it (`#compdef`) and its
+first run must complete as well as define the function.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ def _options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
         for option in action.option_strings:
             found.append((option, (action.help or "").replace("%%", "%")))
     return found
+
+
+def _value_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The option strings of `parser` that take a value (the next word)."""
+    return [option for action in parser._actions if action.nargs != 0 for option in action.option_strings]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
@@ -48,22 +59,26 @@ def _bash(parser: argparse.ArgumentParser) -> str:
     commands = _subcommands(parser)
     top = " ".join([option for option, _ in _options(parser)] + list(commands))
     cases = "\n".join(
-        f"        {name}) words=\"{' '.join(option for option, _ in _options(sub))}\" ;;"
+        f"        {name}) words=\"{' '.join(option for option, _ in _options(sub))}\" "
+        f"values=\" {' '.join(_value_options(sub))} \" ;;"
         for name, (_, sub) in commands.items()
     )
     return f"""# bash completion for {prog}; load with: source <({prog} completion bash)
 {func}() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" command="" words="" i
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" command="" words="" values="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${{COMP_WORDS[i]}}" in
+            {'|'.join(_value_options(parser))}) ((i++)) ;;  # its value is not a command
             {'|'.join(commands)}) command="${{COMP_WORDS[i]}}"; break ;;
         esac
     done
     case "$command" in
-        "") words="{top}" ;;
+        "") words="{top}" values=" {' '.join(_value_options(parser))} " ;;
 {cases}
     esac
-    if [[ -z "$command" || "$cur" == -* ]]; then
+    if [[ "$values" == *" $prev "* ]]; then
+        COMPREPLY=()  # an option's value: file names (-o default)
+    elif [[ -z "$command" || "$cur" == -* ]]; then
         COMPREPLY=($(compgen -W "$words" -- "$cur"))
     else
         COMPREPLY=()
@@ -88,24 +103,31 @@ def _zsh(parser: argparse.ArgumentParser) -> str:
     func = "_" + prog.replace("-", "_")
     commands = _subcommands(parser)
     cases = "\n".join(
-        f"        ({name}) options=({_zsh_specs(_options(sub))}) ;;" for name, (_, sub) in commands.items()
+        f"        ({name}) options=({_zsh_specs(_options(sub))})\n"
+        f"            values=({' '.join(_value_options(sub))}) ;;"
+        for name, (_, sub) in commands.items()
     )
     return f"""#compdef {prog}
-# zsh completion for {prog}; load with: source <({prog} completion zsh)  (after compinit)
+# zsh completion for {prog}: load with `source <({prog} completion zsh)` after compinit,
+# or save as {func} in a directory of $fpath
 {func}() {{
-    local command="" word
-    local -a commands options
+    local command="" i
+    local -a commands options values
     commands=({_zsh_specs([(name, help) for name, (help, _) in commands.items()])})
-    for word in ${{words[2,CURRENT-1]}}; do
-        case $word in
-            ({'|'.join(commands)}) command=$word; break ;;
+    for ((i = 2; i < CURRENT; i++)); do
+        case $words[i] in
+            ({'|'.join(_value_options(parser))}) (( i++ )) ;;  # its value is not a command
+            ({'|'.join(commands)}) command=$words[i]; break ;;
         esac
     done
     case $command in
-        ("") options=({_zsh_specs(_options(parser))}) ;;
+        ("") options=({_zsh_specs(_options(parser))})
+            values=({' '.join(_value_options(parser))}) ;;
 {cases}
     esac
-    if [[ $PREFIX == -* ]]; then
+    if (( ${{values[(Ie)$words[CURRENT-1]]}} )); then
+        _files  # an option's value
+    elif [[ $PREFIX == -* ]]; then
         _describe -t options 'option' options
     elif [[ -z $command ]]; then
         _describe -t commands 'command' commands
@@ -113,5 +135,9 @@ def _zsh(parser: argparse.ArgumentParser) -> str:
         _files
     fi
 }}
-compdef {func} {prog}
+if [[ $funcstack[1] == {func} ]]; then
+    {func} "$@"  # autoloaded from $fpath: this first run completes too
+else
+    compdef {func} {prog}
+fi
 """

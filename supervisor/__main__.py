@@ -16,9 +16,9 @@ from pathlib import Path
 from caxton import __version__
 
 from .auth import Role, check_token_name, new_token, token_sha256
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+from .logs import LEVELS, default_format
 from .logs import configure as configure_logging
-from .logs import default_format
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -34,7 +34,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--deploy-examples", action="store_true",
                         help="deploy the example agents (echo, uppercase, counter) if they are not deployed yet")
     parser.add_argument("--metrics-listen", help="HOST:PORT serving Prometheus metrics over HTTP (default: off)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=LEVELS,
+                        help="log from this level up (default: the config's log_level, else INFO); "
+                             "on SIGHUP the config's log_level applies again")
     parser.add_argument("--log-format", choices=["text", "json"], default=default_format(),
                         help="one line per event, as text or one JSON object (default: json under systemd)")
     return parser.parse_args(argv)
@@ -82,12 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["token"]:
         sys.exit(_token_command(argv[1:]))
     args = _parse(argv)
-    configure_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"caxton-supervisor: {exc}", file=sys.stderr)
         sys.exit(2)
+    configure_logging(args.log_level or config.log_level or "INFO", args.log_format)
     if args.listen:
         config = replace(config, listen=args.listen)
     if args.health_listen:
@@ -105,7 +107,16 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as exc:
         print(f"caxton-supervisor: {exc}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(run(supervisor, reload=(lambda: load_config(args.config)) if args.config else None))
+    sys.exit(run(supervisor, reload=(lambda: _reread(args.config, args.log_level)) if args.config else None))
+
+
+def _reread(path: Path, flag_level: str | None) -> Config:
+    """The config read again for SIGHUP, its log level decided: the
+    config's log_level, else the --log-level flag's, else INFO. (At start the
+    flag wins: it is how a start is debugged; SIGHUP is how the level of a
+    running supervisor is changed, by editing the config.)"""
+    config = load_config(path)
+    return replace(config, log_level=config.log_level or flag_level or "INFO")
 
 
 if __name__ == "__main__":

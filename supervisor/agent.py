@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -32,6 +33,10 @@ from .restart import RestartSettings
 from .rollout import Launch, drain, launch_many
 from .status import AgentView, FailureRecord
 from .store import VersionRecord
+
+if TYPE_CHECKING:
+    from .candidate import Candidate
+    from .replacement import Standby
 
 log = logging.getLogger("caxton.agent")
 
@@ -57,6 +62,10 @@ class Agent:
         self.intake = Intake(self, config.queue_limit)
         self.mailbox = self.intake.mailbox
         self.instances: list[WorkerInstance] = []
+        # A judged rollout's version on trial, beside the stable one
+        # (candidate.py), and blue-green's old set kept warm (replacement.py).
+        self.candidate: Candidate | None = None
+        self.standby: Standby | None = None
         self.state = state
         self.state_lock = threading.Lock()
         self._op_lock = threading.Lock()
@@ -159,7 +168,7 @@ class Agent:
             self.instances.extend(instances)
             self.recovery.started()
         for instance in instances:
-            instance.process.add_exit_callback(functools.partial(self._on_exit, instance))
+            instance.process.add_exit_callback(functools.partial(self.on_exit, instance))
             instance.serve(self.mailbox, self.intake.count)
         return old
 
@@ -171,16 +180,31 @@ class Agent:
         log.error("[%s] %s", self.name, reason)
         self.publish("failed", reason)
 
-    def _on_exit(self, instance: WorkerInstance, status: ExitStatus) -> None:
+    def on_exit(self, instance: WorkerInstance, status: ExitStatus) -> None:
         """A worker of this agent exited. Never blocks: it runs on the
         launcher's exit-callback thread, which serves every agent."""
         # Wake the instance's dispatcher if it is waiting for messages.
         self.mailbox.wake_all()
+        candidate = standby = None
         with self.state_lock:
-            if instance not in self.instances:
+            if instance in self.instances:
+                self.instances.remove(instance)
+            elif self.candidate is not None and instance in self.candidate.instances:
+                candidate = self.candidate
+                candidate.instances.remove(instance)
+            elif self.standby is not None and instance in self.standby.instances:
+                standby = self.standby
+                standby.instances.remove(instance)
+            else:
                 return  # retired on purpose; its retirement cleans up
-            self.instances.remove(instance)
         reason = f"worker {instance.pid} {instance.describe_exit(status)}"
+        if candidate is not None or standby is not None:
+            # Not in service: the rollout that owns it decides what follows.
+            log.warning("[%s v%d] %s", self.name, instance.version, reason)
+            instance.close()
+            if candidate is not None:
+                candidate.worker_failed(reason)
+            return
         log.error("[%s v%d] %s", self.name, instance.version, reason)
         self.publish("worker-exited", reason, instance.version)
         instance.close()
@@ -260,5 +284,5 @@ class Agent:
                 breaker=self.recovery.breaker(),
                 recent_failures=tuple(FailureRecord(wall - (now - at), reason)
                                       for at, reason in self.recovery.recent_failures()),
-                instances=tuple(self.instances),
+                instances=tuple(self.instances) + (tuple(self.candidate.instances) if self.candidate else ()),
             )

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -35,12 +35,15 @@ from .events import AgentEvent, EventBus
 from .lifecycle import AgentState
 from .memory_budget import MemoryBudget
 from .metrics import Deployments
+from .redact import without_paths
 from .request_gate import request_bytes
 from .restart import RestartSettings
+from .rollout_status import RolloutRecord
 from .runtime import Reloaded, Runtime
 from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
 from .status import AgentSnapshot
 from .store import VersionRecord
+from .strategy import RolloutRequest
 from .validation import Report, Severity
 
 T = TypeVar("T")
@@ -154,6 +157,31 @@ def status_to_proto(status: AgentSnapshot) -> caxton_pb2.AgentStatus:
         breaker=caxton_pb2.Breaker(state=status.breaker.state.value, opened_at=status.breaker.opened_at or 0.0,
                                    reason=status.breaker.reason,
                                    next_attempt_in_s=status.breaker.next_attempt_in_s),
+        rollout=rollout_to_proto(status.rollout) if status.rollout is not None else None,
+        health_status=status.health,
+        health_reason=status.health_reason,
+    )
+
+
+def rollout_to_proto(record: RolloutRecord) -> caxton_pb2.RolloutStatus:
+    return caxton_pb2.RolloutStatus(
+        strategy=record.strategy, state=record.state.value, step=record.step, steps=record.steps,
+        share=record.share, stable_version=record.stable_version, candidate_version=record.candidate_version,
+        reason=without_paths(record.reason), started_at=record.started_at, ended_at=record.ended_at,
+        verdict=record.verdict,
+    )
+
+
+def rollout_from_proto(request: caxton_pb2.RolloutOptions) -> RolloutRequest:
+    def optional(name: str) -> Any:
+        return getattr(request, name) if request.HasField(name) else None
+
+    return RolloutRequest(
+        strategy=request.strategy, batch=request.batch or None, keep_old_s=optional("keep_old_s"),
+        canary_replicas=request.canary_replicas or None, steps=tuple(request.steps),
+        step_s=optional("step_s"), min_messages=optional("min_messages"),
+        max_error_rate=optional("max_error_rate"), max_latency_ratio=optional("max_latency_ratio"),
+        bake_s=optional("bake_s"), compare=request.compare, max_mismatch_rate=optional("max_mismatch_rate"),
     )
 
 
@@ -163,6 +191,8 @@ def _reloaded_to_proto(result: Reloaded) -> caxton_pb2.HotReloadAgentResponse:
         to_version=result.rollout.to_version, switched_after_s=result.rollout.switched_after_s,
         drained_after_s=result.rollout.drained_after_s,
     )
+    if result.record is not None:
+        response.rollout.CopyFrom(rollout_to_proto(result.record))
     if result.report is not None:
         response.report.CopyFrom(report_to_proto(result.report))
     return response
@@ -227,8 +257,9 @@ def translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Await
     return wrapper
 
 
-# The deployment strategy each lifecycle call counts as (metrics.py).
-_STRATEGIES = {"DeployAgent": "deploy", "HotReloadAgent": "graceful", "RollbackAgent": "rollback"}
+# The deployment strategy each lifecycle call counts as (metrics.py); a
+# reload counts itself, under its strategy's name, when its rollout ends.
+_STRATEGIES = {"DeployAgent": "deploy", "RollbackAgent": "rollback"}
 
 
 def audited(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -241,9 +272,17 @@ def audited(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: AgentLifecycleService, request, context: grpc.aio.ServicerContext) -> T:
         caller = self._principal(context).name
         started = time.monotonic()
+        # A deploy to an existing agent with a strategy is a rollout, which
+        # counts itself when it ends.
+        rolls_out = (method.__name__ == "DeployAgent" and request.HasField("rollout")
+                     and self._runtime.exists(request.name))
         outcome = "OK"
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
+            # RollbackAgent during a rollout is its abort, which counts itself.
+            rolls_out = rolls_out or (isinstance(response, caxton_pb2.HotReloadAgentResponse)
+                                      and method.__name__ == "RollbackAgent" and response.HasField("rollout"))
+            return response
         except CaxtonError as exc:
             outcome = f"{exc.code.name}: {exc.message}"
             raise
@@ -255,7 +294,7 @@ def audited(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         finally:
             self._audit.record(caller, method.__name__, request.name, outcome)
-            strategy = _STRATEGIES.get(method.__name__)
+            strategy = None if rolls_out else _STRATEGIES.get(method.__name__)
             if strategy is not None:
                 self._deployments.finished(strategy, "succeeded" if outcome == "OK" else "failed",
                                            time.monotonic() - started)
@@ -331,6 +370,7 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
                 name=request.name, module=request.module, limits=limits_from_proto(request.limits),
                 policy=request.policy, label=request.label, restart=restart_from_proto(request.restart),
                 replicas=request.replicas or None,
+                rollout=rollout_from_proto(request.rollout) if request.HasField("rollout") else None,
             ))
             return caxton_pb2.DeployAgentResponse(status=status_to_proto(deployed.status),
                                                   report=report_to_proto(deployed.report))
@@ -359,9 +399,16 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
                 name=request.name, module=request.module, limits=limits_from_proto(request.limits),
                 policy=request.policy, label=request.label, warmup=tuple(request.warmup),
                 drain_timeout_s=_seconds(request.drain_timeout_ms),
+                rollout=rollout_from_proto(request.rollout),
             )))
 
         return await self._run(self._lifecycle, reload, charge=self._module_charge(request))
+
+    @translate_errors
+    @audited
+    async def ControlRollout(self, request, context):
+        return await self._run(self._lifecycle, lambda: rollout_to_proto(
+            self._runtime.control_rollout(request.name, request.action)))
 
     @translate_errors
     @audited

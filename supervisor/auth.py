@@ -67,6 +67,7 @@ REQUIRED_ROLE: dict[str, Role] = {
     _LIFECYCLE + "RemoveAgent": Role.DEPLOYER,
     _LIFECYCLE + "HotReloadAgent": Role.DEPLOYER,
     _LIFECYCLE + "RollbackAgent": Role.DEPLOYER,
+    _LIFECYCLE + "ControlRollout": Role.DEPLOYER,
     _LIFECYCLE + "GetAgentStatus": Role.READER,
     _LIFECYCLE + "ListAgents": Role.READER,
     _LIFECYCLE + "ValidateModule": Role.READER,

@@ -16,9 +16,11 @@ from caxton.contract import parse_size
 
 from .auth import AuthSettings, read_auth
 from .caps import Caps, check_defaults, read_caps
+from .logs import LEVELS
 from .policy import BUILTIN_POLICIES, Policy, read_policy
 from .restart import RestartSettings, read_settings
 from .settings import ConfigError, Table
+from .strategy import RolloutDefaults, read_rollout
 from .tls import TlsSettings, read_tls
 
 # ConfigError and parse_size are re-exported: callers of load_config catch the
@@ -64,8 +66,13 @@ class Config:
     metrics_listen: str = ""
     # An agent's own log lines kept for `caxton logs`, per agent.
     log_lines: int = 1000
+    # The supervisor's log level (logs.LEVELS), set again on SIGHUP; at
+    # start, `--log-level` wins over it. "" = not set: INFO, or the flag's.
+    log_level: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    # Defaults for what rollout requests leave unset (strategy.py).
+    rollout: RolloutDefaults = field(default_factory=RolloutDefaults)
     state_dir: Path = Path(".caxton")
     # Where worker sockets live; empty = a fresh private directory under /tmp
     # (Unix socket paths must stay under 108 bytes).
@@ -162,8 +169,10 @@ def config_from_table(table: dict[str, Any]) -> Config:
         health_listen=t.string("health_listen", base.health_listen),
         metrics_listen=t.string("metrics_listen", base.metrics_listen),
         log_lines=t.integer("log_lines", base.log_lines, minimum=1),
+        log_level=t.choice("log_level", base.log_level, LEVELS),
         auth=read_auth(t.table("auth")),
         tls=read_tls(t.table("tls")),
+        rollout=read_rollout(t.table("rollout")),
         state_dir=Path(t.string("state_dir", str(base.state_dir))),
         runtime_dir=t.string("runtime_dir", base.runtime_dir),
         limits=_read_limits(t.table("limits")),

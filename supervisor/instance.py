@@ -126,6 +126,10 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     return instance
 
 
+def _uncounted(ok: bool) -> None:
+    """Before serve(): nothing is dispatched yet."""
+
+
 class WorkerInstance:
     """The process, its client and the dispatcher that feeds it."""
 
@@ -147,6 +151,7 @@ class WorkerInstance:
         # empty: messages already accepted are still handled.
         self._draining = False
         self._mailbox: Mailbox | None = None
+        self._on_result: Callable[[bool], None] = _uncounted
         self._dispatcher: threading.Thread | None = None
 
     @property
@@ -177,8 +182,9 @@ class WorkerInstance:
         """Start pulling messages from `mailbox`. `on_result(ok)` counts each
         outcome for the agent's statistics."""
         self._mailbox = mailbox
+        self._on_result = on_result
         self._dispatcher = threading.Thread(
-            target=self._dispatch, args=(mailbox, on_result), name=f"dispatch-{self.agent}-{self.pid}", daemon=True
+            target=self._dispatch, args=(mailbox,), name=f"dispatch-{self.agent}-{self.pid}", daemon=True
         )
         self._dispatcher.start()
 
@@ -188,6 +194,21 @@ class WorkerInstance:
         self._draining = drain
         self._retiring = True
         mailbox.wake_all()
+
+    def move_to(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
+        """Take batches from `mailbox` from now on, counting outcomes with
+        `on_result` (a promoted candidate's workers join the agent's own
+        mailbox); the batch in hand finishes."""
+        self._on_result = on_result
+        old, self._mailbox = self._mailbox, mailbox
+        if old is not None:
+            old.wake_all()
+
+    def reinstate(self) -> None:
+        """Undo retire() for a worker kept warm (blue-green's old set), before
+        it serves again."""
+        self._retiring = False
+        self._draining = False
 
     def wait_idle(self, deadline: Deadline) -> bool:
         """Wait until the dispatcher has finished its batch and stopped."""
@@ -241,19 +262,24 @@ class WorkerInstance:
     # ------------------------------------------------------------ dispatch
 
     def _keep_taking(self, mailbox: Mailbox) -> bool:
-        if not self.process.alive:
+        if not self.process.alive or mailbox is not self._mailbox:
             return False
         if not self._retiring:
             return True
         return self._draining and len(mailbox) > 0
 
-    def _dispatch(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
+    def _dispatch(self, mailbox: Mailbox) -> None:
         config = self._config
         keep_taking = functools.partial(self._keep_taking, mailbox)
         while True:
             batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, keep_taking)
             if not batch:
+                if self._mailbox is not mailbox and self._mailbox is not None and self.process.alive:
+                    mailbox = self._mailbox  # moved (move_to): go on taking from there
+                    keep_taking = functools.partial(self._keep_taking, mailbox)
+                    continue
                 return
+            on_result = self._on_result
             try:
                 keep_going = self._deliver(batch, on_result)
             except Exception:

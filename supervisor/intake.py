@@ -57,16 +57,17 @@ class Intake:
         self.mailbox.close(self.refusal())
 
     def submit(self, pending: Pending, budget: MemoryBudget | None = None,
-               on_room: RoomCallback | None = None) -> bool:
-        """Queue a message; raises if the agent cannot take it now. With
-        `on_room`, a full mailbox or budget returns False instead and calls
-        `on_room` once there may be room (Mailbox.put)."""
+               on_room: RoomCallback | None = None, mailbox: Mailbox | None = None) -> bool:
+        """Queue a message (in `mailbox`: a rollout candidate's; default the
+        agent's own); raises if the agent cannot take it now. With `on_room`,
+        a full mailbox or budget returns False instead and calls `on_room`
+        once there may be room (Mailbox.put)."""
         state = self._agent.state
         if state is AgentState.STOPPED:
             raise FailedPrecondition(f"agent {self._agent.name!r} is stopped; start it with StartAgent")
         if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
             raise Unavailable(self.refusal())
-        return self.mailbox.put(pending, budget, on_room)
+        return (self.mailbox if mailbox is None else mailbox).put(pending, budget, on_room)
 
     def count(self, ok: bool) -> None:
         with self._tally_lock:

@@ -57,11 +57,20 @@ def default_format(environ: os._Environ[str] | dict[str, str] = os.environ) -> s
     return "json" if environ.get("JOURNAL_STREAM") else "text"
 
 
+# The levels `--log-level` and the config's `log_level` accept.
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def configure(level: str, fmt: str) -> None:
     """Send the supervisor's log to stderr, one line per record, as `fmt`
-    ('text' or 'json')."""
+    ('text' or 'json'), from `level` up."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Log from `level` (one of LEVELS) up, from now on: at start, and on SIGHUP."""
+    logging.getLogger().setLevel(level)

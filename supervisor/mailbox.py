@@ -94,6 +94,10 @@ class Mailbox:
         self._closed_reason: str | None = None
         self._bytes = 0  # what the queued messages cost (Pending.cost), with or without a budget
         self._waiting: list[RoomCallback] = []  # wake-ups for callers waiting for room
+        # Set once this mailbox's lane has ended (a rollout's candidate
+        # promoted or withdrawn): what it held and whatever still arrives
+        # goes there, so no accepted message is stranded.
+        self._forward: Mailbox | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -112,28 +116,35 @@ class Mailbox:
         fit, always raise.
         """
         with self._cond:
-            if self._closed_reason is not None:
-                raise Unavailable(self._closed_reason)
-            cost = pending.cost
-            if budget is not None and cost > budget.limit:
-                raise ResourceExhausted(budget.exhausted_message(cost))
-            if len(self._queue) >= self.limit:
-                return self._no_room(f"queue full: {self.limit} messages already waiting for this agent", on_room)
-            # An empty mailbox takes any message, so one bigger than
-            # queue_bytes can still get through.
-            if budget is not None and self._queue and self._bytes + cost > budget.queue_bytes:
-                return self._no_room(f"queue full: {mib(self._bytes)} already waiting for this agent "
-                                     f"(queue_bytes = {mib(budget.queue_bytes)})", on_room)
-            if budget is not None:
-                if not budget.try_charge(cost, on_room):
-                    if on_room is None:
-                        raise ResourceExhausted(budget.exhausted_message(cost))
-                    return False
-                pending.budget = budget
-            self._bytes += cost
-            self._queue.append(pending)
-            self._cond.notify()
-            return True
+            forward = self._forward
+            if forward is None:
+                return self._put(pending, budget, on_room)
+        return forward.put(pending, budget, on_room)
+
+    def _put(self, pending: Pending, budget: MemoryBudget | None, on_room: RoomCallback | None) -> bool:
+        """put (caller holds the lock)."""
+        if self._closed_reason is not None:
+            raise Unavailable(self._closed_reason)
+        cost = pending.cost
+        if budget is not None and cost > budget.limit:
+            raise ResourceExhausted(budget.exhausted_message(cost))
+        if len(self._queue) >= self.limit:
+            return self._no_room(f"queue full: {self.limit} messages already waiting for this agent", on_room)
+        # An empty mailbox takes any message, so one bigger than
+        # queue_bytes can still get through.
+        if budget is not None and self._queue and self._bytes + cost > budget.queue_bytes:
+            return self._no_room(f"queue full: {mib(self._bytes)} already waiting for this agent "
+                                 f"(queue_bytes = {mib(budget.queue_bytes)})", on_room)
+        if budget is not None:
+            if not budget.try_charge(cost, on_room):
+                if on_room is None:
+                    raise ResourceExhausted(budget.exhausted_message(cost))
+                return False
+            pending.budget = budget
+        self._bytes += cost
+        self._queue.append(pending)
+        self._cond.notify()
+        return True
 
     def _no_room(self, reason: str, on_room: RoomCallback | None) -> bool:
         """(Caller holds the lock.)"""
@@ -181,6 +192,30 @@ class Mailbox:
     def reopen(self) -> None:
         with self._cond:
             self._closed_reason = None
+
+    def forward_to(self, other: Mailbox) -> None:
+        """Move every queued message to `other`, in order, and send whatever
+        is put here from now on there too. Messages keep their budget charge."""
+        with self._cond:
+            self._forward = other
+            moved = list(self._queue)
+            self._queue.clear()
+            self._bytes = 0
+            waiting, self._waiting = self._waiting, []
+            self._cond.notify_all()
+        other.adopt(moved)
+        for on_room in waiting:
+            on_room()
+
+    def adopt(self, moved: list[Pending]) -> None:
+        """Queue messages another mailbox had already accepted: no bound is
+        checked (they were admitted once and must not be lost)."""
+        if not moved:
+            return
+        with self._cond:
+            self._queue.extend(moved)
+            self._bytes += sum(p.cost for p in moved)
+            self._cond.notify_all()
 
     def wake_all(self) -> None:
         """Wake every waiting taker, so that retiring ones can notice."""

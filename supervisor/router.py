@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 from caxton.v1 import caxton_pb2
 
 from .deadline import Deadline
-from .errors import InvalidArgument, NotFound, ResourceExhausted
+from .errors import CaxtonError, InvalidArgument, NotFound, ResourceExhausted
 from .mailbox import OutcomeCallback, Pending
 from .memory_budget import MemoryBudget, RoomCallback
 from .metrics import MessageTally, Series, Timed
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .candidate import Candidate
 
 
 class Router:
@@ -54,7 +55,12 @@ class Router:
         with it); `held_by_caller`: the charge lasts until the caller calls
         the Pending's release(), not only while the message is queued."""
         agent = self._receiver(message)
-        pending = self._pending(agent, message, deadline, callback, retained, held_by_caller)
+        candidate = agent.candidate
+        if candidate is not None:
+            pending = self._to_lanes(agent, candidate, message, deadline, callback, retained, held_by_caller, None)
+            assert pending is not None  # without on_room, a refusal raises
+            return pending
+        pending = self._pending(agent, agent.version.version, message, deadline, callback, retained, held_by_caller)
         agent.intake.submit(pending, self.budget)
         return pending
 
@@ -66,8 +72,38 @@ class Router:
         another thread) when room may have appeared; the caller offers the
         same message again."""
         agent = self._receiver(message)
-        pending = self._pending(agent, message, deadline, callback)
+        candidate = agent.candidate
+        if candidate is not None:
+            return self._to_lanes(agent, candidate, message, deadline, callback, 0, False, on_room)
+        pending = self._pending(agent, agent.version.version, message, deadline, callback)
         return pending if agent.intake.submit(pending, self.budget, on_room) else None
+
+    def _to_lanes(self, agent: Agent, candidate: Candidate, message: caxton_pb2.AgentMessage, deadline: Deadline,
+                  callback: OutcomeCallback, retained: int, held_by_caller: bool,
+                  on_room: RoomCallback | None) -> Pending | None:
+        """During a judged rollout: the candidate's share goes to its own
+        mailbox (sticky per conversation); shadowing, the stable version
+        answers and the candidate gets a copy, whose fate never reaches the
+        caller (a full candidate mailbox drops the copy, not the message)."""
+        if not candidate.shadow:
+            if candidate.split.to_candidate(message.conversation_id):
+                version, mailbox = candidate.version.version, candidate.mailbox
+            else:
+                version, mailbox = agent.version.version, agent.mailbox
+            pending = self._pending(agent, version, message, deadline, callback, retained, held_by_caller)
+            return pending if agent.intake.submit(pending, self.budget, on_room, mailbox) else None
+        answer, compare = candidate.tap(callback)
+        pending = self._pending(agent, agent.version.version, message, deadline, answer, retained, held_by_caller)
+        if not agent.intake.submit(pending, self.budget, on_room):
+            return None
+        copy = caxton_pb2.AgentMessage()
+        copy.CopyFrom(message)
+        shadow = self._pending(agent, candidate.version.version, copy, deadline, compare)
+        try:
+            candidate.mailbox.put(shadow)
+        except CaxtonError:
+            candidate.shadow_dropped()
+        return pending
 
     def removed(self, agent: str) -> None:
         """The agent was removed: its metrics series go with it (a new
@@ -85,12 +121,12 @@ class Router:
         if self.budget is not None:
             self.budget.forget(on_room)
 
-    def _pending(self, agent: Agent, message: caxton_pb2.AgentMessage, deadline: Deadline,
+    def _pending(self, agent: Agent, version: int, message: caxton_pb2.AgentMessage, deadline: Deadline,
                  callback: OutcomeCallback, retained: int = 0, held_by_caller: bool = False) -> Pending:
         if not message.message_id:
             message.message_id = f"{self._boot}-{next(self._ids)}"
         if self.tally is not None:
-            key = (agent.name, agent.version.version)
+            key = (agent.name, version)
             # A plain dict read is atomic: no lock per message on the hot path.
             series = self._series.get(key)
             if series is None:

@@ -22,19 +22,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from . import strategy
 from .admission import Admission, Wanted
 from .agent import Agent
+from .analysis import Counts
 from .caps import Usage
 from .config import Config
 from .errors import CaxtonError, FailedPrecondition, ModuleRejected, NotFound
 from .events import EventBus
 from .lifecycle import AgentState
+from .metrics import BUCKETS, Deployments
 from .restore import Damaged, start_restored, stored_agents
 from .rollout import Launch, Rollout, RolloutResult
+from .rollout_status import RolloutRecord
+from .rollouts import Rollouts
 from .router import Router
 from .specs import DeploySpec, LimitOverrides, ReloadSpec, quoted
 from .status import AgentSnapshot, snapshot
 from .store import StateDamage, StateStore, VersionRecord
+from .strategies import RolloutDeps, run_rollout
 from .validation import Report
 
 log = logging.getLogger("caxton.runtime")
@@ -51,6 +57,7 @@ class Reloaded:
     status: AgentSnapshot
     rollout: RolloutResult
     report: Report | None  # None for a rollback: nothing new was validated
+    record: RolloutRecord | None = None
 
 
 class Runtime:
@@ -65,6 +72,10 @@ class Runtime:
         self._lock = threading.Lock()
         self.admission = Admission(config, self._agents, self._lock)
         self.router = Router(self._agents.get)
+        # Where deployments and rollbacks are counted (metrics.py); None: not
+        # counted. The composition root sets it.
+        self.deployments: Deployments | None = None
+        self.rollouts = Rollouts(store, events, self._rolled_back)
 
     def _agent(self, name: str, policy: str, version: VersionRecord, state: AgentState, replicas: int,
                restart=None) -> Agent:
@@ -98,6 +109,7 @@ class Runtime:
                 if running:
                     to_start.append(agent)
             self._agents[agent.name] = agent
+        self.rollouts.restore()
         saved, _ = self.store.saved_counters()
         for name, (messages, errors, restarts) in saved.items():
             if name in self._agents:
@@ -130,6 +142,7 @@ class Runtime:
     def shutdown(self, timeout: float) -> None:
         """Drain every agent in parallel within `timeout`, then end all workers.
         Desired states are left as they are, so a restart brings agents back."""
+        self.rollouts.cancel_all()
         agents = [a for a in self._agents.values() if a.state is AgentState.RUNNING]
         if agents:
             with ThreadPoolExecutor(max_workers=min(32, len(agents)), thread_name_prefix="drain") as pool:
@@ -147,6 +160,9 @@ class Runtime:
 
     # ------------------------------------------------------------ lookup
 
+    def exists(self, name: str) -> bool:
+        return name in self._agents
+
     def get(self, name: str) -> Agent:
         agent = self._agents.get(name)
         if agent is None:
@@ -162,11 +178,13 @@ class Runtime:
         return agent
 
     def status(self, name: str) -> AgentSnapshot:
-        return snapshot(self.get(name).view(), self.store.versions(name))
+        return self._snapshot(self.get(name))
 
     def list(self) -> list[AgentSnapshot]:
-        return [snapshot(agent.view(), self.store.versions(agent.name))
-                for agent in sorted(self._agents.values(), key=lambda a: a.name)]
+        return [self._snapshot(agent) for agent in sorted(self._agents.values(), key=lambda a: a.name)]
+
+    def _snapshot(self, agent: Agent) -> AgentSnapshot:
+        return snapshot(agent.view(), self.store.versions(agent.name), self.rollouts.record(agent.name))
 
     def validate(self, module: bytes, policy_name: str, limits: LimitOverrides | None = None) -> Report:
         return self.admission.dry_run(module, policy_name, limits)
@@ -176,6 +194,11 @@ class Runtime:
     def deploy(self, spec: DeploySpec) -> Deployed:
         """Validate, record and start a new agent. Repeating a deploy that
         exists already as asked changes nothing and returns its status."""
+        if spec.rollout is not None and spec.name in self._agents:
+            reloaded = self.hot_reload(ReloadSpec(name=spec.name, module=spec.module, limits=spec.limits,
+                                                  policy=spec.policy, label=spec.label, rollout=spec.rollout))
+            assert reloaded.report is not None
+            return Deployed(reloaded.status, reloaded.report)
         replicas = self.admission.check_deploy(spec)
         limits = spec.limits.apply(self.config.limits)
         restart = spec.restart.apply(self.config.restart)
@@ -224,6 +247,8 @@ class Runtime:
         downtime (rollout.py). The version record stays in history even if
         the switch fails, so the attempt is visible."""
         agent = self._startable(spec.name)
+        plan = strategy.plan(spec.rollout, self.config.rollout, replicas=agent.replicas)
+        self.rollouts.check_idle(spec.name)
         self.admission.check_reload(spec.limits, spec.label)
         limits = spec.limits.apply(agent.limits)
         policy = self.admission.policy(spec.policy or agent.policy)
@@ -241,16 +266,58 @@ class Runtime:
             version = self.store.add_version(spec.name, digest, limits, spec.label)
             self.admission.hold(growth)
         try:
-            result = self._roll(agent, version, list(spec.warmup), spec.drain_timeout_s)
+            result, record = run_rollout(self._rollout_deps(), agent, version, plan, warmup=list(spec.warmup),
+                                         drain_timeout_s=self._drain_timeout(spec.drain_timeout_s))
         finally:
             self.admission.release(growth)
-        return Reloaded(self.status(spec.name), result, report)
+        with self._lock:
+            self.store.prune_versions(agent.name, self.config.keep_versions, version.version)
+        return Reloaded(self.status(spec.name), result, report, record)
+
+    def _drain_timeout(self, asked: float | None) -> float:
+        return self.config.stop_timeout_s if asked is None else asked
+
+    def _rollout_deps(self) -> RolloutDeps:
+        return RolloutDeps(
+            rollouts=self.rollouts, counts=self._counts, set_current=self._set_current,
+            finished=self._deployment_finished, rolled_back=self._rolled_back,
+            queue_limit=self.config.queue_limit, start_timeout_s=self.config.worker_start_timeout_s,
+        )
+
+    def _counts(self, agent: str, version: int) -> Counts:
+        tally = self.router.tally
+        if tally is None:
+            return {}, [0] * (len(BUCKETS) + 1), 0.0
+        return tally.series(agent, version).counts()
+
+    def _set_current(self, agent: str, version: VersionRecord) -> None:
+        self.store.set_current_version(agent, version.version)
+        self.store.mark_stable(agent, version.version)
+
+    def _deployment_finished(self, strategy_name: str, outcome: str, seconds: float) -> None:
+        if self.deployments is not None:
+            self.deployments.finished(strategy_name, outcome, seconds)
+
+    def _rolled_back(self, agent: str, reason: str) -> None:
+        if self.deployments is not None:
+            self.deployments.rolled_back(agent, reason)
+
+    def control_rollout(self, name: str, action: str) -> RolloutRecord:
+        """An operator's promote, abort, pause or resume of the agent's rollout."""
+        self.get(name)
+        return self.rollouts.control(name, action)
 
     def rollback(self, name: str, to_version: int | None, drain_timeout_s: float | None) -> Reloaded:
         """Go back to `to_version` (default: the newest older version that
         was ever stable) through the same zero-downtime path. No quota is
         checked: going back to what served before must always be possible."""
         agent = self._startable(name)
+        if self.rollouts.in_flight(name):
+            # Going back during a rollout is its abort: the stable version
+            # serves again (blue-green: at once, on its warm old set).
+            before = agent.version.version
+            record = self.rollouts.control(name, "abort")
+            return Reloaded(self.status(name), RolloutResult(before, agent.version.version, 0.0, 0.0), None, record)
         current = agent.version.version
         if to_version:
             kept = {v.version: v for v in self.store.versions(name)}
@@ -288,6 +355,7 @@ class Runtime:
         return result
 
     def stop(self, name: str, timeout_s: float | None) -> AgentSnapshot:
+        self.rollouts.cancel(name, "stopped")
         self.get(name).stop(self.config.stop_timeout_s if timeout_s is None else timeout_s)
         return self.status(name)
 
@@ -297,6 +365,7 @@ class Runtime:
 
     def remove(self, name: str, timeout_s: float | None) -> None:
         agent = self.get(name)
+        self.rollouts.cancel(name, "removed")
         if agent.state in (AgentState.RUNNING, AgentState.DRAINING):
             agent.stop(self.config.stop_timeout_s if timeout_s is None else timeout_s)
         agent.unload()
@@ -306,4 +375,5 @@ class Runtime:
             self.store.delete_agent(name)
         log.info("removed %s", name)
         self.router.removed(name)
+        self.rollouts.forget(name)
         self.events.publish(name, "removed", agent.version.version)

@@ -51,6 +51,7 @@ from .health import HealthMonitor
 from .instance import WorkerEnv, launch_instance
 from .launcher import Launcher
 from .listeners import check_api_listen, restrict_unix_socket, unix_path
+from .logs import set_level as set_log_level
 from .memory_budget import MemoryBudget
 from .messaging import MessagingService
 from .metrics import AgentFigures, CaxtonCollector, Deployments, MessageTally, MetricsEndpoint
@@ -60,7 +61,7 @@ from .request_gate import Gate, RequestGate
 from .runtime import Runtime
 from .specs import DeploySpec
 from .store import StateStore
-from .tls import server_credentials
+from .tls import ServerCertificates
 
 log = logging.getLogger("caxton.supervisor")
 
@@ -179,6 +180,7 @@ class Supervisor:
         self.tally = MessageTally(self.store.saved_counters()[1])
         self.runtime.router.tally = self.tally
         self.deployments = Deployments()
+        self.runtime.deployments = self.deployments
         self.metrics: MetricsEndpoint | None = None
         self._lifecycle_pool = ThreadPoolExecutor(LIFECYCLE_THREADS, thread_name_prefix="lifecycle")
         self._query_pool = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="query")
@@ -186,8 +188,9 @@ class Supervisor:
         self.authorizer = Authorizer(self.tokens)
         self.audit = Audit(self.events)
         self.api = self._serve_api([AuthInterceptor(self.authorizer, self.audit)])
-        tls = server_credentials(config.tls) if config.tls.enabled and unix_path(config.listen) is None else None
-        self.port = self.api.listen(config.listen, tls)
+        self.certificates = (ServerCertificates(config.tls) if config.tls.enabled and unix_path(config.listen) is None
+                             else None)
+        self.port = self.api.listen(config.listen, self.certificates.credentials if self.certificates else None)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         # Orchestrators' probes speak neither TLS nor tokens: health only, in
@@ -280,14 +283,31 @@ class Supervisor:
         return (f"{states.count('running')} of {len(states)} agents running, {states.count('failed')} failed; "
                 f"API on {self.address}")
 
-    def reload_config(self, config: Config) -> None:
+    def reload_config(self, config: Config) -> list[str]:
         """SIGHUP: the accepted tokens change at once (a revoked token is
         refused from its next call), and so do default limits, policies and
-        caps for new requests (Runtime.reconfigure); running agents are not
-        touched."""
+        caps for new requests (Runtime.reconfigure), the log level, and the
+        TLS certificates for new connections (open ones keep theirs); running
+        agents are not touched. Returns what was not applied, each with why
+        (certificate files that cannot be used: the ones in force stay), so
+        that a broken certificate file never holds up a token's revocation."""
+        not_applied: list[str] = []
         self.authorizer.replace(config.auth.tokens or self.tokens)
         self.runtime.reconfigure(config)
-        self.config = replace(self.runtime.config, auth=config.auth)
+        if config.log_level:
+            set_log_level(config.log_level)
+        tls = self.config.tls
+        if self.certificates is not None:
+            try:
+                self.certificates.replace(config.tls)
+                tls = config.tls
+            except ValueError as exc:
+                not_applied.append(f"TLS certificates ({exc}; the ones in force stay)")
+        elif config.tls.enabled and unix_path(self.config.listen) is None:
+            not_applied.append("TLS (turning TLS on takes a restart)")
+        self.config = replace(self.runtime.config, auth=config.auth, tls=tls,
+                              log_level=config.log_level or self.config.log_level)
+        return not_applied
 
     def _capacity_changed(self, up: bool) -> None:
         if not up:
@@ -360,8 +380,11 @@ def run(supervisor: Supervisor, reload: Callable[[], Config] | None = None) -> i
             received = signals.get(timeout=tick)
         except queue.Empty:
             if supervisor.healthy(timeout=min(tick, HEALTHY_WITHIN_S)):
+                summary = supervisor.summary()
+                # Before the ping: every WATCHDOG=1 systemd received has its line by then.
+                log.debug("the launcher thread and the state store answered: %s", summary)
                 notifier.watchdog()
-                notifier.status(supervisor.summary())
+                notifier.status(summary)
                 if time.monotonic() >= save_due:
                     supervisor.runtime.save_counters()
                     save_due = time.monotonic() + SAVE_COUNTERS_EVERY_S
@@ -394,8 +417,12 @@ def _reload(supervisor: Supervisor, reload: Callable[[], Config] | None) -> None
         log.warning("SIGHUP: no config file to read again")
         return
     try:
-        supervisor.reload_config(reload())
+        not_applied = supervisor.reload_config(reload())
     except (ConfigError, ValueError) as exc:
         log.error("SIGHUP: the config was not reloaded, the old one stays in force: %s", exc)
         return
-    log.info("SIGHUP: config reloaded (tokens, default limits, policies, caps, default restart policy)")
+    if not_applied:
+        log.error("SIGHUP: config reloaded, except %s", "; ".join(not_applied))
+    else:
+        log.info("SIGHUP: config reloaded (tokens, default limits, policies, caps, default restart policy, "
+                 "log level, TLS certificates)")

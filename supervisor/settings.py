@@ -109,6 +109,17 @@ class Table:
             raise self.error(key, f"expected a number > {above:g}, got {value!r}")
         return float(value)
 
+    def numbers(self, key: str, default: D) -> tuple[float, ...] | D:
+        """A non-empty list of finite numbers, as floats."""
+        if key not in self._data:
+            return default
+        value = self._get(key)
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in value)):
+            raise self.error(key, f"expected a non-empty list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+
     def size(self, key: str, default: D, *, minimum: int = 0) -> int | D:
         """A byte count: an integer or a string such as "64MiB" or "10MB"."""
         if key not in self._data:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from .config import Limits
 from .errors import InvalidArgument
 from .restart import RestartSettings
+from .strategy import RolloutRequest
 
 # \Z, not $: `$` also matches before a trailing newline, so "a\n" would pass.
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}\Z")
@@ -81,6 +82,8 @@ class DeploySpec:
     label: str = ""
     restart: RestartOverrides = RestartOverrides()
     replicas: int | None = None
+    # Only for a name that exists: roll the module out as a new version.
+    rollout: RolloutRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,4 @@ class ReloadSpec:
     label: str = ""
     warmup: tuple[bytes, ...] = ()
     drain_timeout_s: float | None = None  # None = the configured stop timeout
+    rollout: RolloutRequest = RolloutRequest()  # default: graceful

@@ -26,6 +26,7 @@ from .lifecycle import AgentState
 from .recovery import BreakerView
 from .redact import without_paths
 from .restart import RestartSettings
+from .rollout_status import RolloutRecord, RolloutState
 from .store import VersionRecord
 from .worker_client import WorkerCallError
 
@@ -98,6 +99,9 @@ class AgentSnapshot(AgentFacts):
     instances: tuple[InstanceSnapshot, ...]
     versions: tuple[VersionShare, ...]
     history: tuple[VersionRecord, ...]
+    rollout: RolloutRecord | None = None  # in flight, else the latest
+    health: str = "healthy"  # healthy, degraded or unhealthy
+    health_reason: str = ""
 
     @property
     def limits(self) -> Limits:
@@ -123,7 +127,25 @@ def version_shares(instances) -> tuple[VersionShare, ...]:
     )
 
 
-def snapshot(view: AgentView, history: list[VersionRecord]) -> AgentSnapshot:
+def health(view: AgentView, rollout: RolloutRecord | None) -> tuple[str, str]:
+    """Healthy, degraded or unhealthy, and why: what a dashboard or a load
+    balancer wants in one word."""
+    if view.state is AgentState.FAILED:
+        return "unhealthy", view.last_error or "failed"
+    if view.state is not AgentState.RUNNING:
+        return "unhealthy", f"not running ({view.state.value})"
+    serving = sum(1 for instance in view.instances if instance.version == view.version.version)
+    if serving < view.replicas:
+        return "degraded", f"{serving} of {view.replicas} replicas of v{view.version.version} running"
+    if view.recent_failures:
+        return "degraded", (f"{len(view.recent_failures)} worker failure(s) in the last "
+                            f"{view.restart.window_s:g} s; latest: {view.recent_failures[-1].reason}")
+    if rollout is not None and rollout.state is RolloutState.ROLLED_BACK and rollout.ended_at > time.time() - 300:
+        return "degraded", f"v{rollout.candidate_version} was rolled back: {rollout.reason}"
+    return "healthy", ""
+
+
+def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutRecord | None = None) -> AgentSnapshot:
     """The full status: `view` plus each instance's own figures."""
     deadline = Deadline.after(STATS_DEADLINE_S)
     probes = [(instance, instance.client.probe(deadline)) for instance in view.instances]
@@ -147,8 +169,10 @@ def snapshot(view: AgentView, history: list[VersionRecord]) -> AgentSnapshot:
         breaker=replace(view.breaker, reason=without_paths(view.breaker.reason)),
         recent_failures=tuple(FailureRecord(f.at, without_paths(f.reason)) for f in view.recent_failures),
     )
+    status, reason = health(view, rollout)
     return AgentSnapshot(**facts, instances=tuple(instances), versions=version_shares(view.instances),
-                         history=tuple(_shown(record) for record in history))
+                         history=tuple(_shown(record) for record in history), rollout=rollout,
+                         health=status, health_reason=without_paths(reason))
 
 
 def _shown(record: VersionRecord) -> VersionRecord:

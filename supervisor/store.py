@@ -32,6 +32,7 @@ from pathlib import Path
 from .config import Limits
 from .modules import FILE_MODE, ModuleFiles
 from .restart import RestartSettings
+from .rollout_status import RolloutRecord, RolloutState
 
 log = logging.getLogger("caxton.store")
 
@@ -101,8 +102,17 @@ def _migration_3(db: sqlite3.Connection) -> None:
         PRIMARY KEY (agent, version, outcome))""")
 
 
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Each agent's latest rollout (rollout_status.py), so that one cut
+    short by a supervisor restart is reported as aborted, with the reason."""
+    db.execute("""CREATE TABLE rollouts (
+        agent TEXT PRIMARY KEY REFERENCES agents(name) ON DELETE CASCADE,
+        record TEXT NOT NULL)""")
+
+
 # Migration N is _MIGRATIONS[N - 1]; append only, never edit a released one.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migration_1, _migration_2, _migration_3, _migration_4)
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -445,6 +455,29 @@ class StateStore:
                 self._db.execute("DELETE FROM versions WHERE agent = ? AND version = ?", (name, version))
             for digest in {d for _, d in doomed}:
                 self._collect_module(digest)
+
+    def save_rollout(self, record: RolloutRecord) -> None:
+        """Keep `record` as the agent's latest rollout (ignored if the agent
+        is gone meanwhile)."""
+        fields = dataclasses.asdict(record) | {"state": record.state.value, "steps": list(record.steps)}
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM agents WHERE name = ?", (record.agent,)).fetchone():
+                self._db.execute("INSERT OR REPLACE INTO rollouts (agent, record) VALUES (?, ?)",
+                                 (record.agent, json.dumps(fields)))
+
+    def rollouts(self) -> dict[str, RolloutRecord]:
+        """Every agent's latest rollout; an unreadable one is left out (and logged)."""
+        with self._lock:
+            rows = self._db.execute("SELECT agent, record FROM rollouts").fetchall()
+        found = {}
+        for agent, text in rows:
+            try:
+                fields = _json_object(text, f"rollout of {agent}")
+                fields.update(state=RolloutState(fields["state"]), steps=tuple(fields["steps"]))
+                found[agent] = RolloutRecord(**fields)
+            except (StateDamage, KeyError, TypeError, ValueError) as exc:
+                log.warning("left out the rollout record of %s: %s", agent, exc)
+        return found
 
     def version(self, name: str, version: int) -> VersionRecord:
         with self._lock:

@@ -274,8 +274,10 @@ class LoadGenerator:
     ends, each over its own channel to `supervisor`.
 
     Each message goes to one of `receivers`, picked by the caller's own rng
-    seeded with its index, so runs repeat. Caller i sends b"c<i>-<n>" for
-    n = 0, 1, ... and records each outcome in `results[i]`, in send order.
+    seeded with its index, so runs repeat. Caller i sends `content(i, n)`
+    (default b"c<i>-<n>") in conversation `conversation(i, n)` (default
+    none) for n = 0, 1, ... and records each outcome in `results[i]`, in
+    send order.
     Entering waits until every caller has `warmup` outcomes; leaving stops
     the callers and fails if one is stuck past its send timeout.
     """
@@ -289,12 +291,17 @@ class LoadGenerator:
         timeout: float = 30.0,
         pause: float = 0.0,
         warmup: int = 0,
+        content: Callable[[int, int], bytes] | None = None,
+        conversation: Callable[[int, int], str] | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.receivers = [receivers] if isinstance(receivers, str) else list(receivers)
         self.timeout = timeout  # of each send
         self.pause = pause  # between one caller's sends
         self.warmup = warmup
+        # What caller i sends as its n-th message, and in which conversation.
+        self.content = content or (lambda caller, n: f"c{caller}-{n}".encode())
+        self.conversation = conversation or (lambda caller, n: "")
         self.results: list[list[Trip]] = [[] for _ in range(callers)]
         # Counted before each send, so a send that never records an outcome
         # (a caller that died or hung) shows as sent but unanswered.
@@ -313,11 +320,12 @@ class LoadGenerator:
             n = 0
             while not self._stop.is_set():
                 receiver = rng.choice(self.receivers)
-                content = f"c{caller}-{n}".encode()
+                content = self.content(caller, n)
+                conversation = self.conversation(caller, n)
                 n += 1
                 with self._sent_lock:
                     self.sent[receiver] += 1
-                message = caxton_pb2.AgentMessage(receiver=receiver, content=content)
+                message = caxton_pb2.AgentMessage(receiver=receiver, content=content, conversation_id=conversation)
                 start = time.monotonic()
                 try:
                     response = stub.Send(caxton_pb2.SendRequest(message=message), timeout=self.timeout)

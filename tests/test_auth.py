@@ -49,7 +49,8 @@ MESSAGING = "/caxton.v1.Messaging/"
 # under test: admin everything, deployer lifecycle and reads, sender
 # messages, reader reads.
 READS = {"GetAgentStatus", "ListAgents", "ValidateModule", "WatchEvents", "AgentLogs"}
-CHANGES = {"DeployAgent", "StopAgent", "StartAgent", "RemoveAgent", "HotReloadAgent", "RollbackAgent"}
+CHANGES = {"DeployAgent", "StopAgent", "StartAgent", "RemoveAgent", "HotReloadAgent", "RollbackAgent",
+           "ControlRollout"}
 MESSAGES = {"Send", "SendStream"}
 ALLOWED = {
     "admin": READS | CHANGES | MESSAGES,
@@ -320,6 +321,8 @@ class Callers:
             "HotReloadAgent": lambda: lifecycle.HotReloadAgent(
                 caxton_pb2.HotReloadAgentRequest(name=nobody, module=module("echo")), timeout=30),
             "RollbackAgent": lambda: lifecycle.RollbackAgent(caxton_pb2.RollbackAgentRequest(name=nobody), timeout=30),
+            "ControlRollout": lambda: lifecycle.ControlRollout(
+                caxton_pb2.ControlRolloutRequest(name=nobody, action="abort"), timeout=30),
             "GetAgentStatus": lambda: lifecycle.GetAgentStatus(
                 caxton_pb2.GetAgentStatusRequest(name=nobody), timeout=30),
             "ListAgents": lambda: lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(), timeout=30),

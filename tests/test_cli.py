@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
 import pty
+import select
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +20,7 @@ import psutil
 import pytest
 
 from caxton.client import connection
+from caxton.client.cli import _parser
 from caxton.client.duration import parse_duration
 from caxton.client.escape import escape
 from caxton.contract import TOKEN_ENV, TOKEN_FILE_ENV
@@ -768,12 +772,115 @@ def test_completion_scripts_name_every_command():
     assert check.returncode == 0, check.stderr
 
 
+def test_completion_scripts_offer_every_option_of_the_parser():
+    """Walks the parser itself: each command's every option string is in that
+    command's case of both scripts (and the top level's before any command)."""
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(COMMANDS) <= set(subparsers.choices)
+    scopes = {"": parser, **subparsers.choices}
+    # A case is one line in bash; in zsh, the options and then the values.
+    for shell, case, span in (("bash", "        {name}) ", 1), ("zsh", "        ({name}) ", 2)):
+        lines = _completion(shell).splitlines()
+        for name, sub in scopes.items():
+            start = next(i for i, line in enumerate(lines) if line.startswith(case.format(name=name or '""')))
+            text = "\n".join(lines[start:start + span])
+            for action in sub._actions:
+                for option in action.option_strings:
+                    quoted = f"'{option}:" if shell == "zsh" else option
+                    assert quoted in text, (shell, name or "top level", option)
+
+
+ZSH = shutil.which("zsh")
+
+
+def _zsh_complete(tmp_path, line: str, *, autoload: bool) -> set[str]:
+    """What zsh's completion system offers for `line` (TAB at its end), in a
+    real interactive zsh on a pseudo-terminal with compinit, the script
+    sourced (or autoloaded from $fpath as `_caxton`), and `compadd` wrapped to
+    print each match it is given (after zsh's own matching)."""
+    functions = tmp_path / "functions"
+    functions.mkdir(exist_ok=True)
+    (functions / "_caxton").write_text(_completion("zsh"))
+    setup = tmp_path / "setup.zsh"
+    setup.write_text(
+        (f"fpath=({functions} $fpath)\n" if autoload else "")
+        + f"autoload -Uz compinit && compinit -u -d {tmp_path}/zcompdump\n"
+        + ("" if autoload else f"source {functions}/_caxton\n")
+        # The matches compsys adds, after matching: -O/-A/-D calls only ask for lists.
+        + "compadd() {\n"
+        + "    if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\\ * ]]; then builtin compadd \"$@\"; return; fi\n"
+        + "    local -a hits\n"
+        + "    builtin compadd -A hits \"$@\"\n"
+        + "    print -rl -- '' ${(@)hits/#/MATCH:}\n"
+        + "}\n"
+        # Keys typed before zle reads the line are lost to the completion:
+        # wait for this before typing.
+        + "zle-line-init() { print -rn -- LINE-READY-$((6 * 7)) }\n"
+        + "zle -N zle-line-init\n")
+    leader, follower = pty.openpty()
+    shell = subprocess.Popen([ZSH, "-f", "-i"], stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
+                             start_new_session=True,
+                             env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "dumb", "PS1": "> "})
+    os.close(follower)
+    output = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal output
+        deadline = time.monotonic() + 30
+        while marker not in output:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"zsh did not print {marker!r}: {output.decode(errors='replace')}"
+            if select.select([leader], [], [], remaining)[0]:
+                output += os.read(leader, 65536)
+
+    try:
+        os.write(leader, f"source {setup}\n".encode())
+        read_until(b"LINE-READY-42")
+        # TAB, then Ctrl-U (kill the line) and a command printing a marker:
+        # zle finishes one widget before it reads the next key.
+        os.write(leader, line.encode() + b"\t\x15print -r -- DONE-$((6 * 7))\n")
+        read_until(b"DONE-42")
+        os.write(leader, b"exit\n")
+        assert shell.wait(30) == 0
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+        os.close(leader)
+    completed = output.split(b"LINE-READY-42", 1)[1].split(b"DONE-42", 1)[0].decode(errors="replace")
+    return {line.strip()[len("MATCH:"):] for line in completed.splitlines() if line.strip().startswith("MATCH:")}
+
+
+@pytest.mark.skipif(ZSH is None, reason="zsh is not installed")
+def test_zsh_completion_script_parses():
+    check = subprocess.run([ZSH, "-n"], input=_completion("zsh").encode(), capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.skipif(ZSH is None, reason="zsh is not installed")
+@pytest.mark.parametrize("autoload", [False, True], ids=["sourced", "fpath"])
+@pytest.mark.parametrize(("line", "expected"), [
+    ("caxton lo", {"logs"}),
+    ("caxton --address x st", {"status", "stop", "start"}),
+    ("caxton logs --f", {"--follow"}),
+    ("caxton send a --per", {"--performative"}),
+    ("caxton --addr", {"--address"}),
+    ("caxton --address st", {"state.toml"}),  # an option's value: a file name, never a command
+    ("caxton deploy ticker st", {"state.toml"}),
+])
+def test_zsh_completion_offers_the_right_words(tmp_path, line, expected, autoload):
+    (tmp_path / "state.toml").write_text("")
+    assert _zsh_complete(tmp_path, line, autoload=autoload) == expected
+
+
 @pytest.mark.parametrize(("words", "expected"), [
     (["caxton", "lo"], {"logs"}),
     (["caxton", "--address", "x", "st"], {"status", "stop", "start"}),
     (["caxton", "logs", "--f"], {"--follow"}),
     (["caxton", "send", "a", "--per"], {"--performative"}),
     (["caxton", "--addr"], {"--address"}),
+    (["caxton", "--address", "st"], set()),  # an option's value: file names (complete -o default), not commands
 ])
 def test_bash_completion_offers_the_right_words(words, expected):
     """Runs the generated function in bash as `complete` would."""

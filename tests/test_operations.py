@@ -1,5 +1,5 @@
-"""Operable in production: Prometheus metrics under load, and systemd's
-notification protocol, from a real supervisor process."""
+"""Operable in production: Prometheus metrics under load, systemd's
+notification protocol, and what SIGHUP reloads, from a real supervisor process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import signal
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from caxton.supervisor.config import ConfigError, config_from_table
 from caxton.v1 import caxton_pb2
 
 from .harness import LoadGenerator, SupervisorProcess, module, wait_until
@@ -77,37 +80,47 @@ def test_a_scrape_under_load_shows_every_metric(supervisor):
     assert _value(metrics["caxton_agent_memory_bytes"], "caxton_agent_memory_bytes", agent="metered") >= 65536
 
 
+class ServiceManager:
+    """A datagram socket standing in for systemd's: what the supervisor
+    notifies arrives here, in order (every wait with a deadline)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(20)
+        self.messages: list[str] = []  # the first line of each
+
+    def receive_until(self, prefix: str) -> str:
+        while True:
+            message = self.sock.recv(4096).decode()
+            self.messages.append(message.split("\n")[0])
+            if message.startswith(prefix):
+                return message
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_systemd_hears_ready_watchdog_reloading_and_stopping_in_order(tmp_path):
-    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = tmp_path / "notify.sock"
-    manager.bind(str(path))
-    manager.settimeout(20)
+    manager = ServiceManager(tmp_path / "notify.sock")
     sup = SupervisorProcess(tmp_path / "state", config="worker_pool = 0\n",
-                            env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+                            env={"NOTIFY_SOCKET": str(manager.path), "WATCHDOG_USEC": "400000"})
     try:
         sup.start()
-        messages = []
-
-        def receive_until(prefix: str) -> str:
-            while True:
-                message = manager.recv(4096).decode()
-                messages.append(message.split("\n")[0])
-                if message.startswith(prefix):
-                    return message
-
-        ready = receive_until("READY=1")
+        ready = manager.receive_until("READY=1")
         assert "STATUS=0 of 0 agents running" in ready
-        receive_until("WATCHDOG=1")
-        receive_until("WATCHDOG=1")
+        manager.receive_until("WATCHDOG=1")
+        manager.receive_until("WATCHDOG=1")
         sup.proc.send_signal(signal.SIGHUP)
-        receive_until("RELOADING=1")
-        receive_until("READY=1")
+        manager.receive_until("RELOADING=1")
+        manager.receive_until("READY=1")
         assert sup.proc.poll() is None, "SIGHUP must not end the supervisor"
         sup.proc.send_signal(signal.SIGTERM)
-        receive_until("STOPPING=1")
+        manager.receive_until("STOPPING=1")
         assert sup.proc.wait(30) == 0
-        kinds = [m for m in messages if not m.startswith(("STATUS=", "WATCHDOG=1"))]
-        assert kinds == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], messages
+        kinds = [m for m in manager.messages if not m.startswith(("STATUS=", "WATCHDOG=1"))]
+        assert kinds == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], manager.messages
     finally:
         sup.kill()
         manager.close()
@@ -204,3 +217,80 @@ def test_sighup_reloads_caps_and_defaults_without_touching_running_agents(superv
     # The running agent keeps what it was deployed with, and serves.
     assert sup.status("steady").limits.memory_bytes == 32 << 20
     assert sup.send("steady", b"still").reply.content == b"still"
+
+
+# ---------------------------------------------------------------- SIGHUP: the log level
+
+# Logged at DEBUG on every watchdog tick, just before the WATCHDOG=1 ping.
+TICK_LINE = "caxton.supervisor DEBUG the launcher thread and the state store answered"
+
+
+def test_the_log_level_is_one_of_four_names():
+    assert config_from_table({"log_level": "DEBUG"}).log_level == "DEBUG"
+    assert config_from_table({}).log_level == ""
+    with pytest.raises(ConfigError) as refused:
+        config_from_table({"log_level": "verbose"})
+    assert refused.value.field == "log_level"
+
+
+class LevelProbe:
+    """A supervisor pinging a watchdog every 0.1 s, each ping preceded by a
+    DEBUG line: whether the lines logged between two pings include it tells
+    the log level in force (a line is written before its ping is sent)."""
+
+    def __init__(self, tmp_path: Path, config: str, args: tuple[str, ...] = ()) -> None:
+        self.manager = ServiceManager(tmp_path / "notify.sock")
+        self.sup = SupervisorProcess(tmp_path / "state", config="worker_pool = 0\n" + config, args=args,
+                                     env={"NOTIFY_SOCKET": str(self.manager.path), "WATCHDOG_USEC": "200000"})
+
+    def __enter__(self) -> LevelProbe:
+        try:
+            self.sup.start()
+            self.manager.receive_until("READY=1")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.sup.stop()
+        self.manager.close()
+
+    def debug_logged(self) -> bool:
+        """Whether the next two watchdog ticks log at DEBUG."""
+        start = len(self.sup.log_text())
+        self.manager.receive_until("WATCHDOG=1")  # may be a tick begun before `start`
+        self.manager.receive_until("WATCHDOG=1")
+        return TICK_LINE in self.sup.log_text()[start:]
+
+    def reload(self, config: str) -> str:
+        """Rewrite the config, SIGHUP, wait until the reload is done: what
+        it logged."""
+        assert self.sup.config_path is not None
+        self.sup.config_path.write_text("worker_pool = 0\n" + config)
+        start = len(self.sup.log_text())
+        self.sup.proc.send_signal(signal.SIGHUP)
+        self.manager.receive_until("RELOADING=1")
+        self.manager.receive_until("READY=1")
+        return self.sup.log_text()[start:]
+
+
+def test_sighup_sets_the_log_level_the_config_names(tmp_path):
+    with LevelProbe(tmp_path, 'log_level = "INFO"\n') as probe:
+        assert not probe.debug_logged()
+        assert "SIGHUP: config reloaded (" in probe.reload('log_level = "DEBUG"\n')
+        assert probe.debug_logged()
+        # No log_level (and no --log-level): back to INFO.
+        assert "SIGHUP: config reloaded (" in probe.reload("")
+        assert not probe.debug_logged()
+
+
+def test_the_flag_wins_at_start_and_the_config_on_sighup(tmp_path):
+    with LevelProbe(tmp_path, 'log_level = "WARNING"\n', args=("--log-level", "DEBUG")) as probe:
+        assert probe.debug_logged()
+        logged = probe.reload('log_level = "WARNING"\n')
+        assert "SIGHUP: config reloaded" not in logged  # an INFO line, logged once WARNING was in force
+        assert not probe.debug_logged()
+        # The config names no level: the flag's applies again.
+        assert "SIGHUP: config reloaded (" in probe.reload("")
+        assert probe.debug_logged()

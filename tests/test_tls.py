@@ -9,6 +9,7 @@ system's trust store.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -23,10 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from caxton.supervisor.config import ConfigError, config_from_table
 from caxton.supervisor.listeners import check_api_listen, is_loopback
-from caxton.supervisor.tls import TlsSettings, server_credentials
+from caxton.supervisor.tls import TlsSettings, read_certificates
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
-from .harness import ROOT, SupervisorProcess
+from .harness import ROOT, SupervisorProcess, wait_until
 
 # ---------------------------------------------------------------- the loopback rule (pure)
 
@@ -86,7 +87,36 @@ def test_incomplete_tls_settings_name_the_field(tls, field):
 
 def test_an_unreadable_certificate_names_its_field(tmp_path):
     with pytest.raises(ValueError, match=f"tls.cert: cannot read {tmp_path}/nope.crt: No such file or directory"):
-        server_credentials(TlsSettings(str(tmp_path / "nope.crt"), str(tmp_path / "nope.key")))
+        read_certificates(TlsSettings(str(tmp_path / "nope.crt"), str(tmp_path / "nope.key")))
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("other_key", "tls.key: {key} is not the private key of the certificate in {cert}"),
+    ("garbage_key", "tls.key: {key} holds no usable private key (PEM, unencrypted)"),
+    ("garbage_cert", "tls.cert: {cert} holds no PEM certificate"),
+    ("garbage_client_ca", "tls.client_ca: {ca} holds no PEM certificate"),
+])
+def test_unusable_certificate_files_are_named_before_grpc_sees_them(tmp_path, broken, message):
+    """gRPC would report these only as "Failed to bind" at start, and not at
+    all to the caller on a reload."""
+    pki = Pki(tmp_path)
+    garbage = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    if broken == "other_key":
+        pki.server_key.write_bytes(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes())
+    elif broken == "garbage_key":
+        pki.server_key.write_bytes(garbage)
+    elif broken == "garbage_cert":
+        pki.server_cert.write_bytes(b"not a certificate\n")
+    else:
+        pki.ca_file.write_bytes(b"")
+    settings = TlsSettings(str(pki.server_cert), str(pki.server_key), str(pki.ca_file))
+    with pytest.raises(ValueError) as refused:
+        read_certificates(settings)
+    assert str(refused.value) == message.format(key=pki.server_key, cert=pki.server_cert, ca=pki.ca_file)
+
+
+def test_usable_certificate_files_are_read(pki):
+    read_certificates(TlsSettings(str(pki.server_cert), str(pki.server_key), str(pki.ca_file)))
 
 
 # ---------------------------------------------------------------- real supervisors
@@ -145,6 +175,20 @@ def test_refuses_to_start_on_a_public_address_without_tls(tmp_path):
     assert result.returncode == 1
     assert "refusing to serve the API in plaintext on 0.0.0.0:0" in result.stderr
     assert "[tls] cert" in result.stderr
+
+
+def test_refuses_to_start_with_a_key_that_is_not_the_certificates(tmp_path, pki):
+    pki.server_key.write_bytes(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes())
+    config = tmp_path / "caxton.toml"
+    config.write_text(pki.config(mutual=False))
+    result = subprocess.run(
+        [sys.executable, "-m", "caxton.supervisor", "--config", str(config), "--listen", "127.0.0.1:0",
+         "--state-dir", str(tmp_path / "s")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert (f"caxton-supervisor: tls.key: {pki.server_key} is not the private key of the certificate in "
+            f"{pki.server_cert}") in result.stderr
 
 
 def test_tls_on_a_public_address(tmp_path, pki):
@@ -240,3 +284,73 @@ def test_a_unix_socket_listener_is_owner_and_group_only(tmp_path):
         for leftover in socket_dir.iterdir():
             leftover.unlink()
         os.rmdir(socket_dir)
+
+
+# ---------------------------------------------------------------- SIGHUP: new certificates
+
+
+def _reloaded(sup: SupervisorProcess, before: int) -> str:
+    """Wait for the reload after `before` earlier ones; its log line."""
+    def line() -> str | None:
+        lines = [line for line in sup.log_text().splitlines() if "SIGHUP: " in line]
+        return lines[before] if len(lines) > before else None
+    return wait_until(line, 20, "the SIGHUP reload's log line")
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_sighup_gives_new_connections_the_new_certificate(tmp_path, pki, mutual):
+    trust_a = tmp_path / "trust-a.pem"  # CA A, kept apart: the config's CA file is rewritten below
+    trust_a.write_bytes(pki.ca_file.read_bytes())
+    (tmp_path / "b").mkdir()
+    b = Pki(tmp_path / "b")
+    as_a = {"ca": trust_a, **({"cert": pki.client["cert"], "key": pki.client["key"]} if mutual else {})}
+    as_b = {"ca": b.ca_file, **({"cert": b.client["cert"], "key": b.client["key"]} if mutual else {})}
+    sup = SupervisorProcess(tmp_path / "state", config=pki.config(mutual=mutual), tls=as_a).start()
+    try:
+        with sup.connect(**as_a) as open_before:
+            assert _list(open_before) == []  # connected, with certificate A
+            pki.server_cert.write_bytes(b.server_cert.read_bytes())
+            pki.server_key.write_bytes(b.server_key.read_bytes())
+            if mutual:
+                pki.ca_file.write_bytes(b.ca_file.read_bytes())  # client certificates of CA B from now on
+            sup.proc.send_signal(signal.SIGHUP)
+            assert "SIGHUP: config reloaded (" in _reloaded(sup, 0)
+            with sup.connect(**as_b) as trusting_b:
+                assert _list(trusting_b) == []
+            with sup.connect(**as_a) as trusting_a:
+                assert _refused(trusting_a).code() == grpc.StatusCode.UNAVAILABLE
+            # a connection made before the reload keeps its certificate
+            assert _list(open_before) == []
+    finally:
+        sup.stop()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "another_key"])
+def test_sighup_with_an_unusable_key_keeps_the_certificate_in_force(tmp_path, pki, damage):
+    sup = SupervisorProcess(tmp_path / "state", config=pki.config(mutual=False), tls={"ca": pki.ca_file}).start()
+    try:
+        (tmp_path / "b").mkdir()
+        b = Pki(tmp_path / "b")
+        pki.server_cert.write_bytes(b.server_cert.read_bytes())
+        if damage == "missing":
+            pki.server_key.unlink()
+        elif damage == "garbage":
+            pki.server_key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+        else:
+            pki.server_key.write_bytes(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes())
+        sup.proc.send_signal(signal.SIGHUP)
+        line = _reloaded(sup, 0)
+        assert "SIGHUP: config reloaded, except TLS certificates (tls.key: " in line
+        assert line.endswith("the ones in force stay)")
+        with sup.connect(ca=pki.ca_file.parent / "b" / "ca.pem") as trusting_b:
+            assert _refused(trusting_b).code() == grpc.StatusCode.UNAVAILABLE
+        with sup.connect(ca=pki.ca_file) as trusting_a:
+            assert _list(trusting_a) == []  # certificate A still serves new connections
+        # Once the files are whole again, the next SIGHUP takes them.
+        pki.server_key.write_bytes(b.server_key.read_bytes())
+        sup.proc.send_signal(signal.SIGHUP)
+        assert "SIGHUP: config reloaded (" in _reloaded(sup, 1)
+        with sup.connect(ca=b.ca_file) as trusting_b:
+            assert _list(trusting_b) == []
+    finally:
+        sup.stop()

@@ -119,4 +119,24 @@ def status_dict(status: caxton_pb2.AgentStatus) -> dict[str, Any]:
             "reason": status.breaker.reason,
             "next_attempt_in_s": round(status.breaker.next_attempt_in_s, 3),
         },
+        "health_status": status.health_status,
+        "health_reason": status.health_reason,
+        "rollout": rollout_dict(status.rollout) if status.HasField("rollout") else None,
+    }
+
+
+def rollout_dict(rollout: caxton_pb2.RolloutStatus) -> dict[str, Any]:
+    """The JSON shape of a rollout (`status --json`, `rollout status --json`)."""
+    return {
+        "strategy": rollout.strategy,
+        "state": rollout.state,
+        "step": rollout.step,
+        "steps": list(rollout.steps),
+        "share": round(rollout.share, 4),
+        "stable_version": rollout.stable_version,
+        "candidate_version": rollout.candidate_version,
+        "reason": rollout.reason,
+        "verdict": rollout.verdict,
+        "started_at": rollout.started_at,
+        "ended_at": rollout.ended_at or None,
     }

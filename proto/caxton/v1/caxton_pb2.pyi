@@ -116,8 +116,70 @@ class RestartPolicy(_message.Message):
     auto_recover: bool
     def __init__(self, initial_delay_ms: _Optional[int] = ..., factor: _Optional[float] = ..., max_delay_ms: _Optional[int] = ..., reset_after_s: _Optional[int] = ..., max_failures: _Optional[int] = ..., window_s: _Optional[int] = ..., breaker_cooldown_ms: _Optional[int] = ..., breaker_cooldown_max_ms: _Optional[int] = ..., auto_recover: _Optional[bool] = ...) -> None: ...
 
+class RolloutOptions(_message.Message):
+    __slots__ = ("strategy", "batch", "keep_old_s", "canary_replicas", "steps", "step_s", "min_messages", "max_error_rate", "max_latency_ratio", "bake_s", "compare", "max_mismatch_rate")
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    KEEP_OLD_S_FIELD_NUMBER: _ClassVar[int]
+    CANARY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MISMATCH_RATE_FIELD_NUMBER: _ClassVar[int]
+    strategy: str
+    batch: int
+    keep_old_s: float
+    canary_replicas: int
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    step_s: float
+    min_messages: int
+    max_error_rate: float
+    max_latency_ratio: float
+    bake_s: float
+    compare: str
+    max_mismatch_rate: float
+    def __init__(self, strategy: _Optional[str] = ..., batch: _Optional[int] = ..., keep_old_s: _Optional[float] = ..., canary_replicas: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., step_s: _Optional[float] = ..., min_messages: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., bake_s: _Optional[float] = ..., compare: _Optional[str] = ..., max_mismatch_rate: _Optional[float] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("strategy", "state", "step", "steps", "share", "stable_version", "candidate_version", "reason", "started_at", "ended_at", "verdict")
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    STABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    strategy: str
+    state: str
+    step: int
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    share: float
+    stable_version: int
+    candidate_version: int
+    reason: str
+    started_at: float
+    ended_at: float
+    verdict: str
+    def __init__(self, strategy: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., share: _Optional[float] = ..., stable_version: _Optional[int] = ..., candidate_version: _Optional[int] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., verdict: _Optional[str] = ...) -> None: ...
+
+class ControlRolloutRequest(_message.Message):
+    __slots__ = ("name", "action")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
 class DeployAgentRequest(_message.Message):
-    __slots__ = ("name", "module", "limits", "policy", "label", "restart", "replicas")
+    __slots__ = ("name", "module", "limits", "policy", "label", "restart", "replicas", "rollout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +187,7 @@ class DeployAgentRequest(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: bytes
     limits: ResourceLimits
@@ -132,7 +195,8 @@ class DeployAgentRequest(_message.Message):
     label: str
     restart: RestartPolicy
     replicas: int
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., replicas: _Optional[int] = ...) -> None: ...
+    rollout: RolloutOptions
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., replicas: _Optional[int] = ..., rollout: _Optional[_Union[RolloutOptions, _Mapping]] = ...) -> None: ...
 
 class DeployAgentResponse(_message.Message):
     __slots__ = ("status", "report")
@@ -219,7 +283,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history", "breaker")
+    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history", "breaker", "rollout", "health_status", "health_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +306,9 @@ class AgentStatus(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     BREAKER_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: AgentState
     version: int
@@ -264,7 +331,10 @@ class AgentStatus(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[VersionInService]
     history: _containers.RepeatedCompositeFieldContainer[VersionRecord]
     breaker: Breaker
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ..., breaker: _Optional[_Union[Breaker, _Mapping]] = ...) -> None: ...
+    rollout: RolloutStatus
+    health_status: str
+    health_reason: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ..., breaker: _Optional[_Union[Breaker, _Mapping]] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ..., health_status: _Optional[str] = ..., health_reason: _Optional[str] = ...) -> None: ...
 
 class Breaker(_message.Message):
     __slots__ = ("state", "opened_at", "reason", "next_attempt_in_s")
@@ -313,7 +383,7 @@ class Failure(_message.Message):
     def __init__(self, at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class HotReloadAgentRequest(_message.Message):
-    __slots__ = ("name", "module", "limits", "policy", "label", "warmup", "drain_timeout_ms")
+    __slots__ = ("name", "module", "limits", "policy", "label", "warmup", "drain_timeout_ms", "rollout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -321,6 +391,7 @@ class HotReloadAgentRequest(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     DRAIN_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: bytes
     limits: ResourceLimits
@@ -328,7 +399,8 @@ class HotReloadAgentRequest(_message.Message):
     label: str
     warmup: _containers.RepeatedScalarFieldContainer[bytes]
     drain_timeout_ms: int
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., warmup: _Optional[_Iterable[bytes]] = ..., drain_timeout_ms: _Optional[int] = ...) -> None: ...
+    rollout: RolloutOptions
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[bytes] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., policy: _Optional[str] = ..., label: _Optional[str] = ..., warmup: _Optional[_Iterable[bytes]] = ..., drain_timeout_ms: _Optional[int] = ..., rollout: _Optional[_Union[RolloutOptions, _Mapping]] = ...) -> None: ...
 
 class RollbackAgentRequest(_message.Message):
     __slots__ = ("name", "to_version", "drain_timeout_ms")
@@ -341,20 +413,22 @@ class RollbackAgentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., to_version: _Optional[int] = ..., drain_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class HotReloadAgentResponse(_message.Message):
-    __slots__ = ("status", "from_version", "to_version", "report", "switched_after_s", "drained_after_s")
+    __slots__ = ("status", "from_version", "to_version", "report", "switched_after_s", "drained_after_s", "rollout")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     TO_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     SWITCHED_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     DRAINED_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     status: AgentStatus
     from_version: int
     to_version: int
     report: ValidationReport
     switched_after_s: float
     drained_after_s: float
-    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., report: _Optional[_Union[ValidationReport, _Mapping]] = ..., switched_after_s: _Optional[float] = ..., drained_after_s: _Optional[float] = ...) -> None: ...
+    rollout: RolloutStatus
+    def __init__(self, status: _Optional[_Union[AgentStatus, _Mapping]] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., report: _Optional[_Union[ValidationReport, _Mapping]] = ..., switched_after_s: _Optional[float] = ..., drained_after_s: _Optional[float] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("agent", "since")

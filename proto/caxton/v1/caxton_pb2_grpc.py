@@ -91,6 +91,11 @@ class AgentLifecycleStub:
                 request_serializer=caxton_dot_v1_dot_caxton__pb2.AgentLogsRequest.SerializeToString,
                 response_deserializer=caxton_dot_v1_dot_caxton__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.ControlRollout = channel.unary_unary(
+                '/caxton.v1.AgentLifecycle/ControlRollout',
+                request_serializer=caxton_dot_v1_dot_caxton__pb2.ControlRolloutRequest.SerializeToString,
+                response_deserializer=caxton_dot_v1_dot_caxton__pb2.RolloutStatus.FromString,
+                _registered_method=True)
 
 
 class AgentLifecycleServicer:
@@ -183,6 +188,16 @@ class AgentLifecycleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlRollout(self, request, context):
+        """Steers the agent's rollout in progress: promote (skip the remaining
+        steps), abort (back to the stable version), pause or resume.
+        FAILED_PRECONDITION when no rollout is in progress (or, for pause and
+        resume, when it is not progressing or paused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLifecycleServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +255,11 @@ def add_AgentLifecycleServicer_to_server(servicer, server):
                     servicer.AgentLogs,
                     request_deserializer=caxton_dot_v1_dot_caxton__pb2.AgentLogsRequest.FromString,
                     response_serializer=caxton_dot_v1_dot_caxton__pb2.LogLine.SerializeToString,
+            ),
+            'ControlRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlRollout,
+                    request_deserializer=caxton_dot_v1_dot_caxton__pb2.ControlRolloutRequest.FromString,
+                    response_serializer=caxton_dot_v1_dot_caxton__pb2.RolloutStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +561,33 @@ class AgentLifecycle:
             '/caxton.v1.AgentLifecycle/AgentLogs',
             caxton_dot_v1_dot_caxton__pb2.AgentLogsRequest.SerializeToString,
             caxton_dot_v1_dot_caxton__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/caxton.v1.AgentLifecycle/ControlRollout',
+            caxton_dot_v1_dot_caxton__pb2.ControlRolloutRequest.SerializeToString,
+            caxton_dot_v1_dot_caxton__pb2.RolloutStatus.FromString,
             options,
             channel_credentials,
             insecure,
