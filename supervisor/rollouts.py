@@ -68,6 +68,12 @@ class Rollouts:
         with self._lock:
             return name in self._active
 
+    def baseline(self, name: str) -> dict[int, int] | None:
+        """Each version's messages when the agent's rollout in flight began."""
+        with self._lock:
+            steering = self._active.get(name)
+        return dict(steering.baseline) if steering is not None else None
+
     def record(self, name: str) -> RolloutRecord | None:
         """The agent's rollout in flight, else its latest."""
         with self._lock:

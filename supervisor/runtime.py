@@ -184,7 +184,12 @@ class Runtime:
         return [self._snapshot(agent) for agent in sorted(self._agents.values(), key=lambda a: a.name)]
 
     def _snapshot(self, agent: Agent) -> AgentSnapshot:
-        return snapshot(agent.view(), self.store.versions(agent.name), self.rollouts.record(agent.name))
+        baseline = self.rollouts.baseline(agent.name)
+        handled = None
+        if baseline is not None:
+            handled = {version: sum(self._counts(agent.name, version)[0].values()) - before
+                       for version, before in baseline.items()}
+        return snapshot(agent.view(), self.store.versions(agent.name), self.rollouts.record(agent.name), handled)
 
     def validate(self, module: bytes, policy_name: str, limits: LimitOverrides | None = None) -> Report:
         return self.admission.dry_run(module, policy_name, limits)

@@ -112,14 +112,18 @@ class AgentSnapshot(AgentFacts):
         return sum(i.memory_bytes for i in self.instances)
 
 
-def version_shares(instances) -> tuple[VersionShare, ...]:
+def version_shares(instances, handled: dict[int, int] | None = None) -> tuple[VersionShare, ...]:
     """How the current workers' messages split between versions (more than
-    one version serves only during a rollout)."""
+    one version serves only during a rollout). `handled`: each version's
+    messages since the rollout began, when one is in flight (the workers'
+    own counts go back to their start, long before the split)."""
     replicas: dict[int, int] = {}
     messages: dict[int, int] = {}
     for instance in instances:
         replicas[instance.version] = replicas.get(instance.version, 0) + 1
         messages[instance.version] = messages.get(instance.version, 0) + instance.handled
+    if handled is not None:
+        messages = {version: handled.get(version, 0) for version in replicas}
     total = sum(messages.values())
     return tuple(
         VersionShare(v, replicas[v], messages[v], messages[v] / total if total else 1.0 / len(replicas))
@@ -145,8 +149,10 @@ def health(view: AgentView, rollout: RolloutRecord | None) -> tuple[str, str]:
     return "healthy", ""
 
 
-def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutRecord | None = None) -> AgentSnapshot:
-    """The full status: `view` plus each instance's own figures."""
+def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutRecord | None = None,
+             handled: dict[int, int] | None = None) -> AgentSnapshot:
+    """The full status: `view` plus each instance's own figures (and, during
+    a rollout, each version's messages since it began: `handled`)."""
     deadline = Deadline.after(STATS_DEADLINE_S)
     probes = [(instance, instance.client.probe(deadline)) for instance in view.instances]
     instances = []
@@ -170,7 +176,7 @@ def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutReco
         recent_failures=tuple(FailureRecord(f.at, without_paths(f.reason)) for f in view.recent_failures),
     )
     status, reason = health(view, rollout)
-    return AgentSnapshot(**facts, instances=tuple(instances), versions=version_shares(view.instances),
+    return AgentSnapshot(**facts, instances=tuple(instances), versions=version_shares(view.instances, handled),
                          history=tuple(_shown(record) for record in history), rollout=rollout,
                          health=status, health_reason=without_paths(reason))
 

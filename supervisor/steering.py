@@ -30,6 +30,9 @@ class Steering:
         self._command = ""
         self._failure = ""
         self.done = threading.Event()
+        # Each version's messages when the rollout began, so that status can
+        # show each one's share of the traffic since.
+        self.baseline: dict[int, int] = {}
 
     @property
     def record(self) -> RolloutRecord:

@@ -2,7 +2,7 @@
 
 v1 is `version1` (replies "v1:..."); a good v2 is `version2` ("v2:..."); a
 bad v2 is `picky` (traps on content starting with "!"), a slow one
-`sluggish` (25 ms per message). The load sends "!"-prefixed content on a
+`slow` (as many ms as the content says). The load sends "!"-prefixed content on a
 share of its messages where the test says so: v1 answers them, picky traps.
 """
 
@@ -134,10 +134,12 @@ def test_a_trapping_v2_is_rolled_back_by_itself(shared_supervisor, strategy, ext
 def test_a_slow_v2_is_rolled_back_on_latency(shared_supervisor):
     sup = shared_supervisor
     _deploy(sup, "slowpoke", "version1")
-    with LoadGenerator(sup, "slowpoke", callers=3, warmup=150):
-        _reload(sup, "slowpoke", "sluggish", _options("traffic-split", steps=[50, 100], step_s=30.0,
-                                                      min_messages=20, max_latency_ratio=3.0))
-        record = _wait_ended(sup, "slowpoke")
+    # slow.wat waits as many ms as the content says: 60 ms a message, where
+    # v1 answers in one or two, and a loaded test machine in tens at worst.
+    with LoadGenerator(sup, "slowpoke", callers=3, warmup=150, content=lambda caller, n: b"60"):
+        _reload(sup, "slowpoke", "slow", _options("traffic-split", steps=[50, 100], step_s=60.0,
+                                                  min_messages=20, max_latency_ratio=3.0))
+        record = _wait_ended(sup, "slowpoke", timeout=90)
     assert record.state == "rolled-back" and record.reason.startswith("latency"), record
     assert sup.status("slowpoke").version == 1
 
@@ -258,6 +260,10 @@ def test_operators_steer_a_rollout(shared_supervisor):
     with LoadGenerator(sup, "steered", callers=2, warmup=5) as load:
         _reload(sup, "steered", "version1", _options("traffic-split", steps=[50, 100], step_s=600.0,
                                                              max_latency_ratio=20.0))
+        # status shows each version's share of the traffic since the split began.
+        shares = wait_until(lambda: (v := sup.status("steered").versions) and sum(x.messages for x in v) >= 200
+                            and {x.version: x.share for x in v}, 30, "traffic on both versions")
+        assert set(shares) == {2, 3} and 0.35 < shares[2] < 0.65, shares  # v3 is version1 again
         aborted = control("abort")
         _settle(load)
     assert aborted.state == "aborted" and "operator" in aborted.reason, aborted
