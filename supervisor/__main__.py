@@ -32,7 +32,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--health-listen", help="plaintext address serving only grpc.health.v1, for probes")
     parser.add_argument("--state-dir", type=Path, help="where agents and modules are kept (default ./.caxton)")
     parser.add_argument("--deploy-examples", action="store_true",
-                        help="deploy the example agents (echo, uppercase, counter) if they are not deployed yet")
+                        help="deploy the example agents (echo, uppercase, counter, ping, pong, fanout) if they are "
+                             "not deployed yet")
     parser.add_argument("--metrics-listen", help="HOST:PORT serving Prometheus metrics over HTTP (default: off)")
     parser.add_argument("--log-level", choices=LEVELS,
                         help="log from this level up (default: the config's log_level, else INFO); "

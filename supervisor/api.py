@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import secrets
 import time
@@ -27,10 +28,10 @@ from caxton.contract import REPORT_METADATA_KEY
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 from .audit import Audit
-from .auth import Authorizer, Principal, check_policy_choice
+from .auth import Authorizer, Principal, Role, check_policy_choice
 from .config import Limits
 from .deadline import Deadline
-from .errors import CaxtonError, ModuleRejected, ResourceExhausted
+from .errors import CaxtonError, ModuleRejected, PermissionDenied, ResourceExhausted
 from .events import AgentEvent, EventBus
 from .lifecycle import AgentState
 from .memory_budget import MemoryBudget
@@ -198,6 +199,22 @@ def _reloaded_to_proto(result: Reloaded) -> caxton_pb2.HotReloadAgentResponse:
     return response
 
 
+def _traced(event: AgentEvent, content: bool) -> caxton_pb2.TracedMessage:
+    """A trace kept by the relay (relay.py) as the API shows it."""
+    if event.kind == "events-dropped":
+        return caxton_pb2.TracedMessage(at=event.at, outcome="dropped", message=caxton_pb2.AgentMessage(
+            content=event.message.encode() if content else b""))
+    kept = json.loads(event.message)
+    message = caxton_pb2.AgentMessage(
+        performative=kept["performative"], sender=kept["sender"],
+        receiver=kept["receiver"], conversation_id=event.agent, reply_with=kept["reply_with"],
+        in_reply_to=kept["in_reply_to"], message_id=kept["message_id"], hops=event.version,
+        content=kept["content"].encode("latin-1") if content else b"",
+    )
+    return caxton_pb2.TracedMessage(at=event.at, message=message, content_bytes=kept["content_bytes"],
+                                    outcome=event.kind)
+
+
 def _log_line(line: AgentEvent) -> caxton_pb2.LogLine:
     """An agent's log line (kept on a per-agent event bus: kind = level)."""
     if line.kind == "events-dropped":  # a follower that fell behind
@@ -319,10 +336,11 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
 
     def __init__(self, runtime: Runtime, budget: MemoryBudget, lifecycle: Executor, queries: Executor,
                  authorizer: Authorizer, audit: Audit, deployments: Deployments | None = None,
-                 logbook: EventBus | None = None):
+                 logbook: EventBus | None = None, traces: EventBus | None = None):
         self._runtime = runtime
         self._deployments = deployments or Deployments()
         self._logbook = logbook or EventBus(per_agent=True)
+        self._traces = traces or EventBus(per_agent=True)
         self._budget = budget
         self._lifecycle = lifecycle
         self._queries = queries
@@ -455,6 +473,27 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
                 await context.write(_log_line(line))
         finally:
             self._logbook.unsubscribe(subscription)
+
+    @translate_errors
+    async def TraceConversation(self, request, context):
+        """A conversation's agent-to-agent messages kept so far, in order,
+        then, with follow, as they are sent (no thread held meanwhile)."""
+        principal = self._principal(context)
+        content = request.include_content
+        if content and not principal.may(Role.DEPLOYER):
+            raise PermissionDenied(f"token {principal.name!r} ({principal.role.value}) may not read message "
+                                   "content: it takes the deployer or admin role")
+        key = request.conversation_id
+        if not request.follow:
+            for kept in self._traces.replay(key, 0.0):
+                await context.write(_traced(kept, content))
+            return
+        subscription = self._traces.subscribe(key, since=0.0)
+        try:
+            while (event := await subscription.get()) is not None:
+                await context.write(_traced(event, content))
+        finally:
+            self._traces.unsubscribe(subscription)
 
     @translate_errors
     async def GetAgentStatus(self, request, context):

@@ -68,6 +68,7 @@ REQUIRED_ROLE: dict[str, Role] = {
     _LIFECYCLE + "HotReloadAgent": Role.DEPLOYER,
     _LIFECYCLE + "RollbackAgent": Role.DEPLOYER,
     _LIFECYCLE + "ControlRollout": Role.DEPLOYER,
+    _LIFECYCLE + "TraceConversation": Role.READER,
     _LIFECYCLE + "GetAgentStatus": Role.READER,
     _LIFECYCLE + "ListAgents": Role.READER,
     _LIFECYCLE + "ValidateModule": Role.READER,

@@ -19,6 +19,7 @@ from .caps import Caps, check_defaults, read_caps
 from .logs import LEVELS
 from .policy import BUILTIN_POLICIES, Policy, read_policy
 from .restart import RestartSettings, read_settings
+from .send_policy import MessagingSettings, read_messaging
 from .settings import ConfigError, Table
 from .strategy import RolloutDefaults, read_rollout
 from .tls import TlsSettings, read_tls
@@ -73,6 +74,8 @@ class Config:
     tls: TlsSettings = field(default_factory=TlsSettings)
     # Defaults for what rollout requests leave unset (strategy.py).
     rollout: RolloutDefaults = field(default_factory=RolloutDefaults)
+    # Agent-to-agent messaging: who may send to whom, hop limit, send budget.
+    messaging: MessagingSettings = field(default_factory=MessagingSettings)
     state_dir: Path = Path(".caxton")
     # Where worker sockets live; empty = a fresh private directory under /tmp
     # (Unix socket paths must stay under 108 bytes).
@@ -173,6 +176,7 @@ def config_from_table(table: dict[str, Any]) -> Config:
         auth=read_auth(t.table("auth")),
         tls=read_tls(t.table("tls")),
         rollout=read_rollout(t.table("rollout")),
+        messaging=read_messaging(t.table("messaging")),
         state_dir=Path(t.string("state_dir", str(base.state_dir))),
         runtime_dir=t.string("runtime_dir", base.runtime_dir),
         limits=_read_limits(t.table("limits")),

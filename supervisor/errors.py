@@ -38,6 +38,10 @@ class Unavailable(CaxtonError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class PermissionDenied(CaxtonError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(CaxtonError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -102,13 +102,17 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, subscriber_limit: int = 1000, history: int = 1000, per_agent: bool = False):
+    def __init__(self, subscriber_limit: int = 1000, history: int = 1000, per_agent: bool = False,
+                 max_keys: int | None = None):
         self._limit = subscriber_limit
         self._subscribers: list[Subscription] = []
         self._lock = threading.Lock()
         # The newest `history` events (per agent with per_agent), oldest first.
         self._history_limit = history
         self._per_agent = per_agent
+        # Per-key history keeps at most this many keys, the least recently
+        # published to going first (conversation traces: their ids are many).
+        self._max_keys = max_keys
         self._history: dict[str, deque[AgentEvent]] = {}
 
     def publish(self, agent: str, kind: str, version: int, message: str = "") -> None:
@@ -117,7 +121,11 @@ class EventBus:
         with self._lock:
             kept = self._history.get(key)
             if kept is None:
+                if self._max_keys is not None and len(self._history) >= self._max_keys:
+                    del self._history[next(iter(self._history))]
                 kept = self._history[key] = deque(maxlen=self._history_limit)
+            elif self._max_keys is not None:
+                self._history[key] = self._history.pop(key)  # now the most recent
             kept.append(event)
             subscribers = list(self._subscribers)
         for subscription in subscribers:

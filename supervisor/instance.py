@@ -16,10 +16,13 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
+
+from caxton.internal.v1 import worker_pb2
 
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
@@ -32,6 +35,9 @@ from .pool import SparePool
 from .redact import without_paths
 from .store import StateStore, VersionRecord
 from .worker_client import WorkerCallError, WorkerClient, WorkerOsLimits
+
+if TYPE_CHECKING:
+    from .relay import Relay
 
 log = logging.getLogger("caxton.instance")
 
@@ -67,6 +73,8 @@ class WorkerEnv:
     user_name: str = ""
     # Where agents' log lines are kept for `caxton logs` (None: not kept).
     logbook: EventBus | None = None
+    # Where what agents send to agents goes (None: nowhere).
+    relay: Relay | None = None
 
 
 def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
@@ -99,7 +107,8 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
             raise
     if cgroup is not None:
         cgroup.adopt(process.pid)
-    instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook)
+    instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook,
+                              env.relay)
     try:
         instance.load(
             str(env.store.modules.path(version.module_sha256)),
@@ -117,6 +126,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
             ),
             Deadline.after(timeout),
             module_sha256=version.module_sha256,
+            send_budget=env.config.messaging.send_budget,
         )
     except BaseException:
         instance.kill()
@@ -134,7 +144,7 @@ class WorkerInstance:
     """The process, its client and the dispatcher that feeds it."""
 
     def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
-                 cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None):
+                 cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None, relay: Relay | None = None):
         self.agent = agent
         self.version = version
         self.limits = limits
@@ -144,6 +154,7 @@ class WorkerInstance:
         self.kill_reason = ""
         self._config = config
         self.client = WorkerClient(process.socket_path, agent, version, logbook)
+        self._relay = relay
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)
         self._retiring = False
@@ -165,11 +176,11 @@ class WorkerInstance:
     # ------------------------------------------------------------ start / stop
 
     def load(self, module_path: str, cache_dir: str, os_limits: WorkerOsLimits, deadline: Deadline, *,
-             module_sha256: str) -> None:
+             module_sha256: str, send_budget: int = 0) -> None:
         """Load the module and run caxton_init; raises InstanceStartError."""
         try:
             result = self.client.load(module_path, cache_dir, self.limits, os_limits, deadline,
-                                      module_sha256=module_sha256)
+                                      module_sha256=module_sha256, send_budget=send_budget)
         except WorkerCallError as exc:
             raise InstanceStartError(self._failure_reason(exc)) from exc
         if result.error:
@@ -319,7 +330,19 @@ class WorkerInstance:
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.resolve(outcome.code, outcome.error, outcome.reply)
             on_result(outcome.ok)
+            if outcome.sent:
+                self._relay_sent(pending, outcome.sent)
         return True
+
+    def _relay_sent(self, pending: Pending, sent: Sequence[worker_pb2.Outgoing]) -> None:
+        """What the agent sent while handling `pending`, which completed."""
+        relay = self._relay
+        if relay is None:
+            return
+        if pending.shadow:
+            relay.suppressed(self.agent, len(sent))
+        else:
+            relay.sent(self.agent, pending.message, sent)
 
     def _failure_reason(self, exc: WorkerCallError) -> str:
         """A readable reason for a failed call to the worker. If the worker

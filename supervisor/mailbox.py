@@ -45,7 +45,7 @@ class Pending:
     the worker, which stops the agent when it passes.
     """
 
-    __slots__ = ("message", "deadline", "callback", "size", "cost", "budget", "held_by_caller", "_done")
+    __slots__ = ("message", "deadline", "callback", "size", "cost", "budget", "held_by_caller", "shadow", "_done")
 
     def __init__(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
                  retained: int = 0, held_by_caller: bool = False):
@@ -61,6 +61,8 @@ class Pending:
         # (a unary call holds its request until its response is sent).
         self.budget: MemoryBudget | None = None
         self.held_by_caller = held_by_caller
+        # A parallel rollout's copy: what the agent sends is not delivered.
+        self.shadow = False
         self._done = False
 
     def release(self) -> None:

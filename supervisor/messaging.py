@@ -89,6 +89,8 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
     async def Send(self, request, context):
         message = request.message
         message.sender = bound_sender(self._principal(context), message.sender)
+        if message.hops:
+            message.hops = 0  # set by the supervisor: an outside message starts a chain
         loop = asyncio.get_running_loop()
         outcome = loop.create_future()
         # The call holds its request (as received and as parsed) until its
@@ -176,6 +178,8 @@ class SendStreamFlow:
                         await self._reader_wait()
                     message = item.message
                     message.sender = bound_sender(self._principal, message.sender)
+                    if message.hops:
+                        message.hops = 0  # set by the supervisor: an outside message starts a chain
                     size = len(message.content)
                     on_result = self._on_result(item.id, message, size)
                     self._open += 1

@@ -154,6 +154,28 @@ class Deployments:
             return dict(self._totals), durations, dict(self._rollbacks)
 
 
+class AgentTraffic:
+    """Messages between agents, per agent (never per sender-receiver pair,
+    which would multiply the series): sent by outcome, and received."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: dict[tuple[str, str], int] = {}
+        self._received: dict[str, int] = {}
+
+    def count_sent(self, agent: str, outcome: str, count: int = 1) -> None:
+        with self._lock:
+            self._sent[(agent, outcome)] = self._sent.get((agent, outcome), 0) + count
+
+    def count_received(self, agent: str) -> None:
+        with self._lock:
+            self._received[agent] = self._received.get(agent, 0) + 1
+
+    def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        with self._lock:
+            return dict(self._sent), dict(self._received)
+
+
 STATES = ("unloaded", "loaded", "running", "draining", "stopped", "failed")
 BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -162,15 +184,31 @@ class CaxtonCollector(Collector):
     """Builds every caxton_* family at scrape time."""
 
     def __init__(self, tally: MessageTally, deployments: Deployments,
-                 agents: Callable[[], list[AgentFigures]]) -> None:
+                 agents: Callable[[], list[AgentFigures]], traffic: AgentTraffic | None = None) -> None:
         self._tally = tally
         self._deployments = deployments
         self._agents = agents
+        self._traffic = traffic or AgentTraffic()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._messages()
+        yield from self._traffic_families()
         yield from self._agent_families(self._agents())
         yield from self._deployment_families()
+
+    def _traffic_families(self) -> Iterator[Metric]:
+        sent, received = self._traffic.snapshot()
+        sent_total = CounterMetricFamily(
+            "caxton_agent_messages_sent", "Messages agents sent to agents, by outcome (ok, suppressed, or why "
+            "not: unknown_agent, denied, inbox_full, hop_limit, receiver_failed)", labels=["agent", "outcome"])
+        for (agent, outcome), count in sorted(sent.items()):
+            sent_total.add_metric([agent, outcome], count)
+        received_total = CounterMetricFamily("caxton_agent_messages_received", "Messages agents got from agents",
+                                             labels=["agent"])
+        for agent, count in sorted(received.items()):
+            received_total.add_metric([agent], count)
+        yield sent_total
+        yield received_total
 
     def _messages(self) -> Iterator[Metric]:
         total = CounterMetricFamily("caxton_messages", "Messages handled, by outcome",

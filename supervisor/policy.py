@@ -17,7 +17,7 @@ MIB = 1024 * KIB
 
 # Host functions of the Caxton ABI, as "module.name". A policy may allow only
 # a subset of them; nothing else can ever be imported.
-CAXTON_IMPORTS = frozenset({"caxton.log", "caxton.now_ms", "caxton.send", "caxton.message_info"})
+CAXTON_IMPORTS = frozenset({"caxton.log", "caxton.now_ms", "caxton.send", "caxton.send_ex", "caxton.message_info"})
 
 # Proposals a policy can deny, by the names used in `security.feature.<name>`.
 KNOWN_FEATURES = frozenset(

@@ -99,11 +99,16 @@ class Router:
         copy = caxton_pb2.AgentMessage()
         copy.CopyFrom(message)
         shadow = self._pending(agent, candidate.version.version, copy, deadline, compare)
+        shadow.shadow = True
         try:
             candidate.mailbox.put(shadow)
         except CaxtonError:
             candidate.shadow_dropped()
         return pending
+
+    def new_id(self) -> str:
+        """A message id unique for this supervisor's life."""
+        return f"{self._boot}-{next(self._ids)}"
 
     def removed(self, agent: str) -> None:
         """The agent was removed: its metrics series go with it (a new

@@ -54,9 +54,10 @@ from .listeners import check_api_listen, restrict_unix_socket, unix_path
 from .logs import set_level as set_log_level
 from .memory_budget import MemoryBudget
 from .messaging import MessagingService
-from .metrics import AgentFigures, CaxtonCollector, Deployments, MessageTally, MetricsEndpoint
+from .metrics import AgentFigures, AgentTraffic, CaxtonCollector, Deployments, MessageTally, MetricsEndpoint
 from .notify import Notifier
 from .pool import SparePool
+from .relay import LocalTransport, Relay
 from .request_gate import Gate, RequestGate
 from .runtime import Runtime
 from .specs import DeploySpec
@@ -166,7 +167,13 @@ class Supervisor:
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
         self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s)
         self.logbook = EventBus(history=config.log_lines, per_agent=True)
-        env = WorkerEnv(config, self.launcher, self.store, self.cgroups, self.pool, *identity, logbook=self.logbook)
+        self.traffic = AgentTraffic()
+        # Bound late: the router it delivers through belongs to the runtime,
+        # which needs the worker environment that carries the relay.
+        self.relay = Relay(LocalTransport(lambda *call: self.runtime.router.submit(*call)), config.messaging,
+                           lambda: self.runtime.router.new_id(), self.traffic)
+        env = WorkerEnv(config, self.launcher, self.store, self.cgroups, self.pool, *identity, logbook=self.logbook,
+                        relay=self.relay)
         self.events = EventBus()
         self.runtime = Runtime(config, self.store, functools.partial(launch_instance, env), self.events)
         self.health_monitor = HealthMonitor(
@@ -222,7 +229,8 @@ class Supervisor:
         api = ApiServer(SERVER_OPTIONS, [*interceptors, _request_gate()])
         caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(
             AgentLifecycleService(self.runtime, self.budget, self._lifecycle_pool, self._query_pool,
-                                  self.authorizer, self.audit, self.deployments, self.logbook), api.server)
+                                  self.authorizer, self.audit, self.deployments, self.logbook,
+                                  self.relay.traces), api.server)
         caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router, self.authorizer),
                                                         api.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, api.server)
@@ -244,7 +252,8 @@ class Supervisor:
             self.api.call(self.health_server.start())
         if self.config.metrics_listen:
             self.metrics = MetricsEndpoint(self.config.metrics_listen,
-                                           CaxtonCollector(self.tally, self.deployments, self._agent_figures))
+                                           CaxtonCollector(self.tally, self.deployments, self._agent_figures,
+                                                           self.traffic))
             host = self.config.metrics_listen.rpartition(":")[0] or "127.0.0.1"
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
         self.launcher.on_capacity_change(self._capacity_changed)

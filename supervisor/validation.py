@@ -374,6 +374,7 @@ _ABI_IMPORTS = {
     "caxton.log": FuncType(("i32", "i32", "i32"), ()),
     "caxton.now_ms": FuncType((), ("i64",)),
     "caxton.send": FuncType(("i32", "i32", "i32", "i32"), ("i32",)),
+    "caxton.send_ex": FuncType(("i32", "i32", "i32", "i32"), ("i32",)),
     "caxton.message_info": FuncType(("i32", "i32"), ("i32",)),
 }
 

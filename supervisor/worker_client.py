@@ -91,6 +91,7 @@ class MessageOutcome:
     code: grpc.StatusCode
     error: str = ""
     reply: bytes | None = None  # None: the agent sent no reply
+    sent: Sequence[worker_pb2.Outgoing] = ()  # what the agent sent meanwhile (only if it completed)
 
     @property
     def ok(self) -> bool:
@@ -146,7 +147,7 @@ class WorkerClient:
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
 
     def load(self, module_path: str, cache_dir: str, limits: Limits, os_limits: WorkerOsLimits,
-             deadline: Deadline, *, module_sha256: str = "") -> LoadResult:
+             deadline: Deadline, *, module_sha256: str = "", send_budget: int = 0) -> LoadResult:
         """Load the module and run caxton_init (once in the worker's life).
         With `module_sha256`, the worker compiles the module only if its bytes
         have that digest ("" = a module the supervisor did not record)."""
@@ -156,6 +157,7 @@ class WorkerClient:
             module_path=module_path,
             cache_dir=cache_dir,
             module_sha256=module_sha256,
+            send_budget=send_budget,
             os_limits=worker_pb2.OsLimits(
                 data_bytes=os_limits.data_bytes,
                 open_files=os_limits.open_files,
@@ -196,7 +198,8 @@ class WorkerClient:
             if result.logs:
                 self._forward_logs(result.logs)
             if result.code == 0:
-                outcomes.append(MessageOutcome(_OK, "", result.reply if result.has_reply else None))
+                outcomes.append(MessageOutcome(_OK, "", result.reply if result.has_reply else None,
+                                               result.sent or ()))
             else:
                 outcomes.append(MessageOutcome(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error))
         return outcomes

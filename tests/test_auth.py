@@ -48,7 +48,7 @@ MESSAGING = "/caxton.v1.Messaging/"
 # What each role may call, written out rather than derived from the table
 # under test: admin everything, deployer lifecycle and reads, sender
 # messages, reader reads.
-READS = {"GetAgentStatus", "ListAgents", "ValidateModule", "WatchEvents", "AgentLogs"}
+READS = {"GetAgentStatus", "ListAgents", "ValidateModule", "WatchEvents", "AgentLogs", "TraceConversation"}
 CHANGES = {"DeployAgent", "StopAgent", "StartAgent", "RemoveAgent", "HotReloadAgent", "RollbackAgent",
            "ControlRollout"}
 MESSAGES = {"Send", "SendStream"}
@@ -330,6 +330,8 @@ class Callers:
                 caxton_pb2.ValidateModuleRequest(module=module("echo")), timeout=30),
             "WatchEvents": lambda: next(iter(lifecycle.WatchEvents(caxton_pb2.WatchEventsRequest(), timeout=30))),
             "AgentLogs": lambda: list(lifecycle.AgentLogs(caxton_pb2.AgentLogsRequest(name=nobody), timeout=30)),
+            "TraceConversation": lambda: list(lifecycle.TraceConversation(
+                caxton_pb2.TraceConversationRequest(conversation_id=nobody), timeout=30)),
             "Send": lambda: messaging.Send(
                 caxton_pb2.SendRequest(message=caxton_pb2.AgentMessage(receiver=nobody)), timeout=30),
             "SendStream": lambda: list(messaging.SendStream(iter([caxton_pb2.SendStreamRequest(

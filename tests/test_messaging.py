@@ -58,14 +58,15 @@ def test_no_reply(shared_supervisor):
 def test_message_info_gives_the_envelope(shared_supervisor):
     sup = shared_supervisor
     sup.deploy("info", "info")
+    # hops is the supervisor's to set: an outside message starts a chain at 0.
     response = sup.send(
         "info", b"x", sender="bob", conversation_id="conv", reply_with="rw", in_reply_to="irt", message_id="m-1",
-        performative=caxton_pb2.PERFORMATIVE_ACCEPT_PROPOSAL,
+        performative=caxton_pb2.PERFORMATIVE_ACCEPT_PROPOSAL, hops=7,
     )
     envelope = json.loads(response.reply.content)
     assert envelope == {
-        "sender": "bob", "performative": "accept-proposal", "conversation_id": "conv",
-        "message_id": "m-1", "reply_with": "rw", "in_reply_to": "irt",
+        "sender": "bob", "receiver": "info", "performative": "accept-proposal", "conversation_id": "conv",
+        "message_id": "m-1", "reply_with": "rw", "in_reply_to": "irt", "hops": 0,
     }
 
 

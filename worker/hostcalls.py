@@ -2,31 +2,37 @@
 
 They read and write the agent's linear memory directly, always with bounds
 checks: a bad pointer from the agent traps that message with a clear error
-instead of reading host memory.
+instead of reading host memory. `send` and `send_ex` record into the
+message's outbox (worker/outbox.py) and return at once.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import wasmtime
 
 from caxton.v1 import caxton_pb2
 
+from .outbox import (
+    DEFAULT_SEND_BUDGET,
+    MAX_NAME_BYTES,
+    SEND_MALFORMED,
+    SEND_TOO_LARGE,
+    Envelope,
+    Outbox,
+    Outgoing,
+    read_envelope,
+)
+
 # A log flood must not become a memory or bandwidth problem for the host:
 # each message keeps at most this many records of at most this many bytes,
 # and one record says how many more were dropped.
 MAX_LOG_RECORDS = 64
 MAX_LOG_BYTES = 4096
-
-# send() return codes (ABI v1).
-SEND_UNKNOWN_AGENT = -1
-SEND_TOO_LARGE = -2
-SEND_QUEUE_FULL = -3
-SEND_DENIED = -4
 
 _I32 = wasmtime.ValType.i32()
 _I64 = wasmtime.ValType.i64()
@@ -74,9 +80,10 @@ class MemoryView:
 class HostCalls:
     """Host-side state for the `caxton` imports of one sandbox."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, max_message_bytes: int):
+    def __init__(self, *, clock: Callable[[], float] = time.time, max_message_bytes: int,
+                 send_budget: int = DEFAULT_SEND_BUDGET):
         self._clock = clock
-        self._max_message_bytes = max_message_bytes
+        self._outbox = Outbox(budget=send_budget, max_content_bytes=max_message_bytes)
         self._view: MemoryView | None = None
         self._message: caxton_pb2.AgentMessage | None = None
         self._envelope: bytes | None = None
@@ -87,6 +94,7 @@ class HostCalls:
         linker.define_func("caxton", "log", wasmtime.FuncType([_I32, _I32, _I32], []), self._log)
         linker.define_func("caxton", "now_ms", wasmtime.FuncType([], [_I64]), self._now_ms)
         linker.define_func("caxton", "send", wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), self._send)
+        linker.define_func("caxton", "send_ex", wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), self._send_ex)
         linker.define_func("caxton", "message_info", wasmtime.FuncType([_I32, _I32], [_I32]), self._message_info)
 
     def bind(self, view: MemoryView) -> None:
@@ -94,9 +102,19 @@ class HostCalls:
         self._view = view
 
     def begin(self, message: caxton_pb2.AgentMessage | None) -> None:
-        """Set the message the agent is handling now."""
+        """Set the message the agent is handling now (None: init, shutdown),
+        with an empty outbox."""
         self._message = message
         self._envelope = None
+        self._outbox.open(message is not None)
+
+    def take_sent(self) -> Sequence[Outgoing]:
+        """What the agent sent while handling the message, which completed."""
+        return self._outbox.take()
+
+    def discard_sent(self) -> None:
+        """Forget what the agent sent while handling the message, which failed."""
+        self._outbox.discard()
 
     def take_logs(self) -> list[LogRecord]:
         logs = self.logs
@@ -138,13 +156,26 @@ class HostCalls:
         return int(self._clock() * 1000)
 
     def _send(self, to_ptr: int, to_len: int, msg_ptr: int, msg_len: int) -> int:
-        # Pointers are checked even though sending is not available yet, so
-        # that an agent's bad pointer fails the same way it will later.
-        self._span(to_ptr, to_len)
-        self._span(msg_ptr, msg_len)
-        if msg_len & 0xFFFFFFFF > self._max_message_bytes:
+        to = self._span(to_ptr, to_len)
+        content = self._span(msg_ptr, msg_len)
+        # Length first: a name is never decoded from an arbitrarily large span.
+        if len(to) > MAX_NAME_BYTES:
             return SEND_TOO_LARGE
-        return SEND_DENIED
+        try:
+            name = str(to, "utf-8")
+        except UnicodeDecodeError:
+            return SEND_MALFORMED
+        if not name:
+            return SEND_MALFORMED
+        return self._outbox.add(Envelope(name), content)
+
+    def _send_ex(self, env_ptr: int, env_len: int, msg_ptr: int, msg_len: int) -> int:
+        raw = self._span(env_ptr, env_len)
+        content = self._span(msg_ptr, msg_len)
+        envelope = read_envelope(raw)
+        if envelope is None:
+            return SEND_MALFORMED
+        return self._outbox.add(envelope, content)
 
     def _message_info(self, buf_ptr: int, buf_cap: int) -> int:
         if self._envelope is None:
@@ -166,6 +197,8 @@ def envelope_json(message: caxton_pb2.AgentMessage) -> bytes:
             "message_id": message.message_id,
             "reply_with": message.reply_with,
             "in_reply_to": message.in_reply_to,
+            "receiver": message.receiver,
+            "hops": message.hops,
         },
         separators=(",", ":"),
     ).encode()

@@ -20,7 +20,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -30,6 +30,7 @@ import wasmtime
 from caxton.v1 import caxton_pb2
 
 from .hostcalls import HostCalls, LogRecord, MemoryView
+from .outbox import DEFAULT_SEND_BUDGET, Outgoing
 
 log = logging.getLogger("caxton.worker.sandbox")
 
@@ -81,12 +82,14 @@ _CONFIG_REVISION = 1
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits enforced inside wasmtime. Zero fuel or timeout means unmetered."""
+    """Limits enforced inside wasmtime and its host calls. Zero fuel or
+    timeout means unmetered."""
 
     memory_bytes: int
     fuel: int = 0
     timeout_ms: int = 0
     max_message_bytes: int = 1 << 20
+    send_budget: int = DEFAULT_SEND_BUDGET  # accepted sends per handled message
 
 
 class AgentError(Exception):
@@ -110,6 +113,9 @@ class Outcome:
 
     reply: bytes | None
     logs: list[LogRecord] = field(default_factory=list)
+    # The agent's accepted sends, in call order; only a message that
+    # completed has any.
+    sent: Sequence[Outgoing] = ()
 
 
 def engine_config(limits: SandboxLimits) -> wasmtime.Config:
@@ -275,7 +281,8 @@ class Sandbox:
         self.engine = wasmtime.Engine(engine_config(limits))
         self.module, self.cache_hit = load_module(self.engine, wasm_path, cache_dir, engine_fingerprint(limits),
                                                   module_sha256)
-        self.host = HostCalls(clock=clock, max_message_bytes=limits.max_message_bytes)
+        self.host = HostCalls(clock=clock, max_message_bytes=limits.max_message_bytes,
+                              send_budget=limits.send_budget)
         linker = wasmtime.Linker(self.engine)
         self.host.define(linker)
         try:
@@ -404,11 +411,14 @@ class Sandbox:
         try:
             reply = self._call(message.content, caller_ticks)
         except AgentError:
+            # A failed message has no effects: its sends are never delivered.
+            self.host.discard_sent()
             self.errors += 1
             # The agent (or the instance that replaced it) may have grown.
             self.memory_bytes = self._view.refresh()
             raise
-        return Outcome(reply, self.host.take_logs())
+        host = self.host
+        return Outcome(reply, host.take_logs(), host.take_sent())
 
     def _call(self, content: bytes, caller_ticks: int) -> bytes | None:
         limits = self.limits
@@ -472,6 +482,9 @@ class Sandbox:
         fresh instance cannot start, the error is raised to the caller, which
         ends the worker (the supervisor then sees a crash)."""
         self.resets += 1
+        # The trapped message's sends go, and the fresh instance's
+        # caxton_init runs outside any message, as at load.
+        self.host.begin(None)
         code = self.start()
         if code != 0:
             raise LoadError(f"caxton_init returned {code} while replacing a trapped instance")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -19,6 +19,7 @@ from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
 from .hostcalls import LogRecord
 from .limits import WORKER_PROCESS_NAME, OsLimits, apply_os_limits, name_process
+from .outbox import DEFAULT_SEND_BUDGET, Outgoing
 from .sandbox import AgentError, LoadError, Sandbox, SandboxLimits
 
 log = logging.getLogger("caxton.worker")
@@ -26,6 +27,14 @@ log = logging.getLogger("caxton.worker")
 
 def _log_records(records: list[LogRecord]) -> list[worker_pb2.LogRecord]:
     return [worker_pb2.LogRecord(level=r.level, text=r.text) for r in records]
+
+
+def _add_sent(add: Callable[..., worker_pb2.Outgoing], sent: Sequence[Outgoing]) -> None:
+    """Put the agent's sends into a result, each built in place."""
+    for outgoing in sent:
+        envelope = outgoing.envelope
+        add(to=envelope.to, performative=envelope.performative, conversation_id=envelope.conversation_id,
+            reply_with=envelope.reply_with, content=outgoing.content)
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -49,6 +58,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 fuel=request.limits.fuel,
                 timeout_ms=request.limits.timeout_ms,
                 max_message_bytes=request.limits.max_message_bytes,
+                send_budget=request.send_budget or DEFAULT_SEND_BUDGET,
             )
             os_limits = request.os_limits
             try:
@@ -118,9 +128,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             add(code=grpc.StatusCode.UNAVAILABLE.value[0], error=str(exc))
             return
         result = add() if outcome.reply is None else add(reply=outcome.reply, has_reply=True)
-        # Most messages log nothing: skip the conversion then.
+        # Most messages log and send nothing: skip the conversions then.
         if outcome.logs:
             result.logs.extend(_log_records(outcome.logs))
+        if outcome.sent:
+            _add_sent(result.sent.add, outcome.sent)
 
     def Stats(self, request: worker_pb2.StatsRequest, context: grpc.ServicerContext) -> worker_pb2.StatsResponse:
         # Read without the message lock so that status stays responsive while

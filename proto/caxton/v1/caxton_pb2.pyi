@@ -63,7 +63,7 @@ SEVERITY_WARNING: Severity
 SEVERITY_ERROR: Severity
 
 class AgentMessage(_message.Message):
-    __slots__ = ("performative", "sender", "receiver", "conversation_id", "reply_with", "in_reply_to", "message_id", "content")
+    __slots__ = ("performative", "sender", "receiver", "conversation_id", "reply_with", "in_reply_to", "message_id", "content", "hops")
     PERFORMATIVE_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class AgentMessage(_message.Message):
     IN_REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
     performative: Performative
     sender: str
     receiver: str
@@ -80,7 +81,8 @@ class AgentMessage(_message.Message):
     in_reply_to: str
     message_id: str
     content: bytes
-    def __init__(self, performative: _Optional[_Union[Performative, str]] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., conversation_id: _Optional[str] = ..., reply_with: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., message_id: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+    hops: int
+    def __init__(self, performative: _Optional[_Union[Performative, str]] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., conversation_id: _Optional[str] = ..., reply_with: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., message_id: _Optional[str] = ..., content: _Optional[bytes] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class ResourceLimits(_message.Message):
     __slots__ = ("memory_bytes", "fuel", "timeout_ms", "max_message_bytes")
@@ -115,6 +117,28 @@ class RestartPolicy(_message.Message):
     breaker_cooldown_max_ms: int
     auto_recover: bool
     def __init__(self, initial_delay_ms: _Optional[int] = ..., factor: _Optional[float] = ..., max_delay_ms: _Optional[int] = ..., reset_after_s: _Optional[int] = ..., max_failures: _Optional[int] = ..., window_s: _Optional[int] = ..., breaker_cooldown_ms: _Optional[int] = ..., breaker_cooldown_max_ms: _Optional[int] = ..., auto_recover: _Optional[bool] = ...) -> None: ...
+
+class TraceConversationRequest(_message.Message):
+    __slots__ = ("conversation_id", "follow", "include_content")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    follow: bool
+    include_content: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., follow: _Optional[bool] = ..., include_content: _Optional[bool] = ...) -> None: ...
+
+class TracedMessage(_message.Message):
+    __slots__ = ("at", "message", "content_bytes", "outcome")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    message: AgentMessage
+    content_bytes: int
+    outcome: str
+    def __init__(self, at: _Optional[float] = ..., message: _Optional[_Union[AgentMessage, _Mapping]] = ..., content_bytes: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...
 
 class RolloutOptions(_message.Message):
     __slots__ = ("strategy", "batch", "keep_old_s", "canary_replicas", "steps", "step_s", "min_messages", "max_error_rate", "max_latency_ratio", "bake_s", "compare", "max_mismatch_rate")

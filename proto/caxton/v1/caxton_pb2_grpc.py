@@ -96,6 +96,11 @@ class AgentLifecycleStub:
                 request_serializer=caxton_dot_v1_dot_caxton__pb2.ControlRolloutRequest.SerializeToString,
                 response_deserializer=caxton_dot_v1_dot_caxton__pb2.RolloutStatus.FromString,
                 _registered_method=True)
+        self.TraceConversation = channel.unary_stream(
+                '/caxton.v1.AgentLifecycle/TraceConversation',
+                request_serializer=caxton_dot_v1_dot_caxton__pb2.TraceConversationRequest.SerializeToString,
+                response_deserializer=caxton_dot_v1_dot_caxton__pb2.TracedMessage.FromString,
+                _registered_method=True)
 
 
 class AgentLifecycleServicer:
@@ -198,6 +203,15 @@ class AgentLifecycleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TraceConversation(self, request, context):
+        """Agent-to-agent messages of one conversation (or of all, with an empty
+        conversation_id), in order, from a bounded history; with follow, then
+        as they are sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentLifecycleServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +274,11 @@ def add_AgentLifecycleServicer_to_server(servicer, server):
                     servicer.ControlRollout,
                     request_deserializer=caxton_dot_v1_dot_caxton__pb2.ControlRolloutRequest.FromString,
                     response_serializer=caxton_dot_v1_dot_caxton__pb2.RolloutStatus.SerializeToString,
+            ),
+            'TraceConversation': grpc.unary_stream_rpc_method_handler(
+                    servicer.TraceConversation,
+                    request_deserializer=caxton_dot_v1_dot_caxton__pb2.TraceConversationRequest.FromString,
+                    response_serializer=caxton_dot_v1_dot_caxton__pb2.TracedMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +607,33 @@ class AgentLifecycle:
             '/caxton.v1.AgentLifecycle/ControlRollout',
             caxton_dot_v1_dot_caxton__pb2.ControlRolloutRequest.SerializeToString,
             caxton_dot_v1_dot_caxton__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/caxton.v1.AgentLifecycle/TraceConversation',
+            caxton_dot_v1_dot_caxton__pb2.TraceConversationRequest.SerializeToString,
+            caxton_dot_v1_dot_caxton__pb2.TracedMessage.FromString,
             options,
             channel_credentials,
             insecure,

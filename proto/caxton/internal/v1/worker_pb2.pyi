@@ -36,7 +36,7 @@ class OsLimits(_message.Message):
     def __init__(self, data_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., cpu_seconds: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user_name: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
-    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits", "os_limits", "module_sha256")
+    __slots__ = ("agent", "version", "module_path", "cache_dir", "limits", "os_limits", "module_sha256", "send_budget")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODULE_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class LoadRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     OS_LIMITS_FIELD_NUMBER: _ClassVar[int]
     MODULE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SEND_BUDGET_FIELD_NUMBER: _ClassVar[int]
     agent: str
     version: int
     module_path: str
@@ -51,7 +52,8 @@ class LoadRequest(_message.Message):
     limits: Limits
     os_limits: OsLimits
     module_sha256: str
-    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., os_limits: _Optional[_Union[OsLimits, _Mapping]] = ..., module_sha256: _Optional[str] = ...) -> None: ...
+    send_budget: int
+    def __init__(self, agent: _Optional[str] = ..., version: _Optional[int] = ..., module_path: _Optional[str] = ..., cache_dir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., os_limits: _Optional[_Union[OsLimits, _Mapping]] = ..., module_sha256: _Optional[str] = ..., send_budget: _Optional[int] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("level", "text")
@@ -84,18 +86,34 @@ class HandleRequest(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[_caxton_pb2.AgentMessage, _Mapping]]] = ..., deadline_ms: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HandleResult(_message.Message):
-    __slots__ = ("code", "error", "reply", "has_reply", "logs")
+    __slots__ = ("code", "error", "reply", "has_reply", "logs", "sent")
     CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     HAS_REPLY_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
     code: int
     error: str
     reply: bytes
     has_reply: bool
     logs: _containers.RepeatedCompositeFieldContainer[LogRecord]
-    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., reply: _Optional[bytes] = ..., has_reply: _Optional[bool] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
+    sent: _containers.RepeatedCompositeFieldContainer[Outgoing]
+    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., reply: _Optional[bytes] = ..., has_reply: _Optional[bool] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[Outgoing, _Mapping]]] = ...) -> None: ...
+
+class Outgoing(_message.Message):
+    __slots__ = ("to", "performative", "conversation_id", "reply_with", "content")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    PERFORMATIVE_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_WITH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    performative: _caxton_pb2.Performative
+    conversation_id: str
+    reply_with: str
+    content: bytes
+    def __init__(self, to: _Optional[str] = ..., performative: _Optional[_Union[_caxton_pb2.Performative, str]] = ..., conversation_id: _Optional[str] = ..., reply_with: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class HandleResponse(_message.Message):
     __slots__ = ("results",)
