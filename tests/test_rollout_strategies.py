@@ -8,6 +8,7 @@ share of its messages where the test says so: v1 answers them, picky traps.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ import pytest
 
 from caxton.v1 import caxton_pb2
 
-from .harness import LoadGenerator, Trip, module, wait_until
+from .harness import ROOT, LoadGenerator, Trip, module, wait_until
 
 ENDED = ("promoted", "rolled-back", "aborted")
 
@@ -319,3 +320,24 @@ def test_rollouts_are_counted_in_the_metrics(supervisor):
     deployments = {(s.labels["strategy"], s.labels["outcome"]): s.value for s in families["caxton_deployments"]
                    if s.name == "caxton_deployments_total"}
     assert deployments[("canary", "rolled-back")] == 1
+
+
+def test_a_shadow_sends_nothing_until_it_is_promoted(shared_supervisor):
+    sup = shared_supervisor
+    _deploy(sup, "shadow-sink", "version1")
+    _deploy(sup, "shadowed", "version1")
+    fanout = (ROOT / "examples" / "agents" / "fanout.wat").read_bytes()
+    # v2 (fanout) sends "hello from fanout" to every agent named in the content.
+    with LoadGenerator(sup, "shadowed", callers=2, warmup=5, content=lambda caller, n: b"shadow-sink"):
+        sup.lifecycle.HotReloadAgent(caxton_pb2.HotReloadAgentRequest(
+            name="shadowed", module=fanout, rollout=_options("parallel", compare="outcome", min_messages=1_000_000,
+                                                             bake_s=0.0, max_latency_ratio=20.0)), timeout=60)
+        # Shadowing until told otherwise: v2 has handled copies by now...
+        compared = re.compile(r"waiting for \d{2,} of")
+        wait_until(lambda: compared.search(_rollout(sup, "shadowed").verdict), 30, "compared replies")
+        assert _rollout(sup, "shadowed").state == "progressing"
+        # ...and none of its sends reached the sink.
+        assert sup.status("shadow-sink").messages == 0
+        sup.lifecycle.ControlRollout(caxton_pb2.ControlRolloutRequest(name="shadowed", action="promote"), timeout=60)
+        wait_until(lambda: sup.status("shadow-sink").messages > 10, 30, "sends after the promotion")
+    assert _rollout(sup, "shadowed").state == "promoted"
