@@ -26,6 +26,7 @@ from .connection import ConnectionSetupError, connect
 from .duration import parse_duration
 from .escape import escape
 from .rollout import add_rollout_arguments, add_strategy_options, control, follow, rollout_options, status_line
+from .trace import add_trace_arguments, trace
 
 
 class CliError(Exception):
@@ -292,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
                 print(_json_line(line) if args.json else _log_line(line), flush=True)
         except KeyboardInterrupt:
             return 0
+    elif command == "trace":
+        return trace(lifecycle, args, timeout=timeout)
     elif command == "validate":
         validate = caxton_pb2.ValidateModuleRequest(module=_read_module(args.module), policy=args.policy or "")
         report = lifecycle.ValidateModule(validate, timeout=timeout)
@@ -401,6 +404,8 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     logs.add_argument("--since", type=_duration, help="only lines of this long ago, e.g. 30s, 5m, 2h, 1d")
     _json_flag(logs, "one JSON object per line")
+
+    add_trace_arguments(command("trace", "print a conversation between agents, message by message"))
 
     send = command("send", "send a message and print the reply")
     send.add_argument("name", help="agent name")

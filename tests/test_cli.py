@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import pty
@@ -741,8 +742,12 @@ def test_events_since_replays_recent_events(shared_supervisor):
     # without --since nothing from before is printed
     follower, lines = _follow([*cli_argv(sup), "events", "cli-replayed"])
     try:
-        ok(cli(sup, "stop", "cli-replayed"))
-        wait_until(lambda: any(" stopped" in line for line in lines), 30, "the stop event")
+        # The follower subscribes in the background: stop and start the
+        # agent until it has shown one of those events (none is replayed).
+        commands = itertools.cycle(["stop", "start"])
+        wait_until(lambda: ok(cli(sup, next(commands), "cli-replayed")) is not None
+                   and any(" stopped" in line or " started" in line for line in lines),
+                   30, "the follower to show a new event", interval=0.2)
         assert not any(" deployed" in line for line in lines)
     finally:
         _end(follower)
