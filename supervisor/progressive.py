@@ -53,8 +53,10 @@ class JudgedRollout:
 
     def begin(self) -> None:
         """Start and prove the candidate's workers and put its lane beside
-        the stable set, taking no traffic yet. Raises FailedPrecondition
-        (nothing changed) if they cannot start."""
+        the stable set with the first step's share (or, parallel, the copies),
+        so traffic reaches it when the caller is answered, not when the
+        rollout's thread first runs. Raises FailedPrecondition (nothing
+        changed) if they cannot start."""
         ctx = self.ctx
         try:
             fresh = launch_many(ctx.agent.launch, ctx.candidate, self.workers)
@@ -70,6 +72,11 @@ class JudgedRollout:
                 discard(fresh)
                 raise FailedPrecondition(f"agent {ctx.agent.name!r} is no longer running; nothing was changed")
             admit(ctx.agent, self.candidate, fresh, count=not self.shadow)
+            # status shows each version's share of the traffic from here on.
+            ctx.steering.baseline = {v.version: sum(ctx.counts(v.version)[0].values())
+                                     for v in (ctx.stable, ctx.candidate)}
+            if not self.shadow and ctx.plan.steps:
+                self.candidate.split.set_share(ctx.plan.steps[0] / 100)
 
     def run(self) -> None:
         """Drive the rollout to its end (in the rollout's own thread)."""
