@@ -135,12 +135,13 @@ def test_a_trapping_v2_is_rolled_back_by_itself(shared_supervisor, strategy, ext
 def test_a_slow_v2_is_rolled_back_on_latency(shared_supervisor):
     sup = shared_supervisor
     _deploy(sup, "slowpoke", "version1")
-    # slow.wat waits as many ms as the content says: 60 ms a message, where
-    # v1 answers in one or two, and a loaded test machine in tens at worst.
-    with LoadGenerator(sup, "slowpoke", callers=3, warmup=150, content=lambda caller, n: b"60"):
-        _reload(sup, "slowpoke", "slow", _options("traffic-split", steps=[50, 100], step_s=60.0,
+    # slow.wat waits as many ms as the content says: 100 ms a message, where
+    # v1 answers in one or two, and a heavily loaded test machine in tens.
+    # The step is held long enough that only the latency verdict can end it.
+    with LoadGenerator(sup, "slowpoke", callers=3, warmup=150, content=lambda caller, n: b"100"):
+        _reload(sup, "slowpoke", "slow", _options("traffic-split", steps=[50, 100], step_s=600.0,
                                                   min_messages=20, max_latency_ratio=3.0))
-        record = _wait_ended(sup, "slowpoke", timeout=90)
+        record = _wait_ended(sup, "slowpoke", timeout=120)
     assert record.state == "rolled-back" and record.reason.startswith("latency"), record
     assert sup.status("slowpoke").version == 1
 
