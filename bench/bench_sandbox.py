@@ -5,7 +5,10 @@ Three ways to run the echo agent on 100 bytes, each with the default limits
 both the Sandbox's own overhead and the cost of metering show:
 
 - `Sandbox.handle(message)` inside `with sandbox.running()`: the worker's
-  whole per-message path (budgets, alloc, write, handle, read, bookkeeping);
+  whole per-message path (budgets, alloc, write, handle, read, bookkeeping),
+  calling wasm through worker/fastcall.py as the worker does (bench_callpath.py
+  compares it with its public-API fallback, a frozen copy of the old path, and
+  Extism);
 - a bare `caxton_handle` call through wasmtime's `Func.__call__`, with the
   content already in linear memory: the floor of one call into wasm;
 - a bare `caxton_alloc` + `caxton_handle` pair: the two calls the ABI needs;

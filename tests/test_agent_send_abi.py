@@ -32,7 +32,7 @@ from caxton.worker.outbox import (
     Envelope,
     Outgoing,
 )
-from caxton.worker.sandbox import AgentError, Sandbox, SandboxLimits
+from caxton.worker.sandbox import CALL_PATH_ENV, AgentError, Sandbox, SandboxLimits
 from caxton.worker.service import WorkerService
 
 from .harness import module
@@ -70,6 +70,13 @@ def codes(reply: bytes | None) -> list[int]:
 
 
 # ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(autouse=True, params=["fast", "public"])
+def call_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both of the sandbox's call paths (worker/fastcall.py)."""
+    monkeypatch.setenv(CALL_PATH_ENV, request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")

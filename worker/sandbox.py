@@ -29,6 +29,7 @@ import wasmtime
 
 from caxton.v1 import caxton_pb2
 
+from . import fastcall
 from .hostcalls import HostCalls, LogRecord, MemoryView
 from .outbox import DEFAULT_SEND_BUDGET, Outgoing
 
@@ -64,7 +65,15 @@ _NO_DEADLINE_TICKS = 1 << 62
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
-# Fast path: arguments to caxton_alloc/caxton_handle are passed as
+# The per-message calls go through worker/fastcall.py unless this
+# environment variable is "public" (or the Sandbox is told otherwise): then,
+# and when the fast path is unavailable, they go through Func.__call__. The
+# switch exists so that tests can run every agent through both paths.
+CALL_PATH_ENV = "CAXTON_WORKER_CALL_PATH"
+_I32 = wasmtime.ValType.i32()
+_I64 = wasmtime.ValType.i64()
+
+# Public path: arguments to caxton_alloc/caxton_handle are passed as
 # wasmtime.Val, not int. For an int, Func.__call__ builds and compares two
 # throwaway ValTypes over FFI per argument just to learn its type; a Val
 # skips most of that (about 2.5 µs per argument). Val.i32 wraps exactly as
@@ -272,13 +281,21 @@ class Sandbox:
     # The live instance: set by start() (`_instantiate`), replaced after a trap.
     _store: wasmtime.Store
     _view: MemoryView
-    _alloc: wasmtime.Func
-    _handle: wasmtime.Func
+    # caxton_alloc(length) -> ptr and caxton_handle(ptr, length) -> packed,
+    # bound to the live store; both return wasm's signed integers.
+    _alloc: Callable[[int], int]
+    _handle: Callable[[int, int], int]
 
     def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "", module_sha256: str = "",
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, fast_calls: bool | None = None):
+        """`fast_calls`: call the agent per message through worker/fastcall.py
+        (None: unless the environment variable CAXTON_WORKER_CALL_PATH is
+        "public"); used only if it passes its probe."""
         self.limits = limits
         self.engine = wasmtime.Engine(engine_config(limits))
+        if fast_calls is None:
+            fast_calls = os.environ.get(CALL_PATH_ENV, "fast") != "public"
+        self.fast_calls = fast_calls and fastcall.available(self.engine)
         self.module, self.cache_hit = load_module(self.engine, wasm_path, cache_dir, engine_fingerprint(limits),
                                                   module_sha256)
         self.host = HostCalls(clock=clock, max_message_bytes=limits.max_message_bytes,
@@ -364,10 +381,22 @@ class Sandbox:
         exports = instance.exports(store)
         self._exports = {name: _export(exports, name, wasmtime.Func)
                          for name in ("caxton_init", "caxton_shutdown") if name in exports}
-        self._alloc = _export(exports, "caxton_alloc", wasmtime.Func)
-        self._handle = _export(exports, "caxton_handle", wasmtime.Func)
+        self._alloc, self._handle = self._message_calls(store, _export(exports, "caxton_alloc", wasmtime.Func),
+                                                        _export(exports, "caxton_handle", wasmtime.Func))
         self._view = MemoryView(store, _export(exports, "memory", wasmtime.Memory))
         self.host.bind(self._view)
+
+    def _message_calls(self, store: wasmtime.Store, alloc: wasmtime.Func,
+                       handle: wasmtime.Func) -> tuple[Callable[[int], int], Callable[[int, int], int]]:
+        """caxton_alloc and caxton_handle as callables on ints: through
+        worker/fastcall.py when this sandbox uses it, else Func.__call__."""
+        if self.fast_calls:
+            try:
+                return (fastcall.FastCall(store, alloc, [_I32], _I32).call,
+                        fastcall.FastCall(store, handle, [_I32, _I32], _I64).call)
+            except ValueError:
+                pass  # a signature deploy refuses: Func.__call__ reports it on each message
+        return (lambda length: alloc(store, _i32(length))), (lambda ptr, length: handle(store, _i32(ptr), _i32(length)))
 
     def _arm(self, deadline_ticks: int = 0) -> None:
         """Refill the per-message budgets; `deadline_ticks` (when non-zero)
@@ -428,12 +457,10 @@ class Sandbox:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"message of {length} bytes exceeds max_message_bytes ({limits.max_message_bytes})",
             )
-        store = self._store
         view = self._view
-        length_val = _i32(length)
         self._arm(caller_ticks)
         try:
-            ptr = self._alloc(store, length_val) & _U32
+            ptr = self._alloc(length) & _U32
             if ptr == 0:
                 raise AgentError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"caxton_alloc could not allocate {length} bytes")
             # caxton_alloc may have grown (and so moved) memory: one refresh
@@ -447,7 +474,7 @@ class Sandbox:
             # A slice assignment into the cached view (see MemoryView) is the
             # cheapest copy into linear memory from Python.
             view.data[ptr : ptr + length] = content
-            packed = self._handle(store, _i32(ptr), length_val) & _U64
+            packed = self._handle(ptr, length) & _U64
         except wasmtime.Trap as exc:
             self._reset()
             if caller_ticks and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
