@@ -167,8 +167,9 @@ def _sweep(fleet: Fleet) -> tuple[int, Counter, float]:
 
 def _idle_cpu(supervisor_pid: int, pids: list[int]) -> dict[str, float]:
     """CPU the idle fleet burns: every worker and the supervisor over
-    IDLE_WINDOW_S, with no message sent (one health-check sweep of every
-    worker falls inside the window: the default interval is 5 s)."""
+    IDLE_WINDOW_S, with no message sent. Health checks ask an idle worker
+    only once a minute (supervisor/health.py), so a window this short sees
+    such a sweep in about one run in twelve, and then a whole one."""
     workers = []
     for pid in pids:
         try:
