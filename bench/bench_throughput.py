@@ -36,6 +36,7 @@ from caxton.worker.sandbox import Sandbox, SandboxLimits
 from tests.harness import SupervisorProcess
 
 from . import report
+from .frozen_call_path import FrozenCallPath
 from .support import CpuMeter, Metadata, auth_metadata, numbered_payload, payload_number
 
 FRAME = 256  # messages per SendStream frame (= the supervisor's batch bound)
@@ -286,3 +287,27 @@ def test_in_process_baseline(benchmark, tmp_path: Path, echo_wasm: bytes) -> Non
             sandbox.shutdown()
     _record_rate(benchmark, IN_PROCESS_MESSAGES, meter, rounds_run * IN_PROCESS_MESSAGES, "in_process",
                  "in-process Sandbox.handle (1 core)")
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_in_process_frozen_baseline(benchmark, echo_wasm: bytes) -> None:
+    """The same echo agent through a frozen copy of the call path Sandbox.handle
+    had before the fast call path (bench/frozen_call_path.py): the fixed
+    yardstick for SendStream, since the live Sandbox.handle got faster."""
+    frozen = FrozenCallPath(echo_wasm, DEFAULT_LIMITS)
+    messages = [
+        caxton_pb2.AgentMessage(receiver="echo", sender="bench", content=numbered_payload(n))
+        for n in range(IN_PROCESS_MESSAGES)
+    ]
+    rounds_run = 0
+
+    def run() -> None:
+        nonlocal rounds_run
+        ok = sum(payload_number(frozen.handle(message).reply) == n for n, message in enumerate(messages))
+        assert ok == len(messages), f"{ok} correct replies of {len(messages)}"
+        rounds_run += 1
+
+    with CpuMeter({"client": [os.getpid()]}) as meter:
+        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
+    _record_rate(benchmark, IN_PROCESS_MESSAGES, meter, rounds_run * IN_PROCESS_MESSAGES, "in_process_frozen",
+                 "in-process, frozen pre-fastcall call path (1 core)")
