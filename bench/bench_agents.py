@@ -79,7 +79,7 @@ from tests.harness import SupervisorProcess, module
 
 from . import report
 from .bench_throughput import FRAME, WINDOW, _frames, _stream_round
-from .support import PAYLOAD, CpuMeter, Metadata, auth_metadata
+from .support import CpuMeter, Metadata, auth_metadata, measure_sends
 
 QUICK = os.environ.get("CAXTON_BENCH_QUICK") == "1"
 ROUNDS_PER_GAME = 500  # 1,000 messages: the trace a conversation keeps by default
@@ -144,27 +144,9 @@ def _pids(supervisor: SupervisorProcess, name: str) -> list[int]:
 @pytest.mark.benchmark(group="agents: round trip")
 def test_outside_send_baseline(benchmark, supervisor: SupervisorProcess, pair: None) -> None:
     """SEND_CALLS sequential Sends of 100 bytes to the echo agent."""
-    metadata = auth_metadata(supervisor)
-    request = caxton_pb2.SendRequest(message=caxton_pb2.AgentMessage(receiver=ECHO, sender="bench", content=PAYLOAD))
-    calls = 0
-    with grpc.insecure_channel(supervisor.address) as channel:
-        stub = caxton_pb2_grpc.MessagingStub(channel)
-
-        def call() -> None:
-            nonlocal calls
-            response = stub.Send(request, timeout=10, metadata=metadata)
-            calls += 1
-            assert response.has_reply and response.reply.content == PAYLOAD, "wrong reply"
-
-        call()  # connect outside the measurement
-        groups = {"client": [os.getpid()], "supervisor": [supervisor.pid], "worker": _pids(supervisor, ECHO)}
-        with CpuMeter(groups) as meter:
-            benchmark.pedantic(call, rounds=SEND_CALLS, warmup_rounds=SEND_WARMUP)
-    samples = benchmark.stats.stats.data
-    p50, p99 = (report.percentile(samples, q) * 1e6 for q in (50, 99))
-    benchmark.extra_info.update(p50_us=round(p50, 1), p99_us=round(p99, 1), **meter.per_message_us(calls))
-    report.record("agents.send.p50", p50, "µs", "outside Messaging.Send p50")
-    report.record("agents.send.p99", p99, "µs", "outside Messaging.Send p99")
+    groups = {"client": [os.getpid()], "supervisor": [supervisor.pid], "worker": _pids(supervisor, ECHO)}
+    measure_sends(benchmark, supervisor.address, ECHO, groups, "agents.send", "outside Messaging.Send",
+                  auth_metadata(supervisor), rounds=SEND_CALLS, warmup=SEND_WARMUP)
 
 
 class Games:

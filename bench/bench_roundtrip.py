@@ -17,14 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
-from caxton.v1 import caxton_pb2, caxton_pb2_grpc
+from caxton.v1 import caxton_pb2
 from tests.harness import SupervisorProcess
 
-from . import report
-from .support import PAYLOAD, CpuMeter, Metadata, auth_metadata
+from .support import Metadata, auth_metadata, measure_sends
 
 ROUNDS = 2000  # calls measured per target: enough for a stable p99
 WARMUP = 200
@@ -43,31 +41,8 @@ def rt_agent(supervisor: SupervisorProcess, echo_wasm: bytes) -> Iterator[str]:
 
 def _measure(benchmark, address: str, receiver: str, cpu_groups: dict[str, list[int]], key: str, label: str,
              metadata: Metadata | None = None) -> None:
-    """Time ROUNDS sequential Send calls on a fresh channel, each carrying
-    `metadata` (Caxton's: the token); record p50/p99 and the CPU each
-    process spent per call."""
-    request = caxton_pb2.SendRequest(
-        message=caxton_pb2.AgentMessage(receiver=receiver, sender="bench", content=PAYLOAD)
-    )
-    calls = 0
-    with grpc.insecure_channel(address) as channel:
-        stub = caxton_pb2_grpc.MessagingStub(channel)
-
-        def call() -> None:
-            nonlocal calls
-            response = stub.Send(request, timeout=10, metadata=metadata)
-            calls += 1
-            assert response.has_reply and response.reply.content == PAYLOAD, "wrong reply"
-
-        call()  # connect outside the measurement
-        with CpuMeter(cpu_groups) as meter:
-            benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=WARMUP)
-    samples = benchmark.stats.stats.data
-    p50 = report.percentile(samples, 50) * 1e6
-    p99 = report.percentile(samples, 99) * 1e6
-    benchmark.extra_info.update(p50_us=round(p50, 1), p99_us=round(p99, 1), **meter.per_message_us(calls))
-    report.record(f"roundtrip.{key}.p50", p50, "µs", f"{label} p50")
-    report.record(f"roundtrip.{key}.p99", p99, "µs", f"{label} p99")
+    measure_sends(benchmark, address, receiver, cpu_groups, f"roundtrip.{key}", label, metadata,
+                  rounds=ROUNDS, warmup=WARMUP)
 
 
 @pytest.mark.benchmark(group="roundtrip: 100-byte Send, sequential")

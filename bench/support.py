@@ -18,11 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 
 from caxton.contract import AUTHORIZATION_METADATA_KEY, BEARER_SCHEME
-from caxton.v1 import caxton_pb2
+from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import ROOT, SupervisorProcess
+
+from . import report
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -248,3 +251,32 @@ def memory_of(pid: int) -> MemorySample | None:
 
 
 MIB = float(1 << 20)
+
+
+def measure_sends(benchmark, address: str, receiver: str, cpu_groups: dict[str, list[int]], key: str, label: str,
+                  metadata: Metadata | None = None, *, rounds: int, warmup: int) -> None:
+    """Time `rounds` sequential 100-byte Send calls on a fresh channel, each
+    carrying `metadata` (Caxton's: the token); record `key`.p50/.p99 and the
+    CPU each process spent per call."""
+    request = caxton_pb2.SendRequest(
+        message=caxton_pb2.AgentMessage(receiver=receiver, sender="bench", content=PAYLOAD)
+    )
+    calls = 0
+    with grpc.insecure_channel(address) as channel:
+        stub = caxton_pb2_grpc.MessagingStub(channel)
+
+        def call() -> None:
+            nonlocal calls
+            response = stub.Send(request, timeout=10, metadata=metadata)
+            calls += 1
+            assert response.has_reply and response.reply.content == PAYLOAD, "wrong reply"
+
+        call()  # connect outside the measurement
+        with CpuMeter(cpu_groups) as meter:
+            benchmark.pedantic(call, rounds=rounds, warmup_rounds=warmup)
+    samples = benchmark.stats.stats.data
+    p50 = report.percentile(samples, 50) * 1e6
+    p99 = report.percentile(samples, 99) * 1e6
+    benchmark.extra_info.update(p50_us=round(p50, 1), p99_us=round(p99, 1), **meter.per_message_us(calls))
+    report.record(f"{key}.p50", p50, "µs", f"{label} p50")
+    report.record(f"{key}.p99", p99, "µs", f"{label} p99")

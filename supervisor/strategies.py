@@ -74,7 +74,9 @@ def run_rollout(deps: RolloutDeps, agent: Agent, version: VersionRecord, plan: R
         finished=lambda outcome, seconds: deps.finished(plan.strategy.value, outcome, seconds),
         rolled_back=lambda reason: deps.rolled_back(name, reason),
     )
-    steering.baseline = {v.version: sum(deps.counts(name, v.version)[0].values()) for v in (stable, version)}
+    if not plan.strategy.judged:
+        # A judged rollout counts from when its candidate takes traffic (progressive.py).
+        steering.baseline = {v.version: sum(deps.counts(name, v.version)[0].values()) for v in (stable, version)}
     ctx.restore_standby = lambda: restore_standby(ctx)
     ctx.release_standby = lambda: release_standby(ctx)
     steps = ", ".join(f"{s:g}%" for s in plan.steps)

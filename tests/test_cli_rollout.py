@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent import futures
 
 import grpc
 import pytest
@@ -27,6 +26,7 @@ from caxton.client import cli, rollout
 from caxton.client.completion import script
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
+from .fake_lifecycle import serving
 from .harness import ROOT, wait_until
 
 AGENT = "shop"
@@ -224,16 +224,9 @@ class FakeLifecycle(caxton_pb2_grpc.AgentLifecycleServicer):
 @pytest.fixture
 def fake():
     servicer = FakeLifecycle()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(servicer, server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP))
-    server.start()
-    servicer.address = f"127.0.0.1:{port}"
-    try:
+    with serving(servicer, threads=16) as address:
+        servicer.address = address
         yield servicer
-    finally:
-        # Cancels the event streams too: a CLI still waiting fails and ends.
-        server.stop(None).wait(10)
 
 
 class CliRun:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-from concurrent import futures
 
 import grpc
 import pytest
@@ -19,6 +18,8 @@ import pytest
 from caxton.client import cli
 from caxton.client.trace import performative_name, trace_line
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
+
+from .fake_lifecycle import serving
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
 
@@ -132,15 +133,9 @@ class FakeTracer(caxton_pb2_grpc.AgentLifecycleServicer):
 @pytest.fixture
 def fake():
     servicer = FakeTracer()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(servicer, server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP))
-    server.start()
-    servicer.address = f"127.0.0.1:{port}"
-    try:
+    with serving(servicer) as address:
+        servicer.address = address
         yield servicer
-    finally:
-        server.stop(None).wait(10)
 
 
 def run(fake: FakeTracer, *argv: str) -> int | str | None:
