@@ -120,6 +120,9 @@ class Config:
     health_interval_s: float = 5.0
     health_timeout_s: float = 2.0
     health_failures: int = 2
+    # A worker with no call for this long is frozen until the next one
+    # (parking.py): idle agents then cost no CPU (0 = never).
+    park_after_s: float = 30.0
     # Versions kept per agent (with their modules) for rollback.
     keep_versions: int = 5
 
@@ -199,6 +202,7 @@ def config_from_table(table: dict[str, Any]) -> Config:
         health_interval_s=t.number("health_interval_s", base.health_interval_s, above=0),
         health_timeout_s=t.number("health_timeout_s", base.health_timeout_s, above=0),
         health_failures=t.integer("health_failures", base.health_failures, minimum=1),
+        park_after_s=t.number("park_after_s", base.park_after_s, minimum=0),
         keep_versions=t.integer("keep_versions", base.keep_versions, minimum=1),
     )
     t.finish()

@@ -18,6 +18,9 @@ intervals; one that missed a check is asked every interval until it answers
 or is killed. A worker stuck inside a batch is also bounded by the
 dispatcher's hang bound (instance.py), which kills it without a probe.
 
+The same sweep parks workers that have had no call for `park_after_s`
+(parking.py); a parked worker is not asked, since it is not running.
+
 The probe is answered by the worker's second RPC thread, so a worker
 busy with a long message still answers: wasm runs without holding the GIL.
 """
@@ -102,8 +105,9 @@ class ProbeSchedule:
 
 class HealthMonitor:
     def __init__(self, instances: Callable[[], Iterable[WorkerInstance]], *, interval_s: float, timeout_s: float,
-                 failures: int, clock: Callable[[], float] = time.monotonic):
+                 failures: int, park_after_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self._instances = instances
+        self._park_after_s = park_after_s
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._failures = failures
@@ -131,13 +135,20 @@ class HealthMonitor:
         """One sweep: ask every live worker that is due, wait for all
         answers (bounded by the timeout), count the misses."""
         now = self._clock()
-        live = [instance for instance in self._instances() if instance.alive]
+        # Parked workers are not running, so they cannot hang; the schedule
+        # meets them afresh once they run again.
+        live = [instance for instance in self._instances() if instance.alive and not instance.parked]
         self._schedule.keep_only(live)
         due = [instance for instance in live if self._schedule.due(instance, instance.handled, now)]
+        if self._park_after_s:
+            asked = {id(instance) for instance in due}
+            for instance in live:
+                if id(instance) not in asked:
+                    instance.parking.park_if_idle(self._park_after_s)
         if not due:
             return
         deadline = Deadline.after(self._timeout_s)
-        probes = [(instance, instance.client.probe(deadline)) for instance in due]
+        probes = [(instance, instance.probe(deadline)) for instance in due]
         for instance, probe in probes:
             try:
                 probe.result()

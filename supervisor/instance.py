@@ -1,8 +1,10 @@
 """One worker process serving one version of one agent, seen from the supervisor.
 
-An instance owns its process and a dispatcher thread that pulls batches from
-the agent's mailbox and hands them to the worker through its `client` (a
-WorkerClient, which makes every call to the worker). A batch that is inside
+An instance owns its process and a dispatcher (dispatch.py) that pulls
+batches from the agent's mailbox and hands them to the worker through its
+`client` (a WorkerClient, which makes every call to the worker), and its
+parking (parking.py): every call to the worker goes through the instance,
+which thaws a parked worker first. A batch that is inside
 the worker when the worker dies is answered UNAVAILABLE (never silently
 retried: the agent may have acted on it); messages still in the mailbox wait
 for another instance.
@@ -10,14 +12,12 @@ for another instance.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,14 +27,16 @@ from caxton.internal.v1 import worker_pb2
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
 from .deadline import Deadline
+from .dispatch import Dispatcher, DispatchPool
 from .errors import WorkerStartError
 from .events import EventBus
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .mailbox import Mailbox, Pending
+from .parking import CgroupFreezer, Freezer, Parking, SignalFreezer
 from .pool import SparePool
 from .redact import without_paths
 from .store import StateStore, VersionRecord
-from .worker_client import WorkerCallError, WorkerClient, WorkerOsLimits
+from .worker_client import MessageOutcome, Probe, WorkerCallError, WorkerClient, WorkerOsLimits, WorkerStats
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -75,6 +77,8 @@ class WorkerEnv:
     logbook: EventBus | None = None
     # Where what agents send to agents goes (None: nowhere).
     relay: Relay | None = None
+    # The threads that carry messages to workers, shared by all instances.
+    dispatch: DispatchPool = field(default_factory=DispatchPool)
 
 
 def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
@@ -108,7 +112,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     if cgroup is not None:
         cgroup.adopt(process.pid)
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook,
-                              env.relay)
+                              env.relay, env.dispatch)
     try:
         instance.load(
             str(env.store.modules.path(version.module_sha256)),
@@ -140,11 +144,19 @@ def _uncounted(ok: bool) -> None:
     """Before serve(): nothing is dispatched yet."""
 
 
+def _freezer(process: WorkerProcess, cgroup: WorkerCgroup | None) -> Freezer:
+    """The worker's own cgroup v2 freezer if it has one, else SIGSTOP."""
+    if cgroup is not None and cgroup.version == 2 and "" in cgroup.dirs:
+        return CgroupFreezer(cgroup.dirs[""])
+    return SignalFreezer(process.send_signal)
+
+
 class WorkerInstance:
-    """The process, its client and the dispatcher that feeds it."""
+    """The process, its client, the dispatcher that feeds it and its parking."""
 
     def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
-                 cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None, relay: Relay | None = None):
+                 cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None, relay: Relay | None = None,
+                 pool: DispatchPool | None = None):
         self.agent = agent
         self.version = version
         self.limits = limits
@@ -152,18 +164,16 @@ class WorkerInstance:
         self.cgroup = cgroup
         self.enforcement: list[str] = []
         self.kill_reason = ""
-        self._config = config
         self.client = WorkerClient(process.socket_path, agent, version, logbook)
         self._relay = relay
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)
-        self._retiring = False
-        # While draining, the dispatcher keeps taking until the mailbox is
-        # empty: messages already accepted are still handled.
-        self._draining = False
-        self._mailbox: Mailbox | None = None
         self._on_result: Callable[[bool], None] = _uncounted
-        self._dispatcher: threading.Thread | None = None
+        self.dispatcher = Dispatcher(pool or DispatchPool(), self._deliver_safely, lambda: self.process.alive,
+                                     batch_max_messages=config.batch_max_messages,
+                                     batch_max_bytes=config.batch_max_bytes)
+        self.parking = Parking(_freezer(process, cgroup), label=f"[{agent} v{version}] worker {process.pid}")
+        self._last_stats: WorkerStats | None = None  # what the worker last said of itself
 
     @property
     def pid(self) -> int:
@@ -172,6 +182,10 @@ class WorkerInstance:
     @property
     def alive(self) -> bool:
         return self.process.alive
+
+    @property
+    def parked(self) -> bool:
+        return self.parking.parked
 
     # ------------------------------------------------------------ start / stop
 
@@ -190,49 +204,37 @@ class WorkerInstance:
             raise InstanceStartError(f"caxton_init returned {result.init_code}", init_code=result.init_code)
 
     def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
-        """Start pulling messages from `mailbox`. `on_result(ok)` counts each
+        """Start taking messages from `mailbox`. `on_result(ok)` counts each
         outcome for the agent's statistics."""
-        self._mailbox = mailbox
         self._on_result = on_result
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, args=(mailbox,), name=f"dispatch-{self.agent}-{self.pid}", daemon=True
-        )
-        self._dispatcher.start()
+        self.dispatcher.serve(mailbox)
 
     def retire(self, mailbox: Mailbox, *, drain: bool) -> None:
         """Stop taking batches: at once (drain=False; the batch inside the
         worker still finishes), or once the mailbox is empty (drain=True)."""
-        self._draining = drain
-        self._retiring = True
-        mailbox.wake_all()
+        self.dispatcher.retire(drain=drain)
 
     def move_to(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
         """Take batches from `mailbox` from now on, counting outcomes with
         `on_result` (a promoted candidate's workers join the agent's own
         mailbox); the batch in hand finishes."""
         self._on_result = on_result
-        old, self._mailbox = self._mailbox, mailbox
-        if old is not None:
-            old.wake_all()
+        self.dispatcher.move_to(mailbox)
 
     def reinstate(self) -> None:
         """Undo retire() for a worker kept warm (blue-green's old set), before
         it serves again."""
-        self._retiring = False
-        self._draining = False
+        self.dispatcher.reinstate()
 
     def wait_idle(self, deadline: Deadline) -> bool:
         """Wait until the dispatcher has finished its batch and stopped."""
-        thread = self._dispatcher
-        if thread is None:
-            return True
-        thread.join(deadline.timeout())
-        return not thread.is_alive()
+        return self.dispatcher.wait_stopped(deadline)
 
     def shutdown(self, deadline: Deadline) -> None:
         """Run caxton_shutdown in the worker and wait for it to exit; kill it
         if it does not by the deadline."""
         if self.process.alive:
+            self.parking.enter()  # thawed for good: it is about to exit
             try:
                 self.client.shutdown(deadline)
             except WorkerCallError as exc:
@@ -249,10 +251,8 @@ class WorkerInstance:
         part of how its exit is described."""
         if reason and not self.kill_reason:
             self.kill_reason = reason
-        self._retiring = True
         self.process.kill()
-        if self._mailbox is not None:
-            self._mailbox.wake_all()
+        self.dispatcher.retire(drain=False)
 
     def close(self) -> None:
         """Release what the instance holds once its process has exited."""
@@ -270,47 +270,64 @@ class WorkerInstance:
                     f"({self.cgroup.memory_bytes >> 20} MiB)")
         return status.describe()
 
+    # ------------------------------------------------------------ calls besides messages
+
+    def probe(self, deadline: Deadline) -> Probe:
+        """Ask for the worker's figures without waiting (WorkerClient.probe).
+        A parked worker has not run since it last answered, so its figures
+        are the ones it gave then: status and metrics scrapes do not wake
+        it. Without such figures it is thawed and asked."""
+        known = self._last_stats
+        if self.parking.parked and known is not None:
+            return Probe(known)
+        self.parking.enter()
+        call = self.client.probe(deadline)
+
+        def answered() -> None:
+            self.parking.leave()
+            try:
+                self._last_stats = call.result()
+            except WorkerCallError:
+                pass
+
+        call.add_done_callback(answered)
+        return call
+
+    def stats(self, deadline: Deadline) -> WorkerStats:
+        with self.parking.awake():
+            self._last_stats = self.client.stats(deadline)
+            return self._last_stats
+
+    def warm_up(self, contents: list[bytes], deadline: Deadline) -> list[MessageOutcome]:
+        self._last_stats = None  # agent code runs: the figures change
+        with self.parking.awake():
+            return self.client.warm_up(contents, deadline)
+
     # ------------------------------------------------------------ dispatch
 
-    def _keep_taking(self, mailbox: Mailbox) -> bool:
-        if not self.process.alive or mailbox is not self._mailbox:
-            return False
-        if not self._retiring:
+    def _deliver_safely(self, batch: list[Pending]) -> bool:
+        """Deliver one batch (on a dispatch pool thread). A bug here must not
+        strand callers: whatever was not answered yet gets an error, and the
+        dispatcher goes on. The caller sees an id; the log line has it and
+        the detail."""
+        on_result = self._on_result
+        self._last_stats = None  # agent code runs: the figures change
+        try:
+            with self.parking.awake():
+                return self._deliver(batch, on_result)
+        except Exception:
+            error_id = secrets.token_hex(4)
+            log.exception("[%s v%d] internal error %s: dispatching a batch failed", self.agent, self.version,
+                          error_id)
+            for pending in batch:
+                if pending.resolve(grpc.StatusCode.INTERNAL,
+                                   f"internal error {error_id}: the supervisor failed dispatching the message"):
+                    on_result(False)
             return True
-        return self._draining and len(mailbox) > 0
-
-    def _dispatch(self, mailbox: Mailbox) -> None:
-        config = self._config
-        keep_taking = functools.partial(self._keep_taking, mailbox)
-        while True:
-            batch = mailbox.take_batch(config.batch_max_messages, config.batch_max_bytes, keep_taking)
-            if not batch:
-                if self._mailbox is not mailbox and self._mailbox is not None and self.process.alive:
-                    mailbox = self._mailbox  # moved (move_to): go on taking from there
-                    keep_taking = functools.partial(self._keep_taking, mailbox)
-                    continue
-                return
-            on_result = self._on_result
-            try:
-                keep_going = self._deliver(batch, on_result)
-            except Exception:
-                # A bug here must not strand callers: whatever was not
-                # answered yet gets an error, and the loop goes on. The
-                # caller sees an id; the log line has it and the detail.
-                error_id = secrets.token_hex(4)
-                log.exception("[%s v%d] internal error %s: dispatching a batch failed", self.agent, self.version,
-                              error_id)
-                for pending in batch:
-                    if pending.resolve(grpc.StatusCode.INTERNAL,
-                                       f"internal error {error_id}: the supervisor failed dispatching the message"):
-                        on_result(False)
-                keep_going = True
-            if not keep_going:
-                return
 
     def _deliver(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
         """Send one batch to the worker and answer each message. Returns
-        False when this dispatcher should stop (worker gone or retiring)."""
+        False when the worker is gone."""
         # A worker that takes far longer than its agents' own timeouts allow
         # is hung: the bound turns that into an error instead of a dispatcher
         # stuck forever.
@@ -325,7 +342,7 @@ class WorkerInstance:
             for pending in batch:
                 if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
                     on_result(False)
-            return self.process.alive and not self._retiring
+            return self.process.alive
         self.handled += len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.resolve(outcome.code, outcome.error, outcome.reply)

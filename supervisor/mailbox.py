@@ -6,6 +6,11 @@ bound), so one supervisor-to-worker round trip carries one message when the
 agent is idle and hundreds under load. Pulling also spreads work across
 replicas by itself: an idle instance takes the next batch.
 
+A taker (dispatch.py's Dispatcher) never blocks here: `take` gives it a
+batch, or, when there is nothing to take, keeps it as idle and wakes it
+(`Taker.wake`) when the next message arrives. So an idle agent holds no
+thread.
+
 A message that has not been taken yet survives its worker's death: it stays
 here for the next instance.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
@@ -88,14 +94,29 @@ class Pending:
         self._done = True
 
 
+class Taker(Protocol):
+    """What takes batches from a mailbox (dispatch.Dispatcher)."""
+
+    def keep_taking(self) -> bool:
+        """Whether it still takes batches; called under the mailbox's lock,
+        so it must not block."""
+        ...
+
+    def wake(self) -> None:
+        """It was idle and there is something to take (or to notice): run
+        it again. Called without the mailbox's lock."""
+        ...
+
+
 class Mailbox:
     def __init__(self, limit: int):
         self.limit = limit
         self._queue: deque[Pending] = deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._closed_reason: str | None = None
         self._bytes = 0  # what the queued messages cost (Pending.cost), with or without a budget
         self._waiting: list[RoomCallback] = []  # wake-ups for callers waiting for room
+        self._idle: deque[Taker] = deque()  # takers that found nothing to take, first come first woken
         # Set once this mailbox's lane has ended (a rollout's candidate
         # promoted or withdrawn): what it held and whatever still arrives
         # goes there, so no accepted message is stranded.
@@ -117,11 +138,16 @@ class Mailbox:
         may have appeared. A closed mailbox, and a message that could never
         fit, always raise.
         """
-        with self._cond:
+        with self._lock:
             forward = self._forward
             if forward is None:
-                return self._put(pending, budget, on_room)
-        return forward.put(pending, budget, on_room)
+                queued = self._put(pending, budget, on_room)
+                taker = self._idle.popleft() if queued and self._idle else None
+        if forward is not None:
+            return forward.put(pending, budget, on_room)
+        if taker is not None:
+            taker.wake()
+        return queued
 
     def _put(self, pending: Pending, budget: MemoryBudget | None, on_room: RoomCallback | None) -> bool:
         """put (caller holds the lock)."""
@@ -145,7 +171,6 @@ class Mailbox:
             pending.budget = budget
         self._bytes += cost
         self._queue.append(pending)
-        self._cond.notify()
         return True
 
     def _no_room(self, reason: str, on_room: RoomCallback | None) -> bool:
@@ -157,7 +182,7 @@ class Mailbox:
 
     def forget(self, on_room: RoomCallback) -> None:
         """Withdraw a wake-up registered by put (its waiter gave up)."""
-        with self._cond:
+        with self._lock:
             if on_room in self._waiting:
                 self._waiting.remove(on_room)
 
@@ -186,86 +211,107 @@ class Mailbox:
 
     def close(self, reason: str) -> None:
         """Refuse new messages (with `reason`); queued ones stay to be taken."""
-        with self._cond:
+        with self._lock:
             self._closed_reason = reason
             # Waiting callers try again and learn the reason.
             self._wake_waiting()
 
     def reopen(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed_reason = None
 
     def forward_to(self, other: Mailbox) -> None:
         """Move every queued message to `other`, in order, and send whatever
         is put here from now on there too. Messages keep their budget charge."""
-        with self._cond:
+        with self._lock:
             self._forward = other
             moved = list(self._queue)
             self._queue.clear()
             self._bytes = 0
             waiting, self._waiting = self._waiting, []
-            self._cond.notify_all()
+            takers = self._take_idle()
         other.adopt(moved)
         for on_room in waiting:
             on_room()
+        for taker in takers:
+            taker.wake()
 
     def adopt(self, moved: list[Pending]) -> None:
         """Queue messages another mailbox had already accepted: no bound is
         checked (they were admitted once and must not be lost)."""
         if not moved:
             return
-        with self._cond:
+        with self._lock:
             self._queue.extend(moved)
             self._bytes += sum(p.cost for p in moved)
-            self._cond.notify_all()
+            takers = self._take_idle()
+        for taker in takers:
+            taker.wake()
 
     def wake_all(self) -> None:
-        """Wake every waiting taker, so that retiring ones can notice."""
-        with self._cond:
-            self._cond.notify_all()
+        """Wake every idle taker, so that retiring or moved ones can notice."""
+        with self._lock:
+            takers = self._take_idle()
+        for taker in takers:
+            taker.wake()
 
-    def take_batch(self, max_messages: int, max_bytes: int, keep_waiting: Callable[[], bool]) -> list[Pending]:
-        """Wait for at least one live message, then take what is queued.
+    def _take_idle(self) -> list[Taker]:
+        """(Caller holds the lock.)"""
+        takers = list(self._idle)
+        self._idle.clear()
+        return takers
 
-        Returns an empty list once `keep_waiting()` turns false. Messages
-        whose caller already gave up are dropped here, and ones whose deadline
-        has passed are answered DEADLINE_EXCEEDED without reaching the agent.
+    def take(self, max_messages: int, max_bytes: int, taker: Taker) -> list[Pending] | None:
+        """Take what is queued, up to the bounds, without waiting.
+
+        Returns None if `taker.keep_taking()` is false (it must stop), or a
+        batch of live messages, or an empty list after keeping `taker` as
+        idle: it is woken when the next message arrives. Messages whose
+        caller already gave up are dropped here, and ones whose deadline has
+        passed are answered DEADLINE_EXCEEDED without reaching the agent.
         """
-        with self._cond:
-            while True:
-                while not self._queue:
-                    if not keep_waiting():
-                        return []
-                    self._cond.wait()
-                if not keep_waiting():
-                    # We may have consumed the notify meant for a message
-                    # that another (live) taker should now take: pass it on.
-                    self._cond.notify()
-                    return []
-                batch: list[Pending] = []
-                removed: list[Pending] = []
-                size = 0
-                queue = self._queue
-                while queue and len(batch) < max_messages:
-                    pending = queue[0]
-                    if batch and size + pending.size > max_bytes:
-                        break
-                    queue.popleft()
-                    removed.append(pending)
-                    if pending.done:
-                        continue
-                    if pending.deadline.expired():
-                        pending.resolve(DEADLINE_EXCEEDED, "deadline passed while the message was queued")
-                        continue
-                    batch.append(pending)
-                    size += pending.size
-                self._removed(removed)
-                if batch:
-                    return batch
+        handed_on: Taker | None = None
+        with self._lock:
+            if not taker.keep_taking():
+                # It may have been woken for a message that another (live)
+                # taker should now take: pass the wake-up on.
+                if self._queue and self._idle:
+                    handed_on = self._idle.popleft()
+                batch = None
+            else:
+                batch = self._take_live(max_messages, max_bytes)
+                if not batch:
+                    self._idle.append(taker)
+        if handed_on is not None:
+            handed_on.wake()
+        return batch
+
+    def _take_live(self, max_messages: int, max_bytes: int) -> list[Pending]:
+        """(Caller holds the lock.)"""
+        batch: list[Pending] = []
+        removed: list[Pending] = []
+        size = 0
+        queue = self._queue
+        while queue and len(batch) < max_messages:
+            pending = queue[0]
+            if batch and size + pending.size > max_bytes:
+                break
+            queue.popleft()
+            removed.append(pending)
+            if pending.done:
+                continue
+            if pending.deadline.expired():
+                pending.resolve(DEADLINE_EXCEEDED, "deadline passed while the message was queued")
+                continue
+            batch.append(pending)
+            size += pending.size
+        if removed:
+            self._removed(removed)
+        return batch
 
     def fail_all(self, code: grpc.StatusCode, reason: str) -> int:
         """Answer every queued message with an error; returns how many."""
-        with self._cond:
+        with self._lock:
             queued = list(self._queue)
             self._queue.clear()
             self._removed(queued)

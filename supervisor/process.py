@@ -114,11 +114,15 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL through the pidfd, so a recycled pid can never be hit."""
+        self.send_signal(signal.SIGKILL)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the worker through its pidfd; nothing if it has exited."""
         with self._lock:
             if self.exit_status is not None or self._pidfd is None:
                 return
             try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
                 pass
 

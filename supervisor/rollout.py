@@ -100,13 +100,13 @@ def prove_ready(instances: list[WorkerInstance], warmup: list[bytes], timeout_s:
     saying which check failed."""
     for instance in instances:
         try:
-            instance.client.stats(Deadline.after(timeout_s))
+            instance.stats(Deadline.after(timeout_s))
         except WorkerCallError as exc:
             raise InstanceStartError(f"worker {instance.pid} failed its health check: {exc.details}") from exc
         if not warmup:
             continue
         try:
-            outcomes = instance.client.warm_up(warmup, Deadline.after(timeout_s * len(warmup)))
+            outcomes = instance.warm_up(warmup, Deadline.after(timeout_s * len(warmup)))
         except WorkerCallError as exc:
             raise InstanceStartError(f"worker {instance.pid} failed during warm-up: {exc.details}") from exc
         for number, outcome in enumerate(outcomes, 1):

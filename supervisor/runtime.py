@@ -180,6 +180,12 @@ class Runtime:
     def status(self, name: str) -> AgentSnapshot:
         return self._snapshot(self.get(name))
 
+    def states(self) -> list[str]:
+        """Each agent's state, without asking any worker: for the status
+        line systemd shows, written every few seconds, which must not wake
+        parked workers."""
+        return [agent.view().state.value for agent in list(self._agents.values())]
+
     def list(self) -> list[AgentSnapshot]:
         return [self._snapshot(agent) for agent in sorted(self._agents.values(), key=lambda a: a.name)]
 

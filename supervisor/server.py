@@ -181,6 +181,7 @@ class Supervisor:
             interval_s=config.health_interval_s,
             timeout_s=config.health_timeout_s,
             failures=config.health_failures,
+            park_after_s=config.park_after_s,
         )
         self.budget = MemoryBudget(config.memory_budget, config.queue_bytes)
         self.runtime.router.budget = self.budget
@@ -288,7 +289,7 @@ class Supervisor:
 
     def summary(self) -> str:
         """One line for `systemctl status`."""
-        states = [status.state.value for status in self.runtime.list()]
+        states = self.runtime.states()
         return (f"{states.count('running')} of {len(states)} agents running, {states.count('failed')} failed; "
                 f"API on {self.address}")
 

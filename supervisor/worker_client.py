@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -115,14 +115,24 @@ def _translated(doing: str) -> Iterator[None]:
 
 class Probe:
     """A health probe in flight (see WorkerClient.probe): the call, or why it
-    could not even be started."""
+    could not even be started, or figures known without asking."""
 
-    def __init__(self, call: grpc.Future | WorkerCallError):
+    def __init__(self, call: grpc.Future | WorkerCallError | WorkerStats):
         self._call = call
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once the probe is answered or has failed (at
+        once if it is already)."""
+        if not isinstance(self._call, grpc.Future):
+            callback()
+            return
+        self._call.add_done_callback(lambda _: callback())
 
     def result(self) -> WorkerStats:
         """Wait for the answer, no longer than the probe's deadline; raises
         WorkerCallError if none came."""
+        if isinstance(self._call, WorkerStats):
+            return self._call
         if isinstance(self._call, WorkerCallError):
             raise self._call
         with _translated("answering a health check"):

@@ -2,8 +2,8 @@
 
 `FakeLaunch` stands where `functools.partial(launch_instance, env)` stands in
 the real supervisor (the runtime's `Launch` seam): it returns `FakeInstance`s
-that take batches from the agent's real mailbox on a thread of their own and
-echo each message's content, with no process, no gRPC and no wasmtime. The
+that take batches from the agent's real mailbox through the real dispatcher
+(on a dispatch pool of this module's own) and echo each message's content, with no process, no gRPC and no wasmtime. The
 real Runtime, Agent, Rollout, Mailbox and SQLite store run around them, so
 these tests exercise the supervisor's policy and bookkeeping in milliseconds;
 the end-to-end tests cover the real plumbing.
@@ -19,13 +19,15 @@ from collections.abc import Callable
 import grpc
 
 from caxton.supervisor.deadline import Deadline
+from caxton.supervisor.dispatch import Dispatcher, DispatchPool
 from caxton.supervisor.instance import InstanceStartError
 from caxton.supervisor.launcher import ExitStatus
-from caxton.supervisor.mailbox import Mailbox
+from caxton.supervisor.mailbox import Mailbox, Pending
 from caxton.supervisor.store import VersionRecord
 from caxton.supervisor.worker_client import MessageOutcome, WorkerStats
 
 _pids = itertools.count(100_000)
+_POOL = DispatchPool(name="fake-dispatch")
 
 
 class FakeProcess:
@@ -100,10 +102,10 @@ class FakeInstance:
         self.handled = 0
         self.kill_reason = ""
         self._gate = gate
-        self._retiring = False
-        self._draining = False
-        self._mailbox: Mailbox | None = None
-        self._thread: threading.Thread | None = None
+        self._on_result: Callable[[bool], None] = lambda ok: None
+        self.dispatcher = Dispatcher(_POOL, self._deliver, lambda: self.process.alive, batch_max_messages=256,
+                                     batch_max_bytes=1 << 22)
+        self.parked = False
 
     @property
     def pid(self) -> int:
@@ -114,54 +116,51 @@ class FakeInstance:
         return self.process.alive
 
     def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
-        self._mailbox = mailbox
-        self._thread = threading.Thread(target=self._dispatch, args=(mailbox, on_result), daemon=True)
-        self._thread.start()
+        self._on_result = on_result
+        self.dispatcher.serve(mailbox)
 
-    def _keep_taking(self) -> bool:
-        if not self.process.alive:
-            return False
-        return not self._retiring or (self._draining and len(self._mailbox) > 0)
-
-    def _dispatch(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
-        while batch := mailbox.take_batch(256, 1 << 22, self._keep_taking):
-            if self._gate is not None:
-                self._gate.wait(10)
-            for pending in batch:
-                if not self.process.alive:
-                    pending.resolve(grpc.StatusCode.UNAVAILABLE, f"worker {self.pid} died")
-                    on_result(False)
-                    continue
-                self.handled += 1
-                pending.resolve(grpc.StatusCode.OK, "", pending.message.content)
-                on_result(True)
+    def _deliver(self, batch: list[Pending]) -> bool:
+        if self._gate is not None:
+            self._gate.wait(10)
+        for pending in batch:
+            if not self.process.alive:
+                pending.resolve(grpc.StatusCode.UNAVAILABLE, f"worker {self.pid} died")
+                self._on_result(False)
+                continue
+            self.handled += 1
+            pending.resolve(grpc.StatusCode.OK, "", pending.message.content)
+            self._on_result(True)
+        return self.process.alive
 
     def retire(self, mailbox: Mailbox, *, drain: bool) -> None:
-        self._draining = drain
-        self._retiring = True
-        mailbox.wake_all()
+        self.dispatcher.retire(drain=drain)
 
     def wait_idle(self, deadline: Deadline) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(deadline.timeout())
-        return not self._thread.is_alive()
+        return self.dispatcher.wait_stopped(deadline)
+
+    def probe(self, deadline: Deadline) -> _FakeProbe:
+        return self.client.probe(deadline)
+
+    def stats(self, deadline: Deadline) -> WorkerStats:
+        return self.client.stats(deadline)
+
+    def warm_up(self, contents, deadline: Deadline) -> list[MessageOutcome]:
+        return self.client.warm_up(contents, deadline)
 
     def shutdown(self, deadline: Deadline) -> None:
         self.process.exit(0)
 
     def kill(self, reason: str = "") -> None:
         self.kill_reason = self.kill_reason or reason
-        self._retiring = True
         self.process.exit(-9)
-        if self._mailbox is not None:
-            self._mailbox.wake_all()
+        self.dispatcher.retire(drain=False)
 
     def crash(self) -> None:
         """The worker dies on its own (as a SIGSEGV would end it)."""
         self.process.exit(-11)
-        if self._mailbox is not None:
-            self._mailbox.wake_all()
+        mailbox = self.dispatcher.mailbox
+        if mailbox is not None:
+            mailbox.wake_all()
 
     def close(self) -> None:
         pass

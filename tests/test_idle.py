@@ -106,6 +106,21 @@ class _Instance:
     alive: bool = True
     client: _Client = field(default_factory=_Client)
     kill_reason: str = ""
+    quiet_for: float = 0.0  # what the instance's parking would measure
+    parked: bool = False
+
+    @property
+    def parking(self) -> _Instance:
+        return self
+
+    def park_if_idle(self, after_s: float) -> bool:
+        if self.parked or self.quiet_for < after_s:
+            return False
+        self.parked = True
+        return True
+
+    def probe(self, deadline: object) -> _Probe:
+        return self.client.probe(deadline)
 
     def kill(self, reason: str) -> None:
         self.kill_reason = reason
@@ -120,9 +135,9 @@ class _Clock:
         return self.now
 
 
-def _monitor(instances: list[_Instance], clock: _Clock) -> HealthMonitor:
+def _monitor(instances: list[_Instance], clock: _Clock, park_after_s: float = 0.0) -> HealthMonitor:
     return HealthMonitor(lambda: instances, interval_s=INTERVAL, timeout_s=1.0, failures=2,  # type: ignore[arg-type,return-value]
-                         clock=clock)
+                         park_after_s=park_after_s, clock=clock)
 
 
 def _run_sweeps(monitor: HealthMonitor, clock: _Clock, count: int, each: Callable[[], None] | None = None) -> None:
@@ -182,3 +197,23 @@ def test_a_worker_that_answers_after_a_miss_is_not_killed():
     flaky.client.answers = False
     _run_sweeps(monitor, clock, IDLE_SWEEPS - 1)  # back on the idle cadence: not asked
     assert flaky.alive and flaky.client.probes == 2
+
+
+def test_idle_workers_are_parked_and_parked_ones_are_not_asked():
+    clock = _Clock()
+    quiet, busy = _Instance("quiet", quiet_for=31.0), _Instance("busy", quiet_for=0.0)
+    monitor = _monitor([quiet, busy], clock, park_after_s=30.0)
+
+    def work() -> None:
+        busy.handled += 1
+
+    _run_sweeps(monitor, clock, IDLE_SWEEPS * 3, work)
+    assert quiet.parked and not busy.parked
+    assert quiet.client.probes == 0  # parked at the first sweep, never asked
+
+
+def test_parking_off_parks_nothing():
+    clock = _Clock()
+    quiet = _Instance("quiet", quiet_for=1000.0)
+    _run_sweeps(_monitor([quiet], clock), clock, IDLE_SWEEPS + 1)
+    assert not quiet.parked and quiet.client.probes == 1

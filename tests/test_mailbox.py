@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import grpc
 import pytest
 
@@ -13,7 +10,6 @@ from caxton.supervisor.errors import ResourceExhausted, Unavailable
 from caxton.supervisor.mailbox import DEADLINE_EXCEEDED, Mailbox, Pending
 from caxton.v1 import caxton_pb2
 
-JOIN_TIMEOUT = 5.0
 NEVER = Deadline.never()
 
 
@@ -33,17 +29,28 @@ def make(content: bytes = b"x", *, deadline: Deadline = NEVER, message_id: str =
     return Pending(message, deadline, recorder), recorder
 
 
-def always() -> bool:
-    return True
+class StubTaker:
+    """A taker that counts its wake-ups; `keep` says whether it still takes."""
+
+    def __init__(self, keep: bool = True):
+        self.keep = keep
+        self.woken = 0
+
+    def keep_taking(self) -> bool:
+        return self.keep
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def take(box: Mailbox, max_messages: int = 100, max_bytes: int = 1 << 20) -> list[Pending]:
+    batch = box.take(max_messages, max_bytes, StubTaker())
+    assert batch is not None
+    return batch
 
 
 def ids(batch: list[Pending]) -> list[str]:
     return [p.message.message_id for p in batch]
-
-
-def true_then_false(n_true: int):
-    calls = iter([True] * n_true)
-    return lambda: next(calls, False)
 
 
 # ------------------------------------------------------------ Pending
@@ -85,7 +92,7 @@ def test_put_take_preserves_order():
     for i in range(5):
         box.put(make(message_id=str(i))[0])
     assert len(box) == 5
-    batch = box.take_batch(100, 1 << 20, always)
+    batch = take(box, 100, 1 << 20)
     assert ids(batch) == ["0", "1", "2", "3", "4"]
     assert len(box) == 0
 
@@ -94,9 +101,9 @@ def test_order_preserved_across_batches():
     box = Mailbox(limit=10)
     for i in range(5):
         box.put(make(message_id=str(i))[0])
-    assert ids(box.take_batch(2, 1 << 20, always)) == ["0", "1"]
-    assert ids(box.take_batch(2, 1 << 20, always)) == ["2", "3"]
-    assert ids(box.take_batch(2, 1 << 20, always)) == ["4"]
+    assert ids(take(box, 2, 1 << 20)) == ["0", "1"]
+    assert ids(take(box, 2, 1 << 20)) == ["2", "3"]
+    assert ids(take(box, 2, 1 << 20)) == ["4"]
 
 
 def test_queue_limit_raises_resource_exhausted():
@@ -109,7 +116,7 @@ def test_queue_limit_raises_resource_exhausted():
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(box) == 2
     # taking frees room again
-    box.take_batch(1, 1 << 20, always)
+    take(box, 1, 1 << 20)
     box.put(make()[0])
     assert len(box) == 2
 
@@ -124,10 +131,10 @@ def test_closed_mailbox_refuses_with_reason_then_reopens():
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     # queued messages stay to be taken
     assert len(box) == 1
-    assert ids(box.take_batch(10, 1 << 20, always)) == ["before"]
+    assert ids(take(box, 10, 1 << 20)) == ["before"]
     box.reopen()
     box.put(make(message_id="after")[0])
-    assert ids(box.take_batch(10, 1 << 20, always)) == ["after"]
+    assert ids(take(box, 10, 1 << 20)) == ["after"]
 
 
 def test_closed_reason_checked_before_limit():
@@ -141,42 +148,42 @@ def test_closed_reason_checked_before_limit():
 # ------------------------------------------------------------ batch bounds
 
 
-def test_take_batch_respects_max_messages():
+def test_take_respects_max_messages():
     box = Mailbox(limit=10)
     for i in range(4):
         box.put(make(message_id=str(i))[0])
-    assert ids(box.take_batch(3, 1 << 20, always)) == ["0", "1", "2"]
+    assert ids(take(box, 3, 1 << 20)) == ["0", "1", "2"]
     assert len(box) == 1
 
 
-def test_take_batch_respects_max_bytes():
+def test_take_respects_max_bytes():
     box = Mailbox(limit=10)
     for i in range(4):
         box.put(make(b"abc", message_id=str(i))[0])
-    assert ids(box.take_batch(100, 7, always)) == ["0", "1"]  # 3 + 3 <= 7, + 3 > 7
+    assert ids(take(box, 100, 7)) == ["0", "1"]  # 3 + 3 <= 7, + 3 > 7
     assert len(box) == 2
 
 
-def test_take_batch_max_bytes_is_inclusive():
+def test_take_max_bytes_is_inclusive():
     box = Mailbox(limit=10)
     for i in range(3):
         box.put(make(b"abc", message_id=str(i))[0])
-    assert ids(box.take_batch(100, 6, always)) == ["0", "1"]
+    assert ids(take(box, 100, 6)) == ["0", "1"]
 
 
-def test_take_batch_always_takes_one_even_if_too_big():
+def test_take_always_takes_one_even_if_too_big():
     box = Mailbox(limit=10)
     box.put(make(b"x" * 100, message_id="big")[0])
     box.put(make(b"y", message_id="small")[0])
-    assert ids(box.take_batch(100, 10, always)) == ["big"]
-    assert ids(box.take_batch(100, 10, always)) == ["small"]
+    assert ids(take(box, 100, 10)) == ["big"]
+    assert ids(take(box, 100, 10)) == ["small"]
 
 
 def test_empty_content_messages_fill_by_count():
     box = Mailbox(limit=10)
     for i in range(5):
         box.put(make(b"", message_id=str(i))[0])
-    assert ids(box.take_batch(100, 0, always)) == ["0", "1", "2", "3", "4"]
+    assert ids(take(box, 100, 0)) == ["0", "1", "2", "3", "4"]
 
 
 # ------------------------------------------------------------ cancelled / expired
@@ -190,7 +197,7 @@ def test_cancelled_pending_is_skipped():
     for p in (a, b, c):
         box.put(p)
     b.cancel()
-    assert ids(box.take_batch(10, 1 << 20, always)) == ["a", "c"]
+    assert ids(take(box, 10, 1 << 20)) == ["a", "c"]
     assert rec_b.calls == []
     assert len(box) == 0
 
@@ -202,7 +209,7 @@ def test_cancelled_pending_does_not_count_towards_max_messages():
     box.put(a)
     box.put(make(message_id="b")[0])
     box.put(make(message_id="c")[0])
-    assert ids(box.take_batch(2, 1 << 20, always)) == ["b", "c"]
+    assert ids(take(box, 2, 1 << 20)) == ["b", "c"]
 
 
 def test_expired_deadline_resolved_and_not_returned():
@@ -211,7 +218,7 @@ def test_expired_deadline_resolved_and_not_returned():
     live, live_rec = make(deadline=Deadline.after(3600), message_id="live")
     box.put(expired)
     box.put(live)
-    assert ids(box.take_batch(10, 1 << 20, always)) == ["live"]
+    assert ids(take(box, 10, 1 << 20)) == ["live"]
     assert len(rec.calls) == 1
     code, error, reply = rec.calls[0]
     assert code == DEADLINE_EXCEEDED == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -227,7 +234,7 @@ def test_deadline_is_checked_when_taken_not_when_put():
     pending, rec = make(deadline=Deadline.after(1.0, clock=lambda: now[0]), message_id="m")
     box.put(pending)
     now[0] += 1.0  # the caller's deadline passes while the message waits
-    assert box.take_batch(10, 1 << 20, true_then_false(1)) == []
+    assert take(box, 10) == []
     assert [c[0] for c in rec.calls] == [DEADLINE_EXCEEDED]
 
 
@@ -240,65 +247,93 @@ def test_only_dead_messages_then_stop_waiting_returns_empty():
     box.put(expired)
     # first check sees a non-empty queue; after dropping both it must not
     # return an empty "batch" but go back to waiting, where keep_waiting is false
-    assert box.take_batch(10, 1 << 20, true_then_false(1)) == []
+    assert take(box, 10) == []
     assert len(box) == 0
     assert rec_c.calls == []
     assert [c[0] for c in rec_e.calls] == [DEADLINE_EXCEEDED]
 
 
-def test_take_batch_returns_empty_if_not_keep_waiting_even_with_messages():
+def test_take_returns_none_to_a_taker_that_stops_and_leaves_the_messages():
     box = Mailbox(limit=10)
     box.put(make(message_id="kept")[0])
-    assert box.take_batch(10, 1 << 20, lambda: False) == []
+    assert box.take(10, 1 << 20, StubTaker(keep=False)) is None
     assert len(box) == 1  # left for another taker
-    assert ids(box.take_batch(10, 1 << 20, always)) == ["kept"]
+    assert ids(take(box, 10)) == ["kept"]
 
 
-# ------------------------------------------------------------ threads
+# ------------------------------------------------------------ idle takers
 
 
-def test_take_batch_returns_empty_after_wake_all_when_keep_waiting_turns_false():
+def test_an_empty_mailbox_keeps_the_taker_and_the_next_put_wakes_it_once():
     box = Mailbox(limit=10)
-    keep = threading.Event()
-    keep.set()
-    waiting = threading.Event()
-    result: list = []
-
-    def keep_waiting() -> bool:
-        waiting.set()
-        return keep.is_set()
-
-    def taker():
-        result.append(box.take_batch(10, 1 << 20, keep_waiting))
-
-    thread = threading.Thread(target=taker, daemon=True)
-    thread.start()
-    assert waiting.wait(JOIN_TIMEOUT)
-    # The taker holds the mailbox lock from keep_waiting() until it waits, so
-    # wake_all (which takes the lock) cannot slip in before the wait.
-    keep.clear()
-    box.wake_all()
-    thread.join(JOIN_TIMEOUT)
-    assert not thread.is_alive()
-    assert result == [[]]
-
-
-def test_put_wakes_a_waiting_taker():
-    box = Mailbox(limit=10)
-    waiting = threading.Event()
-    result: list = []
-
-    def keep_waiting() -> bool:
-        waiting.set()
-        return True
-
-    thread = threading.Thread(target=lambda: result.append(box.take_batch(10, 1 << 20, keep_waiting)), daemon=True)
-    thread.start()
-    assert waiting.wait(JOIN_TIMEOUT)
+    taker = StubTaker()
+    assert box.take(10, 1 << 20, taker) == []
+    assert taker.woken == 0
     box.put(make(message_id="m")[0])
-    thread.join(JOIN_TIMEOUT)
-    assert not thread.is_alive()
-    assert len(result) == 1 and ids(result[0]) == ["m"]
+    assert taker.woken == 1
+    box.put(make(message_id="n")[0])
+    assert taker.woken == 1  # handed back once: no longer idle
+    assert ids(box.take(10, 1 << 20, taker)) == ["m", "n"]
+    assert taker.woken == 1
+
+
+def test_a_taker_given_a_batch_is_not_kept_as_idle():
+    box = Mailbox(limit=10)
+    taker = StubTaker()
+    box.put(make(message_id="m")[0])
+    assert ids(box.take(10, 1 << 20, taker)) == ["m"]
+    box.put(make(message_id="n")[0])
+    assert taker.woken == 0
+
+
+def test_puts_wake_idle_takers_first_come_first_woken():
+    box = Mailbox(limit=10)
+    first, second = StubTaker(), StubTaker()
+    assert box.take(10, 1 << 20, first) == []
+    assert box.take(10, 1 << 20, second) == []
+    box.put(make()[0])
+    assert (first.woken, second.woken) == (1, 0)
+    box.put(make()[0])
+    assert (first.woken, second.woken) == (1, 1)
+
+
+def test_wake_all_wakes_every_idle_taker_once():
+    box = Mailbox(limit=10)
+    takers = [StubTaker() for _ in range(3)]
+    for taker in takers:
+        assert box.take(10, 1 << 20, taker) == []
+    box.wake_all()
+    box.wake_all()
+    assert [t.woken for t in takers] == [1, 1, 1]
+
+
+def test_adopted_and_forwarded_messages_wake_idle_takers():
+    old, new = Mailbox(limit=10), Mailbox(limit=10)
+    on_old, on_new = StubTaker(), StubTaker()
+    assert old.take(10, 1 << 20, on_old) == []
+    assert new.take(10, 1 << 20, on_new) == []
+    old.put(make(message_id="a")[0])
+    assert on_old.woken == 1
+    assert ids(old.take(10, 1 << 20, on_old) or []) == ["a"]
+    old.adopt([make(message_id="b")[0]])
+    old.forward_to(new)
+    assert on_new.woken == 1
+    assert ids(take(new)) == ["b"]
+
+
+def test_a_stopping_taker_passes_the_wake_up_on():
+    """A put wakes one idle taker; if that one has stopped, the message must
+    still reach a live taker instead of waiting for the next put."""
+    box = Mailbox(limit=10)
+    retiring, live = StubTaker(), StubTaker()
+    assert box.take(10, 1 << 20, retiring) == []
+    assert box.take(10, 1 << 20, live) == []
+    box.put(make(message_id="m")[0])  # wakes the retiring taker first
+    assert (retiring.woken, live.woken) == (1, 0)
+    retiring.keep = False
+    assert box.take(10, 1 << 20, retiring) is None
+    assert live.woken == 1
+    assert ids(box.take(10, 1 << 20, live)) == ["m"]
 
 
 # ------------------------------------------------------------ fail_all
@@ -334,36 +369,3 @@ def test_fail_all_skips_already_done():
 
 def test_fail_all_on_empty_mailbox():
     assert Mailbox(limit=1).fail_all(grpc.StatusCode.UNAVAILABLE, "x") == 0
-
-
-def _wait_for_waiters(box: Mailbox, count: int) -> None:
-    # Condition wakes waiters first-in first-out; the test needs to know who
-    # waits first, so it peeks at the condition's waiter queue.
-    deadline = time.monotonic() + 5
-    while len(box._cond._waiters) < count:
-        assert time.monotonic() < deadline, "takers did not start waiting"
-        time.sleep(0.001)
-
-
-def test_a_retiring_taker_passes_the_wake_up_on():
-    """A put wakes one taker; if that one is retiring, the message must still
-    reach a live taker instead of waiting for the next put."""
-    box = Mailbox(limit=10)
-    retiring = threading.Event()
-    took: list = []
-    stop = threading.Event()
-    dead = threading.Thread(target=lambda: box.take_batch(10, 1 << 20, lambda: not retiring.is_set()), daemon=True)
-    live = threading.Thread(target=lambda: took.extend(box.take_batch(10, 1 << 20, lambda: not stop.is_set())),
-                            daemon=True)
-    dead.start()
-    _wait_for_waiters(box, 1)
-    live.start()
-    _wait_for_waiters(box, 2)
-    retiring.set()
-    box.put(make(b"m")[0])  # wakes the retiring taker first
-    live.join(5)
-    stop.set()
-    box.wake_all()
-    dead.join(5)
-    live.join(5)
-    assert len(took) == 1

@@ -1,0 +1,193 @@
+"""Dispatch: carrying messages from a mailbox to the worker instances that serve it.
+
+A thread per worker instance, blocked on its mailbox, cost the supervisor a
+thread (and its stack) for every idle agent: 1,000 idle agents, 1,000
+threads. Here an instance's `Dispatcher` holds no thread. It is run by the
+supervisor's one `DispatchPool` only while its mailbox holds messages: it
+takes batches until the mailbox is empty, then registers with the mailbox as
+idle and gives its thread back. The next message put wakes it, which submits
+it to the pool again. So threads follow the agents that are busy right now,
+and an idle pool thread retires after `idle_timeout_s`.
+
+At most one drain of a dispatcher runs at a time, which keeps a worker's
+batches in order: a drain is submitted once by `serve`, and after that only
+by the mailbox, when it hands back a dispatcher that the previous drain
+registered as idle (Mailbox.take). A drain that must stop (the instance is
+retiring or dead) says so once, through `wait_stopped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from .deadline import Deadline
+from .mailbox import Mailbox, Pending
+
+log = logging.getLogger("caxton.dispatch")
+
+# An idle pool thread lives this long before it ends: long enough to carry
+# a steady trickle of messages without a thread start each time, short
+# enough that a burst's threads are gone soon after it.
+POOL_IDLE_TIMEOUT_S = 10.0
+
+
+class DispatchPool:
+    """An elastic thread pool: a task runs at once, on an idle thread if one
+    is waiting or on a new one otherwise, and threads end after idling
+    `idle_timeout_s`. Unbounded on purpose: a task is one instance's drain,
+    which may wait on its worker for as long as its messages' timeouts
+    allow, so a bound would let slow agents hold up fast ones."""
+
+    def __init__(self, idle_timeout_s: float = POOL_IDLE_TIMEOUT_S, name: str = "dispatch"):
+        self._idle_timeout_s = idle_timeout_s
+        self._name = name
+        self._cond = threading.Condition()
+        self._tasks: deque[Callable[[], None]] = deque()
+        self._idle = 0  # threads waiting for a task
+        self._threads = 0
+        self._started = 0  # threads ever started, to name them
+
+    @property
+    def threads(self) -> int:
+        """Threads alive now (busy or idle)."""
+        with self._cond:
+            return self._threads
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._cond:
+            self._tasks.append(task)
+            if self._idle >= len(self._tasks):
+                self._cond.notify()
+                return
+            self._threads += 1
+            self._started += 1
+            number = self._started
+        threading.Thread(target=self._work, name=f"{self._name}-{number}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._tasks:
+                    self._idle += 1
+                    woken = self._cond.wait(self._idle_timeout_s)
+                    self._idle -= 1
+                    # A wake-up can race the timeout: a queued task is
+                    # taken either way.
+                    if not woken and not self._tasks:
+                        self._threads -= 1
+                        return
+                task = self._tasks.popleft()
+            try:
+                task()
+            except Exception:
+                log.exception("a dispatch task failed")
+
+
+class Dispatcher:
+    """Feeds one worker instance from a mailbox, in batches.
+
+    `deliver(batch)` sends a batch to the worker and answers each message;
+    it returns False when the instance should take no more (its worker is
+    gone). `alive()` says whether the worker can still take batches.
+    """
+
+    def __init__(self, pool: DispatchPool, deliver: Callable[[list[Pending]], bool], alive: Callable[[], bool], *,
+                 batch_max_messages: int, batch_max_bytes: int):
+        self._pool = pool
+        self._deliver = deliver
+        self._alive = alive
+        self._max_messages = batch_max_messages
+        self._max_bytes = batch_max_bytes
+        self._lock = threading.Lock()
+        self._mailbox: Mailbox | None = None
+        self._active = False  # a drain is queued, running, or registered idle with the mailbox
+        self._retiring = False
+        # While draining, the dispatcher keeps taking until the mailbox is
+        # empty: messages already accepted are still handled.
+        self._draining = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    @property
+    def mailbox(self) -> Mailbox | None:
+        return self._mailbox
+
+    def serve(self, mailbox: Mailbox) -> None:
+        """Take batches from `mailbox` from now on."""
+        with self._lock:
+            self._mailbox = mailbox
+            if self._active:
+                mailbox.wake_all()
+                return
+            self._active = True
+            self._stopped.clear()
+        self._pool.submit(self._drain)
+
+    def move_to(self, mailbox: Mailbox) -> None:
+        """Take from `mailbox` instead; the batch in hand finishes first."""
+        old, self._mailbox = self._mailbox, mailbox
+        if old is not None:
+            old.wake_all()
+
+    def retire(self, *, drain: bool) -> None:
+        """Stop taking batches: at once (drain=False; the batch in hand still
+        finishes), or once the mailbox is empty (drain=True)."""
+        self._draining = drain
+        self._retiring = True
+        if self._mailbox is not None:
+            self._mailbox.wake_all()
+
+    def reinstate(self) -> None:
+        """Undo retire(), before serve() is called again."""
+        self._retiring = False
+        self._draining = False
+
+    def wait_stopped(self, deadline: Deadline) -> bool:
+        """Wait until the batch in hand is finished and no more will be taken
+        (after retire(), or once the worker is gone)."""
+        return self._stopped.wait(deadline.timeout())
+
+    # ------------------------------------------------------------ for the mailbox
+
+    def keep_taking(self) -> bool:
+        """Called by the mailbox under its lock: no blocking here."""
+        mailbox = self._mailbox
+        if mailbox is None or not self._alive():
+            return False
+        if not self._retiring:
+            return True
+        return self._draining and len(mailbox) > 0
+
+    def wake(self) -> None:
+        """The mailbox hands back a dispatcher registered as idle: messages
+        came (or it must notice it is retiring)."""
+        self._pool.submit(self._drain)
+
+    # ------------------------------------------------------------ the drain
+
+    def _drain(self) -> None:
+        while True:
+            mailbox = self._mailbox
+            batch = mailbox.take(self._max_messages, self._max_bytes, self) if mailbox is not None else None
+            if batch is None:
+                # Moved (move_to) or served again meanwhile: go on taking.
+                if self._finish():
+                    return
+                continue
+            if not batch:
+                return  # registered as idle: the next put wakes us
+            if not self._deliver(batch) and self._finish():
+                return
+
+    def _finish(self) -> bool:
+        """Stop, unless serve()/move_to() gave this dispatcher more to take
+        meanwhile (then False: the drain goes on)."""
+        with self._lock:
+            if self.keep_taking():
+                return False
+            self._active = False
+            self._stopped.set()
+            return True

@@ -1,0 +1,126 @@
+"""Idle workers are parked (frozen) and woken by the next call: real
+supervisor, real workers, with the cgroup freezer and with SIGSTOP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from caxton.v1 import caxton_pb2
+from tests.harness import wait_until
+
+PARKING = """
+park_after_s = 0.3
+health_interval_s = 0.1
+[sandbox]
+cgroups = "{cgroups}"
+"""
+
+
+def _cgroup_dir(pid: int) -> Path | None:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+    return None
+
+
+def frozen(pid: int) -> bool:
+    """Frozen by the cgroup freezer, or stopped by SIGSTOP."""
+    # Some kernels show a SIGSTOPped process as "t" rather than "T".
+    if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return True
+    directory = _cgroup_dir(pid)
+    if directory is None or not (directory / "cgroup.freeze").exists():
+        return False
+    return "frozen 1" in (directory / "cgroup.events").read_text().splitlines()
+
+
+def wake_ups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads: each is a
+    thread going to sleep, so an idle process that keeps waking up counts
+    up, and a frozen one does not."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.fixture(params=["auto", "off"], ids=["cgroup-freezer", "sigstop"])
+def parking_supervisor(request, supervisor):
+    if request.param == "auto" and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        pytest.skip("no cgroup v2 hierarchy on this host")
+    return supervisor(PARKING.format(cgroups=request.param))
+
+
+def test_an_idle_worker_is_parked_and_stops_waking_up(parking_supervisor):
+    sup = parking_supervisor
+    sup.deploy("echo", "echo")
+    assert sup.send("echo", b"hi").reply.content == b"hi"
+    pid = sup.worker_pids()[0]
+    wait_until(lambda: frozen(pid), 10, "the idle worker to be parked")
+    before = wake_ups(pid)
+    # A measurement window, not a synchronisation: an unparked idle worker
+    # wakes about ten times a second (gRPC's pollers), a parked one never.
+    window_ends = time.monotonic() + 2.0
+    while time.monotonic() < window_ends:
+        assert frozen(pid) and wake_ups(pid) == before
+        time.sleep(0.1)
+
+
+def test_a_message_thaws_a_parked_worker_and_it_parks_again(parking_supervisor):
+    sup = parking_supervisor
+    sup.deploy("counter", "counter")
+    pid = sup.worker_pids()[0]
+    for round_ in range(3):
+        wait_until(lambda: frozen(pid), 10, f"the worker to be parked (round {round_})")
+        reply = sup.send("counter", b"tick", timeout=10)
+        assert reply.reply.content  # the same worker answered, in order
+    assert sup.worker_pids() == [pid]
+
+
+def test_status_and_scrapes_of_a_parked_agent_do_not_wake_it(parking_supervisor):
+    sup = parking_supervisor
+    sup.deploy("echo", "echo")
+    assert sup.send("echo", b"hi").reply.content == b"hi"
+    pid = sup.worker_pids()[0]
+    wait_until(lambda: frozen(pid), 10, "the worker to be parked")
+    # Parked before anyone asked for its figures since the message: the
+    # first status thaws it once to ask.
+    assert sup.status("echo").instances[0].messages == 1
+    wait_until(lambda: frozen(pid), 10, "the worker to be parked again")
+    for _ in range(3):
+        status = sup.status("echo")
+        sup.lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(), timeout=10)
+        # The figures it gave last: it has not run since.
+        assert status.state == caxton_pb2.AGENT_STATE_RUNNING
+        assert status.instances[0].memory_bytes > 0 and status.instances[0].messages == 1
+        assert frozen(pid)
+
+
+def test_parked_workers_stop_and_drain_on_shutdown(parking_supervisor):
+    sup = parking_supervisor
+    for name in ("a", "b"):
+        sup.deploy(name, "echo")
+    pids = sup.worker_pids()
+    for pid in pids:
+        wait_until(lambda pid=pid: frozen(pid), 10, "every worker parked")
+    sup.lifecycle.StopAgent(caxton_pb2.StopAgentRequest(name="a"), timeout=10)
+    assert sup.status("a").state == caxton_pb2.AGENT_STATE_STOPPED
+    assert sup.stop(timeout=30) == 0
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_parked_worker_killed_from_outside_is_restarted(parking_supervisor):
+    sup = parking_supervisor
+    sup.deploy("echo", "echo")
+    pid = sup.worker_pids()[0]
+    wait_until(lambda: frozen(pid), 10, "the worker to be parked")
+    psutil.Process(pid).kill()
+    wait_until(lambda: sup.worker_pids() and sup.worker_pids() != [pid], 20, "a new worker")
+    assert sup.send("echo", b"again", timeout=10).reply.content == b"again"
