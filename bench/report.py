@@ -120,13 +120,13 @@ def _scale_rows(steps: Sequence[int]) -> list[Row]:
             Row("scale", f"scale.{n}.deploy_p50", f"{base}.deploy_p50" if base else None,
                 "≤ 30 ms" if n == first else ""),
             Row("scale", f"scale.{n}.deploy_p99", f"{base}.deploy_p99" if base else None),
-            Row("scale", f"scale.{n}.pss", f"{base}.pss" if base else None, "≤ 10 MiB"),
-            Row("scale", f"scale.{n}.uss", f"{base}.uss" if base else None),
+            Row("scale", f"scale.{n}.pss", f"{base}.pss" if base else None, "≤ 5 MiB"),
+            Row("scale", f"scale.{n}.uss", f"{base}.uss" if base else None, "≤ 4 MiB"),
             Row("scale", f"scale.{n}.used_per_agent"),
             Row("scale", f"scale.{n}.supervisor_rss", "scale.0.supervisor_rss"),
             Row("scale", f"scale.{n}.supervisor_threads", "scale.0.supervisor_threads"),
             Row("scale", f"scale.{n}.supervisor_fds", "scale.0.supervisor_fds"),
-            Row("scale", f"scale.{n}.idle_cpu"),
+            Row("scale", f"scale.{n}.idle_cpu", None, "≤ 2 % at 1,000" if n == 1000 else ""),
             Row("scale", f"scale.{n}.step_s"),
         ]
     return rows
@@ -160,7 +160,7 @@ ROWS: list[Row] = [
     Row("recovery", "recovery.exec.p50", "recovery.fork.p50"),
     *_memory_rows((10, 50, 100, 200)),
     *_hotswap_rows(),
-    *_scale_rows((10, 100, 500, 1000)),
+    *_scale_rows((10, 100, 500, 1000, 1500, 2000, 2500)),
 ]
 
 

@@ -167,11 +167,14 @@ def running_supervisor(state_dir: Path, config: str | None = None) -> Iterator[S
             supervisor.kill()
 
 
-def deploy_and_send(supervisor: SupervisorProcess, name: str, wasm: bytes) -> tuple[float, float]:
-    """Deploy, then wait for the first reply; both must succeed. Returns the
-    seconds each part took, to see which one grows."""
+def deploy_and_send(supervisor: SupervisorProcess, name: str, wasm: bytes,
+                    limits: caxton_pb2.ResourceLimits | None = None) -> tuple[float, float]:
+    """Deploy (with `limits`, or the supervisor's defaults), then wait for the
+    first reply; both must succeed. Returns the seconds each part took, to
+    see which one grows."""
     start = time.perf_counter()
-    status = supervisor.lifecycle.DeployAgent(caxton_pb2.DeployAgentRequest(name=name, module=wasm), timeout=60).status
+    request = caxton_pb2.DeployAgentRequest(name=name, module=wasm, limits=limits)
+    status = supervisor.lifecycle.DeployAgent(request, timeout=60).status
     deployed = time.perf_counter()
     assert status.state == caxton_pb2.AGENT_STATE_RUNNING, f"{name} is {caxton_pb2.AgentState.Name(status.state)}"
     message = caxton_pb2.AgentMessage(receiver=name, sender="bench", content=PAYLOAD)
@@ -185,11 +188,13 @@ def deploy_and_send(supervisor: SupervisorProcess, name: str, wasm: bytes) -> tu
 
 
 def grow_fleet(benchmark, supervisor: SupervisorProcess, names: list[str], prefix: str, count: int,
-               wasm: bytes) -> list[tuple[float, float]]:
-    """Deploy agents until `names` (the agents already running) reaches
-    `count`, each deploy one benchmark round. Returns each deploy's
-    (deploy, first reply) seconds; `names` grows as agents come up, so a
-    failure part way leaves it accurate for the caller's diagnosis."""
+               wasm: bytes, *, limits: caxton_pb2.ResourceLimits | None = None,
+               deadline: float | None = None) -> list[tuple[float, float]]:
+    """Deploy agents (each with `limits`) until `names` (the agents already
+    running) reaches `count`, each deploy one benchmark round; TimeoutError
+    if a deploy would start after `deadline` (time.monotonic()). Returns each
+    deploy's (deploy, first reply) seconds; `names` grows as agents come up,
+    so a failure part way leaves it accurate for the caller's diagnosis."""
     pending = iter(f"{prefix}-{i}" for i in range(len(names), count))
     splits: list[tuple[float, float]] = []
 
@@ -197,7 +202,9 @@ def grow_fleet(benchmark, supervisor: SupervisorProcess, names: list[str], prefi
         return (next(pending),), {}
 
     def deploy(name: str) -> None:
-        splits.append(deploy_and_send(supervisor, name, wasm))
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the time allowed for the deploys ran out; agents running: {len(names)}")
+        splits.append(deploy_and_send(supervisor, name, wasm, limits))
         names.append(name)
 
     benchmark.pedantic(deploy, setup=setup, rounds=count - len(names))
