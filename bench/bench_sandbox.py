@@ -152,7 +152,8 @@ def test_service_handle(benchmark, echo_path: Path, metering: str) -> None:
             module_path=str(echo_path),
             limits=worker_pb2.Limits(memory_bytes=limits.memory_bytes, fuel=limits.fuel,
                                      timeout_ms=limits.timeout_ms, max_message_bytes=limits.max_message_bytes),
-            os_limits=worker_pb2.OsLimits(uid=-1, gid=-1),  # leave this process's limits and user alone
+            # Leave this process's limits, user and system calls alone.
+            os_limits=worker_pb2.OsLimits(uid=-1, gid=-1, no_syscall_filter=True),
         ),
         context,
     )

@@ -23,6 +23,7 @@ from .send_policy import MessagingSettings, read_messaging
 from .settings import ConfigError, Table
 from .strategy import RolloutDefaults, read_rollout
 from .tls import TlsSettings, read_tls
+from .uids import HIGHEST_UID, LOWEST_UID
 
 # ConfigError and parse_size are re-exported: callers of load_config catch the
 # one and size limits the way the config does with the other.
@@ -43,8 +44,12 @@ class Limits:
 class SandboxSettings:
     """OS-level limits around each worker process."""
 
-    # Run workers as this user when the supervisor runs as root ("" = stay).
+    # Run workers as this user when the supervisor runs as root ("" = stay)
+    # and `uid_range` is off.
     user: str = "nobody"
+    # When the supervisor runs as root: each worker runs as a uid (and gid)
+    # of its own from this inclusive range (uids.py). None = off.
+    uid_range: tuple[int, int] | None = (600000, 665535)
     # Per-worker cgroups where the host allows them ("auto") or never ("off").
     cgroups: str = "auto"
     # The worker process's own memory on top of the agent's linear memory
@@ -55,6 +60,9 @@ class SandboxSettings:
     pids_max: int = 64         # cgroup pids limit per worker (threads count)
     open_files: int = 256      # RLIMIT_NOFILE
     cpu_seconds: int = 0       # RLIMIT_CPU over the worker's life (0 = none)
+    # Each worker's seccomp filter (worker/seccomp.py); off only to debug
+    # or to measure its cost.
+    syscall_filter: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,15 +151,33 @@ def _read_sandbox(table: Table) -> SandboxSettings:
     base = SandboxSettings()
     sandbox = SandboxSettings(
         user=table.string("user", base.user),
+        uid_range=_read_uid_range(table, base.uid_range),
         cgroups=table.choice("cgroups", base.cgroups, ("auto", "off")),
         memory_overhead_bytes=table.size("memory_overhead", base.memory_overhead_bytes),
         cpu_cores=table.number("cpu_cores", base.cpu_cores, minimum=0),
         pids_max=table.integer("pids_max", base.pids_max, minimum=0),
         open_files=table.integer("open_files", base.open_files, minimum=0),
         cpu_seconds=table.integer("cpu_seconds", base.cpu_seconds, minimum=0),
+        syscall_filter=table.flag("syscall_filter", base.syscall_filter),
     )
     table.finish()
     return sandbox
+
+
+def _read_uid_range(table: Table, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`uid_range = "FIRST-LAST"` (inclusive), or "" for off."""
+    text = table.string("uid_range", None)
+    if text is None:
+        return default
+    if not text:
+        return None
+    first, dash, last = text.partition("-")
+    if dash and first.strip().isdigit() and last.strip().isdigit():
+        uids = int(first), int(last)
+        if LOWEST_UID <= uids[0] <= uids[1] <= HIGHEST_UID:
+            return uids
+    raise table.error("uid_range", f'expected "FIRST-LAST" with {LOWEST_UID} <= FIRST <= LAST <= {HIGHEST_UID}, '
+                                   f'or "" for off, got {text!r}')
 
 
 def _read_policies(table: Table) -> dict[str, Policy]:

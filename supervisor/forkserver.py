@@ -25,6 +25,8 @@ from .errors import WorkerStartError
 # directory is on their import path, so a stray `caxton.py` or `worker.py`
 # where the supervisor was started can never run in their place.
 WORKER_PYTHON_FLAGS = ("-I",)
+# What workers and the fork server create is theirs alone.
+WORKER_UMASK = 0o077
 
 
 class ForkServerFailed(WorkerStartError):
@@ -49,15 +51,20 @@ class ForkServer:
     @classmethod
     def start(cls, python: str, env: dict[str, str]) -> ForkServer:
         """Start the process, without waiting for its imports to finish.
-        Call from the launcher thread."""
+        Call from the launcher thread. It starts as clean as the workers it
+        forks inherit: `env` only, in `/`, umask 077, no descriptor of ours
+        but its control socket (its stderr stays ours: it runs no agent code)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             popen = subprocess.Popen(
                 [python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker.forkserver", "--control-fd", str(theirs.fileno()),
                  "--parent-pid", str(os.getpid())],
+                close_fds=True,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                cwd="/",
+                umask=WORKER_UMASK,
                 start_new_session=True,
                 env=env,
             )
@@ -91,8 +98,9 @@ class ForkServer:
             pass
         raise ForkServerFailed(f"unexpected first message from the fork server: {data[:200]!r}")
 
-    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, deadline: float) -> int:
-        """Ask a ready fork server for a worker serving on `socket_path`;
+    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, output_w: int, deadline: float) -> int:
+        """Ask a ready fork server for a worker serving on `socket_path`,
+        with `ready_w` as its ready pipe and `output_w` as its stderr;
         returns its pid. Raises ForkServerFailed if the server does not
         answer properly by `deadline` (and from then on at once), plain
         WorkerStartError if it answers that it could not fork."""
@@ -103,7 +111,7 @@ class ForkServer:
                 raise ForkServerFailed("the fork server's control channel is closed")
             try:
                 request = {"socket": socket_path, "cgroup_procs": cgroup_procs}
-                socket.send_fds(self._control, [json.dumps(request).encode()], [ready_w])
+                socket.send_fds(self._control, [json.dumps(request).encode()], [ready_w, output_w])
                 reply = self._expect_pid(self._control, deadline)
             except (OSError, ValueError) as exc:
                 # An answer may still be on its way: the channel is out of

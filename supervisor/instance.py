@@ -111,6 +111,9 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
             raise
     if cgroup is not None:
         cgroup.adopt(process.pid)
+    process.serves(version.agent)
+    # Its own uid where it has one (uids.py), else the configured user's.
+    uid, gid, user_name = (process.uid, process.uid, "") if process.uid >= 0 else (env.uid, env.gid, env.user_name)
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook,
                               env.relay, env.dispatch)
     try:
@@ -124,9 +127,10 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
                 data_bytes=os_memory + _DATA_LIMIT_SLACK,
                 open_files=sandbox.open_files,
                 cpu_seconds=sandbox.cpu_seconds,
-                uid=env.uid,
-                gid=env.gid,
-                user_name=env.user_name,
+                syscall_filter=sandbox.syscall_filter,
+                uid=uid,
+                gid=gid,
+                user_name=user_name,
             ),
             Deadline.after(timeout),
             module_sha256=version.module_sha256,

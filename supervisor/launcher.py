@@ -5,7 +5,13 @@ A facade over the parts that do the work: the launcher thread that forks
 and watches (launcher_thread.py), the reaper that notices exits through
 pidfds (reaper.py), the start strategies (starters.py, with the fork
 server's keeper in forkserver_keeper.py), the exit-callback thread
-(callbacks.py) and the start capacity (capacity.py).
+(callbacks.py), the start capacity (capacity.py), the worker uids (uids.py)
+and the reader of the workers' output (worker_output.py).
+
+Every worker, exec-started or forked, starts clean: the environment
+`worker_environment` builds (nothing else of the supervisor's), working
+directory `/`, umask 077, stdin /dev/null, its stderr a pipe the supervisor
+reads, and no other descriptor of the supervisor's.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .callbacks import CallbackThread
 from .capacity import Capacity, CapacityListener
@@ -24,8 +31,15 @@ from .process import ExitStatus, WorkerProcess
 from .reaper import Reaper
 from .restart import RestartSettings
 from .starters import ExecStarter, ForkStarter, Starter
+from .uids import UidAllocator
+from .worker_output import WorkerOutput
 
-__all__ = ["START_RESTART", "ExitStatus", "Launcher", "WorkerProcess", "WorkerStartError"]
+__all__ = ["START_RESTART", "ExitStatus", "Launcher", "WorkerProcess", "WorkerStartError", "worker_environment"]
+
+# Variables a worker gets from the supervisor's environment, when set; every
+# CAXTON_WORKER_* variable is passed too (settings meant for workers).
+_PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
+WORKER_VARIABLE_PREFIX = "CAXTON_WORKER_"
 
 # Backoff for what starts workers (the fork server; consecutive exec
 # failures): a one-off death costs 50 ms, a crash loop slows to one attempt
@@ -39,22 +53,27 @@ class Launcher:
     """Starts workers and reports their exits."""
 
     def __init__(self, runtime_dir: str, *, mode: str = "fork", python: str = sys.executable,
-                 restart: RestartSettings = START_RESTART):
+                 restart: RestartSettings = START_RESTART, uids: UidAllocator | None = None):
+        """`uids`: give each worker a uid of its own from these (None: workers
+        get none of their own)."""
         if mode not in ("fork", "exec"):
             raise ValueError(f"worker start mode must be 'fork' or 'exec', not {mode!r}")
         self.runtime_dir = runtime_dir
         self.mode = mode
         self._counter = itertools.count(1)
         self._closed = False
+        self._uids = uids
+        self._uids_lock = threading.Lock()
         self._exit_callbacks = CallbackThread("exit-callbacks")
         self._capacity_callbacks = CallbackThread("capacity-callbacks")
         self._capacity = Capacity(self._capacity_callbacks)
         self._thread = LauncherThread()
         self._reaper = Reaper(self._thread, self._exit_callbacks)
+        self._output = WorkerOutput()
         strategy = ForkStarter if mode == "fork" else ExecStarter
         try:
-            self._starter: Starter = strategy(python, _worker_env(), self._thread, self._reaper, self._capacity,
-                                              restart)
+            self._starter: Starter = strategy(python, worker_environment(os.environ), self._thread, self._reaper,
+                                              self._capacity, restart)
         except BaseException:
             self._stop_threads(time.monotonic() + 1.0)
             raise
@@ -70,7 +89,38 @@ class Launcher:
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
-        return self._starter.start(socket_path, list(cgroup_procs), timeout)
+        uid = self._take_uid()
+        output_r, output_w = os.pipe()
+        # Read from before the start: what a worker writes while failing to
+        # start is logged too.
+        output = self._output.add(output_r)
+        try:
+            process = self._starter.start(socket_path, list(cgroup_procs), timeout, output_w)
+        except BaseException:
+            # No worker ran as `uid`: it switches only at Load.
+            self._release_uid(uid)
+            raise
+        finally:
+            os.close(output_w)
+        output.pid = process.pid
+        process.output = output
+        if uid >= 0:
+            process.uid = uid
+            # Exit callbacks run after the reaper has reaped the process:
+            # from then on no process holds the uid.
+            process.add_exit_callback(lambda _status: self._release_uid(uid))
+        return process
+
+    def _take_uid(self) -> int:
+        if self._uids is None:
+            return -1
+        with self._uids_lock:
+            return self._uids.take()
+
+    def _release_uid(self, uid: int) -> None:
+        if self._uids is not None and uid >= 0:
+            with self._uids_lock:
+                self._uids.release(uid)
 
     @property
     def can_start_workers(self) -> bool:
@@ -105,14 +155,20 @@ class Launcher:
         self._stop_threads(deadline)
 
     def _stop_threads(self, deadline: float) -> None:
+        self._output.close(max(time.monotonic() + 0.1, deadline))
         self._thread.stop(max(0.1, deadline - time.monotonic()))
         for callbacks in (self._exit_callbacks, self._capacity_callbacks):
             callbacks.close(max(0.1, deadline - time.monotonic()))
 
 
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
+def worker_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of a worker and of the fork server, from the
+    supervisor's (`source`): an allow-list, so none of its tokens, proxy
+    settings, credentials or home reach agent code."""
+    env = {name: source[name] for name in _PASSED_VARIABLES if name in source}
+    env.setdefault("PATH", os.defpath)
+    env.update((name, value) for name, value in source.items() if name.startswith(WORKER_VARIABLE_PREFIX))
     # One malloc arena: grpc under a tight address-space limit behaves, and an
     # idle worker keeps less memory.
-    env.setdefault("MALLOC_ARENA_MAX", "1")
+    env["MALLOC_ARENA_MAX"] = "1"
     return env

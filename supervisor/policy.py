@@ -18,6 +18,10 @@ MIB = 1024 * KIB
 # Host functions of the Caxton ABI, as "module.name". A policy may allow only
 # a subset of them; nothing else can ever be imported.
 CAXTON_IMPORTS = frozenset({"caxton.log", "caxton.now_ms", "caxton.send", "caxton.send_ex", "caxton.message_info"})
+# Test-only host functions (worker/escape_probe.py): no built-in policy
+# allows them, a policy of the config may (for the containment tests), and
+# a worker links them only when its environment asks for them.
+TEST_IMPORTS = frozenset({"caxton_test.escape"})
 
 # Proposals a policy can deny, by the names used in `security.feature.<name>`.
 KNOWN_FEATURES = frozenset(
@@ -93,7 +97,7 @@ class Policy:
     max_memory_pages: int  # 64 KiB pages; caps a memory's minimum and (as a warning) its maximum
     max_table_elements: int
     max_imports: int
-    allowed_imports: frozenset[str]  # subset of CAXTON_IMPORTS
+    allowed_imports: frozenset[str]  # subset of CAXTON_IMPORTS | TEST_IMPORTS
     deny_unsafe_features: bool
     denied_features: frozenset[str]  # what the validator checks; see read_policy
     max_functions: int | None = None  # functions the module defines; None = unlimited
@@ -164,7 +168,8 @@ def read_policy(name: str, table: Table) -> Policy:
         max_memory_pages=table.integer("max_memory_pages", base.max_memory_pages, minimum=0),
         max_table_elements=table.integer("max_table_elements", base.max_table_elements, minimum=0),
         max_imports=table.integer("max_imports", base.max_imports, minimum=0),
-        allowed_imports=frozenset(table.strings("allowed_imports", base.allowed_imports, options=CAXTON_IMPORTS)),
+        allowed_imports=frozenset(table.strings("allowed_imports", base.allowed_imports,
+                                                options=CAXTON_IMPORTS | TEST_IMPORTS)),
         deny_unsafe_features=deny_unsafe,
         denied_features=frozenset(table.strings("denied_features", derived, options=KNOWN_FEATURES)),
         max_functions=table.integer("max_functions", base.max_functions, minimum=0),

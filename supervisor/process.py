@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import WorkerStartError
+from .worker_output import OutputStream
 
 ExitCallback = Callable[["ExitStatus"], None]
 
@@ -53,6 +54,11 @@ class WorkerProcess:
         self.popen = popen  # set for exec-started workers
         self.socket_path = socket_path
         self.started_at = time.monotonic()
+        # The uid (and gid) this worker switches to at Load: its own, from
+        # `[sandbox] uid_range` (-1: none of its own; see uids.py).
+        self.uid = -1
+        # Its stderr as the output reader sees it (None: not read by us).
+        self.output: OutputStream | None = None
         self._ready_fd = ready_fd
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
@@ -90,6 +96,11 @@ class WorkerProcess:
                 buf += chunk
         finally:
             os.close(self._ready_fd)
+
+    def serves(self, agent: str) -> None:
+        """Name the agent this worker serves in the lines it writes."""
+        if self.output is not None:
+            self.output.agent = agent
 
     def add_exit_callback(self, callback: ExitCallback) -> None:
         """Call `callback(status)` once the process has exited: on the

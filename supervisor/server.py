@@ -63,6 +63,7 @@ from .runtime import Runtime
 from .specs import DeploySpec
 from .store import StateStore
 from .tls import ServerCertificates
+from .uids import UidAllocator
 
 log = logging.getLogger("caxton.supervisor")
 
@@ -120,9 +121,18 @@ LIFECYCLE_THREADS = 8
 QUERY_THREADS = 2
 
 
+def _worker_uids(uid_range: tuple[int, int] | None) -> UidAllocator | None:
+    """A uid of its own for each worker, from `uid_range`: only when we are
+    root (only root can switch to them) and the range is not turned off."""
+    if uid_range is None or os.geteuid() != 0:
+        return None
+    return UidAllocator(*uid_range)
+
+
 def _worker_identity(user: str) -> tuple[int, int, str]:
-    """(uid, gid, name) workers switch to: only when we are root and a user
-    is configured; (-1, -1, "") means workers keep our identity."""
+    """(uid, gid, name) all workers switch to when they get no uid of their
+    own: only when we are root and a user is configured; (-1, -1, "") means
+    workers keep our identity."""
     if not user or os.geteuid() != 0:
         return -1, -1, ""
     try:
@@ -156,14 +166,15 @@ class Supervisor:
         check_api_listen(config.listen, tls=config.tls.enabled)
         self.config = config
         self._deploy_examples_at_start = deploy_examples
-        identity = _worker_identity(config.sandbox.user)
+        uids = _worker_uids(config.sandbox.uid_range)
+        identity = _worker_identity(config.sandbox.user) if uids is None else (-1, -1, "")
         self.store = StateStore(config.state_dir)
         self.tokens = self._tokens()
         self._own_runtime_dir = not config.runtime_dir
         self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
-        self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python)
+        self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids)
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
         self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s)
         self.logbook = EventBus(history=config.log_lines, per_agent=True)

@@ -10,7 +10,10 @@ Two ways (`worker_start` in the config):
 
 Either returns a worker that is watched by the reaper and ready to take
 `Load`, or raises WorkerStartError and leaves no process behind; either
-keeps the launcher's capacity up to date.
+keeps the launcher's capacity up to date. Either starts the worker clean:
+the environment it is given, working directory `/`, umask 077, stdin
+/dev/null, stdout discarded, stderr the pipe it is given, and no other
+descriptor but its ready pipe.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Protocol
 from .backoff import Backoff
 from .capacity import Capacity
 from .errors import WorkerStartError
-from .forkserver import WORKER_PYTHON_FLAGS, ForkServerFailed
+from .forkserver import WORKER_PYTHON_FLAGS, WORKER_UMASK, ForkServerFailed
 from .forkserver_keeper import ForkServerKeeper
 from .launcher_thread import LauncherThread
 from .process import WorkerProcess
@@ -41,9 +44,10 @@ _FIRST_FORK_SERVER_TIMEOUT_S = 10.0
 
 class Starter(Protocol):
     """`start` returns a worker that is watched and ready, or raises
-    WorkerStartError; `close` ends whatever the strategy itself runs."""
+    WorkerStartError; `close` ends whatever the strategy itself runs. The
+    worker's stderr is `output_fd` (a copy: the caller still closes it)."""
 
-    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float) -> WorkerProcess: ...
+    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int) -> WorkerProcess: ...
 
     def close(self, deadline: float) -> None: ...
 
@@ -72,9 +76,28 @@ class ExecStarter:
         self._backoff = Backoff(restart)
         self._lock = threading.Lock()
 
-    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float) -> WorkerProcess:
+    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int) -> WorkerProcess:
+        # The launcher thread gets a copy of its own: the call may still run
+        # after it timed out here, when the caller has closed `output_fd`
+        # (and the number may name something else). Whoever claims the copy
+        # first closes it: the exec, or this thread if the exec never ran.
+        output_copy = os.dup(output_fd)
+        claim = threading.Lock()
+
+        def exec_worker() -> WorkerProcess:
+            if not claim.acquire(blocking=False):
+                raise WorkerStartError("the start was given up before the launcher thread got to it")
+            try:
+                return self._exec(socket_path, cgroup_procs, output_copy)
+            finally:
+                os.close(output_copy)
+
         try:
-            process = self._thread.call(lambda: self._exec(socket_path, cgroup_procs), timeout)
+            try:
+                process = self._thread.call(exec_worker, timeout)
+            finally:
+                if claim.acquire(blocking=False):
+                    os.close(output_copy)
             _ready(process, timeout)
         except (WorkerStartError, TimeoutError) as exc:
             with self._lock:
@@ -91,18 +114,22 @@ class ExecStarter:
     def close(self, deadline: float) -> None:
         """Nothing of its own to end: its workers are the reaper's."""
 
-    def _exec(self, socket_path: str, cgroup_procs: list[str]) -> WorkerProcess:
+    def _exec(self, socket_path: str, cgroup_procs: list[str], output_fd: int) -> WorkerProcess:
         ready_r, ready_w = os.pipe()
         cgroup_args = [arg for path in cgroup_procs for arg in ("--cgroup-procs", path)]
         try:
             popen = subprocess.Popen(
                 [self._python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker", "--socket", socket_path,
                  "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid()), *cgroup_args],
+                close_fds=True,
                 pass_fds=(ready_w,),
                 stdin=subprocess.DEVNULL,
-                # Workers share the supervisor's stderr (the journal under
-                # systemd); the supervisor's own output stays on stdout.
                 stdout=subprocess.DEVNULL,
+                # Its own pipe, read and logged as its lines by the
+                # supervisor: never the supervisor's log itself.
+                stderr=output_fd,
+                cwd="/",
+                umask=WORKER_UMASK,
                 # Own session: a Ctrl-C or SIGTERM aimed at the supervisor's
                 # process group must reach the supervisor only, which then
                 # drains its workers; the parent-death signal still ends them
@@ -137,13 +164,13 @@ class ForkStarter:
         self._keeper = ForkServerKeeper(python, env, thread, capacity, restart)
         self._keeper.start(timeout=_FIRST_FORK_SERVER_TIMEOUT_S)
 
-    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float) -> WorkerProcess:
+    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int) -> WorkerProcess:
         deadline = time.monotonic() + timeout
         for attempt in (1, 2):
             server = self._keeper.ready_server(deadline)
             ready_r, ready_w = os.pipe()
             try:
-                pid = server.spawn(socket_path, cgroup_procs, ready_w, deadline)
+                pid = server.spawn(socket_path, cgroup_procs, ready_w, output_fd, deadline)
             except ForkServerFailed as exc:
                 os.close(ready_r)
                 self._keeper.failed(server, str(exc))

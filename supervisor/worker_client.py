@@ -63,6 +63,7 @@ class WorkerOsLimits:
     uid: int = -1
     gid: int = -1
     user_name: str = ""
+    syscall_filter: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class WorkerClient:
                 uid=os_limits.uid,
                 gid=os_limits.gid,
                 user_name=os_limits.user_name,
+                no_syscall_filter=not os_limits.syscall_filter,
             ),
             limits=worker_pb2.Limits(
                 memory_bytes=limits.memory_bytes,

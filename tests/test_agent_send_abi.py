@@ -346,7 +346,8 @@ def _service(path: Path, send_budget: int = 0) -> tuple[WorkerService, list[int]
         worker_pb2.LoadRequest(
             agent="abi-sender", module_path=str(path), send_budget=send_budget,
             limits=worker_pb2.Limits(memory_bytes=1 << 20, fuel=10_000_000, max_message_bytes=MAX_MESSAGE_BYTES),
-            os_limits=worker_pb2.OsLimits(uid=-1, gid=-1),  # leave this process's limits and user alone
+            # Leave this process's limits, user and system calls alone.
+            os_limits=worker_pb2.OsLimits(uid=-1, gid=-1, no_syscall_filter=True),
         ),
         None,  # the context is used only to abort, which a first Load never does
     )

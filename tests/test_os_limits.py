@@ -37,10 +37,11 @@ def test_status_lists_the_enforcement_layers(shared_supervisor):
 
 
 @pytest.mark.skipif(not ROOT, reason="switching workers to an unprivileged user needs a root supervisor")
-def test_workers_run_as_an_unprivileged_user(shared_supervisor):
-    status = shared_supervisor.deploy("unprivileged", "echo")
-    assert "os:user=nobody" in status.instances[0].enforcement
+def test_workers_run_as_the_configured_user_when_the_uid_range_is_off(supervisor):
+    # The default gives each worker a uid of its own (test_worker_identity.py).
+    status = supervisor('[sandbox]\nuid_range = ""\n').deploy("unprivileged", "echo")
     worker = psutil.Process(status.instances[0].pid)
+    assert f"os:uid={worker.uids().real}" in status.instances[0].enforcement
     assert worker.uids().real != 0 and worker.uids().effective != 0
     assert worker.username() == "nobody"
     # The parent-death signal was re-armed after the switch (credential
@@ -50,7 +51,7 @@ def test_workers_run_as_an_unprivileged_user(shared_supervisor):
 
 
 def test_worker_rlimits_follow_the_config(supervisor):
-    sup = supervisor('[sandbox]\nopen_files = 100\ncpu_seconds = 3600\nuser = ""\n')
+    sup = supervisor('[sandbox]\nopen_files = 100\ncpu_seconds = 3600\nuser = ""\nuid_range = ""\n')
     status = sup.deploy("rlimited", "echo")
     worker = psutil.Process(status.instances[0].pid)
     assert rlimit(worker.pid, "Max open files") == (100, 100)
@@ -59,7 +60,7 @@ def test_worker_rlimits_follow_the_config(supervisor):
     soft, hard = rlimit(worker.pid, "Max data size")
     assert soft == hard and soft > 64 << 20
     assert "os:rlimit-cpu" in status.instances[0].enforcement
-    assert not any(layer.startswith("os:user") for layer in status.instances[0].enforcement)
+    assert not any(layer.startswith("os:uid") for layer in status.instances[0].enforcement)
     assert sup.send("rlimited", b"fine").reply.content == b"fine"
 
 

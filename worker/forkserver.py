@@ -14,12 +14,16 @@ supervisor the worker's real parent: it reaps the worker and reads its exit
 status directly, the worker's parent-death signal is tied to the supervisor,
 and the fork server can die and be replaced without touching running workers.
 
-It holds no secrets: children share its memory image.
+It holds no secrets: children share its memory image. It starts clean (the
+supervisor gives it a reduced environment, `/` as working directory, umask
+077), and each worker inherits that; a worker keeps no descriptor of the
+server's but its ready pipe and its own stderr.
 
 Protocol, over a SOCK_SEQPACKET socket from the supervisor (one datagram per
 message): the server first sends {"ready": true}; then each request is
-{"socket": PATH, "cgroup_procs": [PATH, ...]} with the write end of the worker's ready pipe attached
-(SCM_RIGHTS), answered by {"pid": N} or {"error": TEXT}.
+{"socket": PATH, "cgroup_procs": [PATH, ...]} with two descriptors attached (SCM_RIGHTS): the write
+end of the worker's ready pipe, then the write end of the pipe that becomes the worker's stderr (read
+and logged by the supervisor). Answered by {"pid": N} or {"error": TEXT}.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -40,13 +45,17 @@ from .limits import FORK_SERVER_PROCESS_NAME, apply_process_guards, die_with_par
 _REPARENT_TIMEOUT_S = 5.0
 
 
-def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int,
+def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, output_fd: int, supervisor_pid: int,
                    cgroup_procs: list[str]) -> None:
     """Runs in the forked worker; never returns."""
     status = 1
     try:
-        join_cgroups(cgroup_procs)
+        # First of all: whatever this process writes from now on is the
+        # worker's output, not the supervisor's log (the server's stderr).
+        os.dup2(output_fd, 2)
         control.close()
+        _close_all_but(ready_fd)
+        join_cgroups(cgroup_procs)
         os.setsid()
         deadline = time.monotonic() + _REPARENT_TIMEOUT_S
         while os.getppid() != supervisor_pid:
@@ -66,7 +75,17 @@ def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, supe
         os._exit(status)
 
 
-def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, supervisor_pid: int,
+def _close_all_but(ready_fd: int) -> None:
+    """Close every descriptor inherited from the server except stdin, stdout,
+    stderr and the ready pipe. No Python object of the server's holds one
+    of them any more (the control socket is closed first), so none can be
+    closed a second time under a descriptor the worker opens later."""
+    os.closerange(3, ready_fd)
+    # No descriptor is numbered at or above the hard limit of open files.
+    os.closerange(ready_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, output_fd: int, supervisor_pid: int,
                  cgroup_procs: list[str]) -> int:
     """Double-fork a worker; returns its pid."""
     pid_r, pid_w = os.pipe()
@@ -80,7 +99,7 @@ def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, superv
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(pid_w)
-                _become_worker(control, socket_path, ready_fd, supervisor_pid, cgroup_procs)
+                _become_worker(control, socket_path, ready_fd, output_fd, supervisor_pid, cgroup_procs)
             os.write(pid_w, str(grandchild).encode())
         finally:
             os._exit(0)
@@ -100,15 +119,15 @@ def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, superv
 def serve_forever(control: socket.socket, supervisor_pid: int) -> None:
     control.send(json.dumps({"ready": True}).encode())
     while True:
-        message, fds, _, _ = socket.recv_fds(control, 65536, 1)
+        message, fds, _, _ = socket.recv_fds(control, 65536, 2)
         if not message:
             return  # the supervisor closed the channel: we are done
         reply: dict[str, int | str]
         try:
             request = json.loads(message)
-            if len(fds) != 1:
-                raise ValueError(f"expected 1 file descriptor, got {len(fds)}")
-            reply = {"pid": _fork_worker(control, request["socket"], fds[0], supervisor_pid,
+            if len(fds) != 2:
+                raise ValueError(f"expected 2 file descriptors (ready pipe, stderr), got {len(fds)}")
+            reply = {"pid": _fork_worker(control, request["socket"], fds[0], fds[1], supervisor_pid,
                                          list(request.get("cgroup_procs", [])))}
         except (OSError, ValueError, KeyError) as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}

@@ -17,6 +17,7 @@ import wasmtime
 
 from caxton.v1 import caxton_pb2
 
+from . import escape_probe
 from .outbox import (
     DEFAULT_SEND_BUDGET,
     MAX_NAME_BYTES,
@@ -96,6 +97,9 @@ class HostCalls:
         linker.define_func("caxton", "send", wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), self._send)
         linker.define_func("caxton", "send_ex", wasmtime.FuncType([_I32, _I32, _I32, _I32], [_I32]), self._send_ex)
         linker.define_func("caxton", "message_info", wasmtime.FuncType([_I32, _I32], [_I32]), self._message_info)
+        # Test-only, and only where the worker's environment asks for it.
+        if escape_probe.enabled():
+            escape_probe.define(linker, lambda text: self.logs.append(LogRecord(1, text)))
 
     def bind(self, view: MemoryView) -> None:
         """Point the host calls at a (new) instance's memory."""

@@ -2,7 +2,8 @@
 
 Two moments:
 - at start, before it imports wasmtime or grpc: die with the supervisor, no
-  new privileges, no core dumps (`apply_process_guards`);
+  new privileges, no core dumps, and (when started as root) an empty network
+  namespace of its own (`apply_process_guards`);
 - at load, after the module is compiled (and cached, which needs the
   supervisor's privileges) and before any agent code runs: resource limits
   and an unprivileged user (`apply_os_limits`).
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWNET = 0x40000000
 
 # A worker is "caxton-spare" until it loads an agent, "caxton-worker" after.
 SPARE_PROCESS_NAME = "caxton-spare"
@@ -31,6 +33,8 @@ FORK_SERVER_PROCESS_NAME = "caxton-forksrv"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _parent_pid: int | None = None
+# The network namespace layer for status, once apply_process_guards ran.
+_netns_layer: str | None = None
 
 
 def _prctl(option: int, arg: int) -> None:
@@ -84,6 +88,23 @@ def apply_process_guards(parent_pid: int) -> None:
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
     # A core dump of a worker would write agent memory to disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    enter_empty_network_namespace()
+
+
+def enter_empty_network_namespace() -> None:
+    """Move this process into a network namespace of its own, which has no
+    interface but a downed loopback: no TCP or UDP reaches anything, even if
+    a socket could be made. The worker's own socket is a Unix socket by path,
+    which works across namespaces. Needs CAP_SYS_ADMIN, so only a worker
+    started as root tries; a failure is reported in status, not fatal."""
+    global _netns_layer
+    if os.geteuid() != 0:
+        return
+    # os.unshare is Python 3.12+.
+    if _libc.unshare(_CLONE_NEWNET) == 0:
+        _netns_layer = "os:netns"
+    else:
+        _netns_layer = f"os:netns-unavailable({os.strerror(ctypes.get_errno())})"
 
 
 @dataclass(frozen=True)
@@ -93,7 +114,6 @@ class OsLimits:
     cpu_seconds: int = 0
     uid: int = -1
     gid: int = -1
-    user_name: str = ""
 
 
 def _data_size() -> int:
@@ -115,6 +135,8 @@ def apply_os_limits(limits: OsLimits) -> list[str]:
     little about what an agent can take.
     """
     layers = ["os:parent-death-signal", "os:no-new-privs", "os:rlimit-core"]
+    if _netns_layer is not None:
+        layers.append(_netns_layer)
     if limits.data_bytes:
         cap = _data_size() + limits.data_bytes
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
@@ -134,5 +156,5 @@ def apply_os_limits(limits: OsLimits) -> list[str]:
         # Changing credentials clears the parent-death signal: arm it again.
         if _parent_pid is not None:
             die_with_parent(_parent_pid)
-        layers.append(f"os:user={limits.user_name or limits.uid}")
+        layers.append(f"os:uid={limits.uid}")
     return layers

@@ -17,6 +17,7 @@ import grpc
 
 from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
+from . import seccomp
 from .hostcalls import LogRecord
 from .limits import WORKER_PROCESS_NAME, OsLimits, apply_os_limits, name_process
 from .outbox import DEFAULT_SEND_BUDGET, Outgoing
@@ -63,8 +64,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             os_limits = request.os_limits
             try:
                 # Compile (and fill the cache) with the privileges the
-                # supervisor gave us; only then lower them, before any agent
-                # code runs.
+                # supervisor gave us; only then lower them and filter system
+                # calls, before any agent code runs.
                 sandbox = Sandbox(request.module_path, limits, cache_dir=request.cache_dir,
                                   module_sha256=request.module_sha256)
                 layers = apply_os_limits(
@@ -74,9 +75,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         cpu_seconds=os_limits.cpu_seconds,
                         uid=os_limits.uid,
                         gid=os_limits.gid,
-                        user_name=os_limits.user_name,
                     )
                 )
+                layers += seccomp.apply(not os_limits.no_syscall_filter)
                 with sandbox.running():
                     code = sandbox.start()
             except LoadError as exc:

@@ -20,20 +20,22 @@ class Limits(_message.Message):
     def __init__(self, memory_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class OsLimits(_message.Message):
-    __slots__ = ("data_bytes", "open_files", "cpu_seconds", "uid", "gid", "user_name")
+    __slots__ = ("data_bytes", "open_files", "cpu_seconds", "uid", "gid", "user_name", "no_syscall_filter")
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     USER_NAME_FIELD_NUMBER: _ClassVar[int]
+    NO_SYSCALL_FILTER_FIELD_NUMBER: _ClassVar[int]
     data_bytes: int
     open_files: int
     cpu_seconds: int
     uid: int
     gid: int
     user_name: str
-    def __init__(self, data_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., cpu_seconds: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user_name: _Optional[str] = ...) -> None: ...
+    no_syscall_filter: bool
+    def __init__(self, data_bytes: _Optional[int] = ..., open_files: _Optional[int] = ..., cpu_seconds: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., user_name: _Optional[str] = ..., no_syscall_filter: _Optional[bool] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("agent", "version", "module_path", "cache_dir", "limits", "os_limits", "module_sha256", "send_budget")
