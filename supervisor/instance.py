@@ -95,7 +95,8 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     # A spare from the pool joins its cgroup now, so only what it allocates
     # from here on is charged there; a worker started for this instance
     # joins before it allocates anything.
-    process = env.pool.take()
+    spare = env.pool.take()
+    process, channel = (spare.process, spare.channel) if spare is not None else (None, None)
     if process is None:
         try:
             process = env.launcher.spawn(timeout, cgroup.procs_files if cgroup is not None else [])
@@ -115,7 +116,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     # Its own uid where it has one (uids.py), else the configured user's.
     uid, gid, user_name = (process.uid, process.uid, "") if process.uid >= 0 else (env.uid, env.gid, env.user_name)
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook,
-                              env.relay, env.dispatch)
+                              env.relay, env.dispatch, channel)
     try:
         instance.load(
             str(env.store.modules.path(version.module_sha256)),
@@ -160,7 +161,7 @@ class WorkerInstance:
 
     def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
                  cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None, relay: Relay | None = None,
-                 pool: DispatchPool | None = None):
+                 pool: DispatchPool | None = None, channel: grpc.Channel | None = None):
         self.agent = agent
         self.version = version
         self.limits = limits
@@ -168,7 +169,7 @@ class WorkerInstance:
         self.cgroup = cgroup
         self.enforcement: list[str] = []
         self.kill_reason = ""
-        self.client = WorkerClient(process.socket_path, agent, version, logbook)
+        self.client = WorkerClient(process.socket_path, agent, version, logbook, channel)
         self._relay = relay
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)

@@ -2,7 +2,9 @@
 deploy, a restart or a reload does not wait for a process to start.
 
 A spare is an ordinary worker that has started its gRPC server and loaded
-nothing. Taking one hands it to exactly one agent instance: a worker loads
+nothing, with a channel to it that has already carried one call: the
+connection and the worker's first RPC cost milliseconds a deploy would
+otherwise wait for. Taking one hands it to exactly one agent instance: a worker loads
 one module in its life (the worker refuses a second Load), so two agents
 never share a process and a process never serves a second agent. The pool
 refills in the background from its own thread, which is the only place that
@@ -18,11 +20,16 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
+
+import grpc
 
 from .backoff import Backoff
+from .deadline import Deadline
 from .errors import WorkerStartError
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .restart import RestartSettings
+from .worker_client import WorkerCallError, warm_up_channel
 
 log = logging.getLogger("caxton.pool")
 
@@ -32,6 +39,12 @@ REFILL_RETRY = RestartSettings(initial_delay_s=0.1, max_delay_s=10.0, reset_afte
                                max_failures=5, window_s=60.0)
 
 
+@dataclass(frozen=True)
+class Spare:
+    process: WorkerProcess
+    channel: grpc.Channel  # open and used once: hand it to the instance's client
+
+
 class SparePool:
     def __init__(self, launcher: Launcher, size: int, start_timeout_s: float,
                  retry: RestartSettings = REFILL_RETRY):
@@ -39,7 +52,7 @@ class SparePool:
         self._launcher = launcher
         self._timeout = start_timeout_s
         self._backoff = Backoff(retry)
-        self._spares: deque[WorkerProcess] = deque()
+        self._spares: deque[Spare] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._retry_at = 0.0
@@ -48,15 +61,16 @@ class SparePool:
             launcher.on_capacity_change(self._capacity_changed)
             self._thread.start()
 
-    def take(self) -> WorkerProcess | None:
+    def take(self) -> Spare | None:
         """A ready spare, or None if there is none right now (the caller
         then starts a worker itself)."""
         with self._cond:
             while self._spares:
-                process = self._spares.popleft()
+                spare = self._spares.popleft()
                 self._cond.notify()
-                if process.alive:
-                    return process
+                if spare.process.alive:
+                    return spare
+                spare.channel.close()
         return None
 
     def close(self) -> None:
@@ -76,7 +90,7 @@ class SparePool:
                 if self._closed:
                     return
             try:
-                process = self._launcher.spawn(self._timeout)
+                spare = self._start_spare()
             except WorkerStartError as exc:
                 with self._cond:
                     if self._closed:
@@ -89,16 +103,27 @@ class SparePool:
             with self._cond:
                 self._backoff.succeeded(time.monotonic())
                 if self._closed:
-                    process.kill()
+                    spare.process.kill()
+                    spare.channel.close()
                     return
-                self._spares.append(process)
-            process.add_exit_callback(functools.partial(self._spare_exited, process))
+                self._spares.append(spare)
+            spare.process.add_exit_callback(functools.partial(self._spare_exited, spare))
 
-    def _spare_exited(self, process: WorkerProcess, _status: ExitStatus) -> None:
+    def _start_spare(self) -> Spare:
+        process = self._launcher.spawn(self._timeout)
+        try:
+            channel = warm_up_channel(process.socket_path, Deadline.after(self._timeout))
+        except WorkerCallError as exc:
+            process.kill()
+            raise WorkerStartError(f"a spare worker did not answer its first call: {exc.details}") from exc
+        return Spare(process, channel)
+
+    def _spare_exited(self, spare: Spare, _status: ExitStatus) -> None:
         """Exit callback: a spare died while waiting; make room for another."""
         with self._cond:
-            if process in self._spares:
-                self._spares.remove(process)
+            if spare in self._spares:
+                self._spares.remove(spare)
+                spare.channel.close()
                 self._cond.notify_all()
 
     def _capacity_changed(self, can_start: bool) -> None:

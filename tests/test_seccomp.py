@@ -117,6 +117,7 @@ def test_without_libseccomp_the_worker_serves_and_says_so():
         import ctypes.util
         ctypes.util.find_library = lambda name: "libseccomp-missing.so.9"
         from caxton.worker import seccomp
+        seccomp._SONAME = "libseccomp-missing.so.9"
         print(seccomp.apply(True), seccomp.apply(True), seccomp.apply(False))
         print([l for l in open("/proc/self/status") if l.startswith("Seccomp:")][0].split()[1])
     """)

@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     import grpc._server  # noqa: F401
     import wasmtime  # noqa: F401
 
-    from . import sandbox, server, service  # noqa: F401
+    from . import sandbox, seccomp, server, service  # noqa: F401
+
+    seccomp.preload()
 
     gc.freeze()
 
