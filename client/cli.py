@@ -229,11 +229,19 @@ def run(args: argparse.Namespace) -> int:
         status = lifecycle.GetAgentStatus(caxton_pb2.GetAgentStatusRequest(name=args.name), timeout=timeout)
         print(json.dumps(status_dict(status)) if args.json else _status_text(status))
     elif command == "list":
-        agents = lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(), timeout=timeout).agents
+        listed = lifecycle.ListAgents(caxton_pb2.ListAgentsRequest(cluster=args.cluster), timeout=timeout)
+        for unreachable in listed.unreachable_hosts:
+            print(f"caxton: host {escape(unreachable)} (its agents are not listed)", file=sys.stderr)
         if args.json:
-            print(json.dumps([status_dict(a) for a in agents]))
+            print(json.dumps([{**status_dict(a), "host": a.host} if args.cluster else status_dict(a)
+                              for a in listed.agents]))
+        elif args.cluster:
+            width = max([len("HOST"), *(len(a.host) for a in listed.agents)])
+            print(f"{'HOST':<{width}} AGENT")
+            for status in listed.agents:
+                print(f"{escape(status.host):<{width}} {_status_line(status)}")
         else:
-            for status in agents:
+            for status in listed.agents:
                 print(_status_line(status))
     elif command == "stop":
         stop = caxton_pb2.StopAgentRequest(name=args.name, timeout_ms=int(args.timeout * 1000) if args.timeout else 0)
@@ -423,6 +431,8 @@ def _parser() -> argparse.ArgumentParser:
     _json_flag(status)
 
     listing = command("list", "show every agent")
+    listing.add_argument("--cluster", action="store_true",
+                         help="every host's agents, with a HOST column (a supervisor with [cluster])")
     _json_flag(listing, "a JSON array of agents")
 
     stop = command("stop", "drain and stop an agent")

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -31,7 +31,7 @@ from .audit import Audit
 from .auth import Authorizer, Principal, Role, check_policy_choice
 from .config import Limits
 from .deadline import Deadline
-from .errors import CaxtonError, ModuleRejected, PermissionDenied, ResourceExhausted
+from .errors import CaxtonError, ModuleRejected, NotFound, PermissionDenied, ResourceExhausted
 from .events import AgentEvent, EventBus
 from .lifecycle import AgentState
 from .memory_budget import MemoryBudget
@@ -41,11 +41,14 @@ from .request_gate import request_bytes
 from .restart import RestartSettings
 from .rollout_status import RolloutRecord
 from .runtime import Reloaded, Runtime
-from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides
+from .specs import DeploySpec, LimitOverrides, ReloadSpec, RestartOverrides, check_name
 from .status import AgentSnapshot
 from .store import VersionRecord
 from .strategy import RolloutRequest
 from .validation import Report, Severity
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 T = TypeVar("T")
 
@@ -53,6 +56,9 @@ log = logging.getLogger("caxton.api")
 
 # Copies of a module a call holds while it is processed (see _module_charge).
 MODULE_COPIES = 4
+# What a cluster read (another host's status, every host's list) may take
+# when its caller set no deadline.
+CLUSTER_READ_S = 5.0
 
 
 _PROTO_SEVERITY = {
@@ -336,8 +342,10 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
 
     def __init__(self, runtime: Runtime, budget: MemoryBudget, lifecycle: Executor, queries: Executor,
                  authorizer: Authorizer, audit: Audit, deployments: Deployments | None = None,
-                 logbook: EventBus | None = None, traces: EventBus | None = None):
+                 logbook: EventBus | None = None, traces: EventBus | None = None, cluster: Cluster | None = None):
         self._runtime = runtime
+        # This supervisor's cluster ([cluster]); None: standalone.
+        self._cluster = cluster
         self._deployments = deployments or Deployments()
         self._logbook = logbook or EventBus(per_agent=True)
         self._traces = traces or EventBus(per_agent=True)
@@ -382,30 +390,61 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     @audited
     async def DeployAgent(self, request, context):
         self._check_policy(context, request.policy)
+        deadline = deadline_of(context)
 
         def deploy() -> caxton_pb2.DeployAgentResponse:
-            deployed = self._runtime.deploy(DeploySpec(
-                name=request.name, module=request.module, limits=limits_from_proto(request.limits),
-                policy=request.policy, label=request.label, restart=restart_from_proto(request.restart),
-                replicas=request.replicas or None,
-                rollout=rollout_from_proto(request.rollout) if request.HasField("rollout") else None,
-            ))
-            return caxton_pb2.DeployAgentResponse(status=status_to_proto(deployed.status),
+            claimed = self._claim(request.name, deadline)
+            try:
+                deployed = self._runtime.deploy(DeploySpec(
+                    name=request.name, module=request.module, limits=limits_from_proto(request.limits),
+                    policy=request.policy, label=request.label, restart=restart_from_proto(request.restart),
+                    replicas=request.replicas or None,
+                    rollout=rollout_from_proto(request.rollout) if request.HasField("rollout") else None,
+                ))
+            except BaseException:
+                if claimed and not self._runtime.exists(request.name):
+                    self._release(request.name)
+                raise
+            return caxton_pb2.DeployAgentResponse(status=self._with_host(status_to_proto(deployed.status)),
                                                   report=report_to_proto(deployed.report))
 
         return await self._run(self._lifecycle, deploy, charge=self._module_charge(request))
+
+    def _claim(self, name: str, deadline: Deadline) -> bool:
+        """In a cluster, a new agent's name is claimed first (unique across
+        hosts: ALREADY_EXISTS naming the host that has it). True if claimed."""
+        if self._cluster is None or self._runtime.exists(name):
+            return False
+        check_name(name)
+        self._cluster.directory.claim(name, min(deadline.remaining(), CLUSTER_READ_S))
+        return True
+
+    def _release(self, name: str) -> None:
+        if self._cluster is not None:
+            self._cluster.directory.release(name)
+
+    def _with_host(self, status: caxton_pb2.AgentStatus) -> caxton_pb2.AgentStatus:
+        """In a cluster, every status this host answers names it."""
+        if self._cluster is not None:
+            status.host = self._cluster.host
+        return status
+
+    def _reloaded(self, result: Reloaded) -> caxton_pb2.HotReloadAgentResponse:
+        response = _reloaded_to_proto(result)
+        self._with_host(response.status)
+        return response
 
     @translate_errors
     @audited
     async def StopAgent(self, request, context):
         return await self._run(self._lifecycle, lambda: caxton_pb2.StopAgentResponse(
-            status=status_to_proto(self._runtime.stop(request.name, _seconds(request.timeout_ms)))))
+            status=self._with_host(status_to_proto(self._runtime.stop(request.name, _seconds(request.timeout_ms))))))
 
     @translate_errors
     @audited
     async def StartAgent(self, request, context):
         return await self._run(self._lifecycle, lambda: caxton_pb2.StartAgentResponse(
-            status=status_to_proto(self._runtime.start(request.name))))
+            status=self._with_host(status_to_proto(self._runtime.start(request.name)))))
 
     @translate_errors
     @audited
@@ -413,7 +452,7 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
         self._check_policy(context, request.policy)
 
         def reload() -> caxton_pb2.HotReloadAgentResponse:
-            return _reloaded_to_proto(self._runtime.hot_reload(ReloadSpec(
+            return self._reloaded(self._runtime.hot_reload(ReloadSpec(
                 name=request.name, module=request.module, limits=limits_from_proto(request.limits),
                 policy=request.policy, label=request.label, warmup=tuple(request.warmup),
                 drain_timeout_s=_seconds(request.drain_timeout_ms),
@@ -431,7 +470,7 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     @translate_errors
     @audited
     async def RollbackAgent(self, request, context):
-        return await self._run(self._lifecycle, lambda: _reloaded_to_proto(self._runtime.rollback(
+        return await self._run(self._lifecycle, lambda: self._reloaded(self._runtime.rollback(
             request.name, request.to_version or None, _seconds(request.drain_timeout_ms))))
 
     @translate_errors
@@ -455,6 +494,7 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
     @audited
     async def RemoveAgent(self, request, context):
         await self._run(self._lifecycle, lambda: self._runtime.remove(request.name, _seconds(request.timeout_ms)))
+        self._release(request.name)
         self._logbook.forget(request.name)
         return caxton_pb2.RemoveAgentResponse()
 
@@ -497,12 +537,40 @@ class AgentLifecycleService(caxton_pb2_grpc.AgentLifecycleServicer):
 
     @translate_errors
     async def GetAgentStatus(self, request, context):
-        return await self._run(self._queries, lambda: status_to_proto(self._runtime.status(request.name)))
+        """In a cluster, an agent of another host is asked of that host."""
+        timeout = min(deadline_of(context).remaining(), CLUSTER_READ_S)
+
+        def status() -> caxton_pb2.AgentStatus:
+            try:
+                return self._with_host(status_to_proto(self._runtime.status(request.name)))
+            except NotFound:
+                host = self._cluster.remote.host_for(request.name) if self._cluster is not None else None
+                if self._cluster is None or host is None:
+                    raise
+                return caxton_pb2.AgentStatus.FromString(self._cluster.queries.status(request.name, host, timeout))
+
+        return await self._run(self._queries, status)
 
     @translate_errors
     async def ListAgents(self, request, context):
-        return await self._run(self._queries, lambda: caxton_pb2.ListAgentsResponse(
-            agents=[status_to_proto(s) for s in self._runtime.list()]))
+        """With `cluster`, every host is asked at once, within the deadline."""
+        timeout = min(deadline_of(context).remaining(), CLUSTER_READ_S)
+
+        def listing() -> caxton_pb2.ListAgentsResponse:
+            response = caxton_pb2.ListAgentsResponse(
+                agents=[self._with_host(status_to_proto(s)) for s in self._runtime.list()])
+            if not request.cluster or self._cluster is None:
+                return response
+            others = self._cluster.directory.listing.hosts() - {self._cluster.host}
+            for host, answer in sorted(self._cluster.queries.lists(others, timeout).items()):
+                if isinstance(answer, bytes):
+                    response.agents.extend(caxton_pb2.ListAgentsResponse.FromString(answer).agents)
+                else:
+                    response.unreachable_hosts.append(f"{host}: {answer}")
+            response.agents.sort(key=lambda status: (status.name, status.host))
+            return response
+
+        return await self._run(self._queries, listing)
 
     @translate_errors
     async def ValidateModule(self, request, context):

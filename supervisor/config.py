@@ -16,6 +16,7 @@ from caxton.contract import parse_size
 
 from .auth import AuthSettings, read_auth
 from .caps import Caps, check_defaults, read_caps
+from .cluster_settings import ClusterSettings, read_cluster
 from .logs import LEVELS
 from .policy import BUILTIN_POLICIES, Policy, read_policy
 from .restart import RestartSettings, read_settings
@@ -133,6 +134,9 @@ class Config:
     park_after_s: float = 30.0
     # Versions kept per agent (with their modules) for rollback.
     keep_versions: int = 5
+    # Supervisors on several hosts forming one Caxton over NATS
+    # (cluster_settings.py); None: standalone, no NATS.
+    cluster: ClusterSettings | None = None
 
 
 def _read_limits(table: Table) -> Limits:
@@ -230,6 +234,7 @@ def config_from_table(table: dict[str, Any]) -> Config:
         health_failures=t.integer("health_failures", base.health_failures, minimum=1),
         park_after_s=t.number("park_after_s", base.park_after_s, minimum=0),
         keep_versions=t.integer("keep_versions", base.keep_versions, minimum=1),
+        cluster=read_cluster(t.table("cluster")) if "cluster" in t else None,
     )
     t.finish()
     check_defaults(config.caps, config.limits)

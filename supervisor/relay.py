@@ -17,12 +17,13 @@ FAILURE ends a chain: a reply to it, or a failure to deliver it, is
 dropped. Nothing here waits: a full inbox is a FAILURE, never a blocked
 sender.
 
-Leaving the host: delivery goes through `Transport` (today `LocalTransport`,
-the router). A later multi-host step resolves a name that is not local
-(through a directory of which supervisor runs which agent) to a transport
-that publishes the same AgentMessage envelope to that supervisor's subject
-on the broker (NATS), whose relay hands it to its router and publishes the
-outcome back; agents, the ABI and the envelope stay as they are.
+Leaving the host: delivery goes through `Transport` (`LocalTransport`, the
+router). In a cluster the router itself sends a receiver that runs on
+another host over NATS (remote.py): the same AgentMessage envelope to that
+supervisor's subject, whose router takes it and answers the outcome; agents,
+the ABI and the envelope stay as they are. Such an outcome can come back
+(on the link's thread) before the sending thread has traced the message:
+it is held until then, so a trace always reads in causal order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -104,9 +106,10 @@ class Relay:
         # that sends a FAILURE itself is checked like any of its sends.
         failure = message.performative == FAILURE and not checked
         refusal = "" if failure else self._refusal(message, checked)
+        gate = _TracedFirst(functools.partial(self._outcome, message))
         if not refusal:
             try:
-                self._transport.deliver(message, functools.partial(self._outcome, message))
+                self._transport.deliver(message, gate.outcome)
             except NotFound:
                 refusal = f"unknown-agent: {message.receiver}"
             except InvalidArgument:
@@ -116,6 +119,7 @@ class Relay:
             except CaxtonError as exc:
                 refusal = f"receiver-failed: {exc.message}"
         self._trace(message, refusal or "delivered")
+        gate.traced()
         if not refusal:
             self.traffic.count_received(message.receiver)
             return
@@ -168,6 +172,32 @@ class Relay:
             "reply_with": message.reply_with, "content_bytes": len(message.content),
             "content": message.content[:TRACE_CONTENT_BYTES].decode("latin-1"),
         }))
+
+
+class _TracedFirst:
+    """A message's outcome, held back until the message has been traced."""
+
+    __slots__ = ("_then", "_lock", "_traced", "_held")
+
+    def __init__(self, then: OutcomeCallback) -> None:
+        self._then = then
+        self._lock = threading.Lock()
+        self._traced = False
+        self._held: tuple[grpc.StatusCode, str, bytes | None] | None = None
+
+    def outcome(self, code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
+        with self._lock:
+            if not self._traced:
+                self._held = (code, error, reply)
+                return
+        self._then(code, error, reply)
+
+    def traced(self) -> None:
+        with self._lock:
+            self._traced = True
+            held, self._held = self._held, None
+        if held is not None:
+            self._then(*held)
 
 
 def _label(refusal: str) -> str:

@@ -2,10 +2,9 @@
 
 Every message, whoever sends it, goes through `Router.submit`: the receiver
 is looked up, the size checked against its limit, the message given an id,
-and handed to the agent's intake. Today every receiver is local; the
-agent-to-agent and multi-host work adds its transports behind this one
-door, so a remote name would resolve here to a transport instead of an
-intake, with the same envelope and the same errors.
+and handed to the agent's intake. In a cluster ([cluster]), a receiver that
+is not local but runs on another host goes to `remote` (remote.py) instead,
+with the same envelope and the same errors; a local agent never does.
 
 The envelope stays the protobuf message it arrived as: it goes to the worker
 untouched, and converting it on the way would cost more per message than
@@ -30,6 +29,7 @@ from .metrics import MessageTally, Series, Timed
 if TYPE_CHECKING:
     from .agent import Agent
     from .candidate import Candidate
+    from .remote import Remote
 
 
 class Router:
@@ -46,14 +46,23 @@ class Router:
         # cheap (no uuid per message on the hot path).
         self._boot = f"{int(time.time() * 1000):x}"
         self._ids = itertools.count(1)
+        # Delivery to agents of other hosts (None: standalone). The
+        # composition root sets it when [cluster] is configured.
+        self.remote: Remote | None = None
 
     def submit(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
-               retained: int = 0, held_by_caller: bool = False) -> Pending:
+               retained: int = 0, held_by_caller: bool = False, forward: bool = True) -> Pending:
         """Accept a message for its receiver; the outcome goes to `callback`.
         Raises ResourceExhausted at once when there is no room for it.
         `retained`: bytes the caller keeps alive beside the message (charged
         with it); `held_by_caller`: the charge lasts until the caller calls
-        the Pending's release(), not only while the message is queued."""
+        the Pending's release(), not only while the message is queued.
+        `forward`: a receiver on another host may be reached (False for a
+        message that came from another host: it is for this one)."""
+        if forward and self.remote is not None:
+            remote = self._to_remote(message, deadline, callback)
+            if remote is not None:
+                return remote
         agent = self._receiver(message)
         candidate = agent.candidate
         if candidate is not None:
@@ -70,7 +79,12 @@ class Router:
         receiver's mailbox or the memory budget is full: then nothing is
         accepted, None is returned, and `on_room` is called once (from
         another thread) when room may have appeared; the caller offers the
-        same message again."""
+        same message again. A receiver on another host takes it or refuses
+        it at once (its host's mailbox is not waited for)."""
+        if self.remote is not None:
+            remote = self._to_remote(message, deadline, callback)
+            if remote is not None:
+                return remote
         agent = self._receiver(message)
         candidate = agent.candidate
         if candidate is not None:
@@ -105,6 +119,20 @@ class Router:
         except CaxtonError:
             candidate.shadow_dropped()
         return pending
+
+    def _to_remote(self, message: caxton_pb2.AgentMessage, deadline: Deadline,
+                   callback: OutcomeCallback) -> Pending | None:
+        """The message sent to the host running its receiver, or None when
+        the receiver is local or no host runs it."""
+        assert self.remote is not None
+        if self._lookup(message.receiver) is not None:
+            return None
+        host = self.remote.host_for(message.receiver)
+        if host is None:
+            return None
+        if not message.message_id:
+            message.message_id = f"{self._boot}-{next(self._ids)}"
+        return self.remote.submit(message, host, deadline, callback)
 
     def new_id(self) -> str:
         """A message id unique for this supervisor's life."""

@@ -44,6 +44,7 @@ from .audit import Audit
 from .auth import Authorizer, TokenEntry
 from .auth_interceptor import AuthInterceptor
 from .cgroups import Cgroups
+from .cluster import Cluster
 from .config import Config, ConfigError
 from .errors import CaxtonError, NotFound
 from .events import EventBus
@@ -206,6 +207,8 @@ class Supervisor:
         self.health = health.aio.HealthServicer()
         self.authorizer = Authorizer(self.tokens)
         self.audit = Audit(self.events)
+        # One host of several over NATS ([cluster]); None: standalone, no NATS.
+        self.cluster = Cluster(config.cluster, self.runtime) if config.cluster is not None else None
         self.api = self._serve_api([AuthInterceptor(self.authorizer, self.audit)])
         self.certificates = (ServerCertificates(config.tls) if config.tls.enabled and unix_path(config.listen) is None
                              else None)
@@ -242,7 +245,7 @@ class Supervisor:
         caxton_pb2_grpc.add_AgentLifecycleServicer_to_server(
             AgentLifecycleService(self.runtime, self.budget, self._lifecycle_pool, self._query_pool,
                                   self.authorizer, self.audit, self.deployments, self.logbook,
-                                  self.relay.traces), api.server)
+                                  self.relay.traces, self.cluster), api.server)
         caxton_pb2_grpc.add_MessagingServicer_to_server(MessagingService(self.runtime.router, self.authorizer),
                                                         api.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, api.server)
@@ -254,6 +257,8 @@ class Supervisor:
         self.health_monitor.start()
         if self._deploy_examples_at_start:
             self._deploy_examples()
+        if self.cluster is not None:
+            self.cluster.start(status.name for status in self.runtime.list())
         # SERVING from the first call on (set before the server starts), and
         # NOT_SERVING for as long as no worker can be started, so that a load
         # balancer or orchestrator sends its traffic elsewhere meanwhile.
@@ -326,7 +331,9 @@ class Supervisor:
                 not_applied.append(f"TLS certificates ({exc}; the ones in force stay)")
         elif config.tls.enabled and unix_path(self.config.listen) is None:
             not_applied.append("TLS (turning TLS on takes a restart)")
-        self.config = replace(self.runtime.config, auth=config.auth, tls=tls,
+        if config.cluster != self.config.cluster:
+            not_applied.append("[cluster] (joining, leaving or changing the cluster takes a restart)")
+        self.config = replace(self.runtime.config, auth=config.auth, tls=tls, cluster=self.config.cluster,
                               log_level=config.log_level or self.config.log_level)
         return not_applied
 
@@ -361,6 +368,8 @@ class Supervisor:
         self.api.call(self.health.enter_graceful_shutdown())
         self.health_monitor.stop()
         self.runtime.shutdown(self.config.shutdown_timeout_s)
+        if self.cluster is not None:
+            self.cluster.stop()
         self.runtime.save_counters()
         self.events.close()
         self.pool.close()

@@ -275,14 +275,18 @@ class GetAgentStatusRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("cluster",)
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    cluster: bool
+    def __init__(self, cluster: _Optional[bool] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
-    __slots__ = ("agents",)
+    __slots__ = ("agents", "unreachable_hosts")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_HOSTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
+    unreachable_hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., unreachable_hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
     __slots__ = ("pid", "version", "uptime_s", "memory_bytes", "messages", "errors", "resets", "rss_bytes", "enforcement")
@@ -307,7 +311,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., version: _Optional[int] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., resets: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history", "breaker", "rollout", "health_status", "health_reason")
+    __slots__ = ("name", "state", "version", "label", "module_sha256", "uptime_s", "memory_bytes", "messages", "errors", "restarts", "instances", "limits", "last_error", "deployed_at", "policy", "restart", "recent_failures", "next_restart_in_s", "replicas", "versions", "history", "breaker", "rollout", "health_status", "health_reason", "host")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +337,7 @@ class AgentStatus(_message.Message):
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_STATUS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_REASON_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: AgentState
     version: int
@@ -358,7 +363,8 @@ class AgentStatus(_message.Message):
     rollout: RolloutStatus
     health_status: str
     health_reason: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ..., breaker: _Optional[_Union[Breaker, _Mapping]] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ..., health_status: _Optional[str] = ..., health_reason: _Optional[str] = ...) -> None: ...
+    host: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., module_sha256: _Optional[str] = ..., uptime_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., errors: _Optional[int] = ..., restarts: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., limits: _Optional[_Union[ResourceLimits, _Mapping]] = ..., last_error: _Optional[str] = ..., deployed_at: _Optional[float] = ..., policy: _Optional[str] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., recent_failures: _Optional[_Iterable[_Union[Failure, _Mapping]]] = ..., next_restart_in_s: _Optional[float] = ..., replicas: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInService, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ..., breaker: _Optional[_Union[Breaker, _Mapping]] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ..., health_status: _Optional[str] = ..., health_reason: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class Breaker(_message.Message):
     __slots__ = ("state", "opened_at", "reason", "next_attempt_in_s")
