@@ -165,6 +165,10 @@ class Supervisor:
         return_freed_memory()
         # Before anything is built: plaintext on a network address is refused.
         check_api_listen(config.listen, tls=config.tls.enabled)
+        # Absolute from here on: workers start in "/" (a clean start), where
+        # a path relative to the supervisor's working directory means nothing.
+        config = replace(config, state_dir=config.state_dir.resolve(),
+                         runtime_dir=os.path.abspath(config.runtime_dir) if config.runtime_dir else "")
         self.config = config
         self._deploy_examples_at_start = deploy_examples
         uids = _worker_uids(config.sandbox.uid_range)

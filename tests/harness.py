@@ -106,8 +106,10 @@ class SupervisorProcess:
 
     def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None,
                  listen: str = "127.0.0.1:0", token: str | None = None, args: Sequence[str] = (),
-                 tls: Mapping[str, Path] | None = None, env: Mapping[str, str] | None = None):
+                 tls: Mapping[str, Path] | None = None, env: Mapping[str, str] | None = None,
+                 cwd: Path = ROOT):
         self.env = dict(env) if env is not None else None  # extra environment variables
+        self.cwd = cwd  # the supervisor's working directory
         self.listen = listen
         self.token = token
         self.tls = dict(tls or {})
@@ -133,7 +135,7 @@ class SupervisorProcess:
             args += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env} if self.env is not None else None
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=self.cwd,
                                      env=env)
         log.close()
         _started_pids.add(self.proc.pid)

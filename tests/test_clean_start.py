@@ -148,3 +148,14 @@ def test_a_workers_stderr_is_not_the_supervisors_log(dirty_supervisor):
     for pid in worker_pids_of(sup.pid, include_spares=True):
         stderr = os.stat(f"/proc/{pid}/fd/2")
         assert stat.S_ISFIFO(stderr.st_mode) and stderr.st_ino != log_inode
+
+
+def test_a_relative_state_dir_still_reaches_workers_that_start_in_the_root(tmp_path):
+    """Workers run in "/": the module and socket paths they are given must
+    not be relative to the supervisor's working directory."""
+    sup = SupervisorProcess(tmp_path / "state", args=["--state-dir", "state"], cwd=tmp_path).start()
+    try:
+        sup.deploy("echo", "echo")
+        assert sup.send("echo", b"hi").reply.content == b"hi"
+    finally:
+        sup.stop()
