@@ -30,6 +30,7 @@ from .deadline import Deadline
 from .dispatch import Dispatcher, DispatchPool
 from .errors import WorkerStartError
 from .events import EventBus
+from .figures import KnownFigures
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .mailbox import Mailbox, Pending
 from .parking import CgroupFreezer, Freezer, Parking, SignalFreezer
@@ -178,7 +179,7 @@ class WorkerInstance:
                                      batch_max_messages=config.batch_max_messages,
                                      batch_max_bytes=config.batch_max_bytes)
         self.parking = Parking(_freezer(process, cgroup), label=f"[{agent} v{version}] worker {process.pid}")
-        self._last_stats: WorkerStats | None = None  # what the worker last said of itself
+        self._figures = KnownFigures()  # what the worker last said of itself, while still true
 
     @property
     def pid(self) -> int:
@@ -197,6 +198,7 @@ class WorkerInstance:
     def load(self, module_path: str, cache_dir: str, os_limits: WorkerOsLimits, deadline: Deadline, *,
              module_sha256: str, send_budget: int = 0) -> None:
         """Load the module and run caxton_init; raises InstanceStartError."""
+        ticket = self._figures.ticket()
         try:
             result = self.client.load(module_path, cache_dir, self.limits, os_limits, deadline,
                                       module_sha256=module_sha256, send_budget=send_budget)
@@ -205,6 +207,8 @@ class WorkerInstance:
         if result.error:
             raise InstanceStartError(result.error)
         self.enforcement = list(result.enforcement) + (self.cgroup.layers if self.cgroup else [])
+        # caxton_init is not a message: the counters start at zero.
+        self._figures.record(ticket, WorkerStats(result.memory_bytes, 0, 0, 0))
         if result.init_code != 0:
             raise InstanceStartError(f"caxton_init returned {result.init_code}", init_code=result.init_code)
 
@@ -277,21 +281,27 @@ class WorkerInstance:
 
     # ------------------------------------------------------------ calls besides messages
 
-    def probe(self, deadline: Deadline) -> Probe:
-        """Ask for the worker's figures without waiting (WorkerClient.probe).
-        A parked worker has not run since it last answered, so its figures
-        are the ones it gave then: status and metrics scrapes do not wake
-        it. Without such figures it is thawed and asked."""
-        known = self._last_stats
-        if self.parking.parked and known is not None:
+    def figures(self, deadline: Deadline) -> Probe:
+        """The worker's figures for status and metrics, without waiting: the
+        ones it last gave if no agent code has run since (figures.py), so a
+        parked worker is not woken and a fresh one not asked again; else
+        asked now."""
+        known = self._figures.known()
+        if known is not None:
             return Probe(known)
+        return self.probe(deadline)
+
+    def probe(self, deadline: Deadline) -> Probe:
+        """Ask the worker now, without waiting (WorkerClient.probe): a
+        liveness check as well. A parked worker is thawed first."""
+        ticket = self._figures.ticket()
         self.parking.enter()
         call = self.client.probe(deadline)
 
         def answered() -> None:
             self.parking.leave()
             try:
-                self._last_stats = call.result()
+                self._figures.record(ticket, call.result())
             except WorkerCallError:
                 pass
 
@@ -299,13 +309,14 @@ class WorkerInstance:
         return call
 
     def stats(self, deadline: Deadline) -> WorkerStats:
+        ticket = self._figures.ticket()
         with self.parking.awake():
-            self._last_stats = self.client.stats(deadline)
-            return self._last_stats
+            stats = self.client.stats(deadline)
+        self._figures.record(ticket, stats)
+        return stats
 
     def warm_up(self, contents: list[bytes], deadline: Deadline) -> list[MessageOutcome]:
-        self._last_stats = None  # agent code runs: the figures change
-        with self.parking.awake():
+        with self._figures.agent_code_runs(), self.parking.awake():
             return self.client.warm_up(contents, deadline)
 
     # ------------------------------------------------------------ dispatch
@@ -316,9 +327,8 @@ class WorkerInstance:
         dispatcher goes on. The caller sees an id; the log line has it and
         the detail."""
         on_result = self._on_result
-        self._last_stats = None  # agent code runs: the figures change
         try:
-            with self.parking.awake():
+            with self._figures.agent_code_runs(), self.parking.awake():
                 return self._deliver(batch, on_result)
         except Exception:
             error_id = secrets.token_hex(4)

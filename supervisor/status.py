@@ -154,7 +154,7 @@ def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutReco
     """The full status: `view` plus each instance's own figures (and, during
     a rollout, each version's messages since it began: `handled`)."""
     deadline = Deadline.after(STATS_DEADLINE_S)
-    probes = [(instance, instance.probe(deadline)) for instance in view.instances]
+    probes = [(instance, instance.figures(deadline)) for instance in view.instances]
     instances = []
     for instance, probe in probes:
         figures = {}

@@ -73,6 +73,7 @@ class LoadResult:
     init_code: int  # caxton_init's return value; 0 = started
     error: str  # non-empty: the module could not be loaded at all
     enforcement: tuple[str, ...]  # limit layers active in the worker
+    memory_bytes: int = 0  # linear memory once caxton_init has run
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ class WorkerClient:
         with _translated("loading the module"):
             response = self._stub.Load(request, timeout=deadline.timeout())
         self._forward_logs(response.logs)
-        return LoadResult(response.init_code, without_paths(response.error), tuple(response.enforcement))
+        return LoadResult(response.init_code, without_paths(response.error), tuple(response.enforcement),
+                          response.memory_bytes)
 
     def handle(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
                hang_bound: Deadline) -> list[MessageOutcome]:

@@ -141,6 +141,9 @@ class FakeInstance:
     def probe(self, deadline: Deadline) -> _FakeProbe:
         return self.client.probe(deadline)
 
+    def figures(self, deadline: Deadline) -> _FakeProbe:
+        return self.client.probe(deadline)
+
     def stats(self, deadline: Deadline) -> WorkerStats:
         return self.client.stats(deadline)
 

@@ -91,6 +91,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 logs=_log_records(sandbox.take_logs()),
                 cache_hit=sandbox.cache_hit,
                 enforcement=sandbox.enforcement() + layers,
+                memory_bytes=sandbox.memory_bytes,
             )
 
     def Handle(self, request: worker_pb2.HandleRequest, context: grpc.ServicerContext) -> worker_pb2.HandleResponse:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from caxton.v1 import caxton_pb2 as caxton_dot_v1_dot_caxton__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61xton/internal/v1/worker.proto\x12\x12\x63\x61xton.internal.v1\x1a\x16\x63\x61xton/v1/caxton.proto\"[\n\x06Limits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x0c\n\x04\x66uel\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"\x8f\x01\n\x08OsLimits\x12\x12\n\ndata_bytes\x18\x01 \x01(\x04\x12\x12\n\nopen_files\x18\x02 \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\x05\x12\x0b\n\x03gid\x18\x05 \x01(\x05\x12\x11\n\tuser_name\x18\x06 \x01(\t\x12\x19\n\x11no_syscall_filter\x18\x07 \x01(\x08\"\xde\x01\n\x0bLoadRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bmodule_path\x18\x03 \x01(\t\x12\x11\n\tcache_dir\x18\x04 \x01(\t\x12*\n\x06limits\x18\x05 \x01(\x0b\x32\x1a.caxton.internal.v1.Limits\x12/\n\tos_limits\x18\x06 \x01(\x0b\x32\x1c.caxton.internal.v1.OsLimits\x12\x15\n\rmodule_sha256\x18\x07 \x01(\t\x12\x13\n\x0bsend_budget\x18\x08 \x01(\r\"(\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x85\x01\n\x0cLoadResponse\x12\x11\n\tinit_code\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12+\n\x04logs\x18\x03 \x03(\x0b\x32\x1d.caxton.internal.v1.LogRecord\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x13\n\x0b\x65nforcement\x18\x05 \x03(\t\"O\n\rHandleRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.caxton.v1.AgentMessage\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x03(\r\"\xa6\x01\n\x0cHandleResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12\x11\n\thas_reply\x18\x04 \x01(\x08\x12+\n\x04logs\x18\x05 \x03(\x0b\x32\x1d.caxton.internal.v1.LogRecord\x12*\n\x04sent\x18\x06 \x03(\x0b\x32\x1c.caxton.internal.v1.Outgoing\"\x83\x01\n\x08Outgoing\x12\n\n\x02to\x18\x01 \x01(\t\x12-\n\x0cperformative\x18\x02 \x01(\x0e\x32\x17.caxton.v1.Performative\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x12\n\nreply_with\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\"C\n\x0eHandleResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .caxton.internal.v1.HandleResult\"\x0e\n\x0cStatsRequest\"W\n\rStatsResponse\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x10\n\x08messages\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0e\n\x06resets\x18\x04 \x01(\x04\"\x11\n\x0fShutdownRequest\"?\n\x10ShutdownResponse\x12+\n\x04logs\x18\x01 \x03(\x0b\x32\x1d.caxton.internal.v1.LogRecord2\xc9\x02\n\x06Worker\x12I\n\x04Load\x12\x1f.caxton.internal.v1.LoadRequest\x1a .caxton.internal.v1.LoadResponse\x12O\n\x06Handle\x12!.caxton.internal.v1.HandleRequest\x1a\".caxton.internal.v1.HandleResponse\x12L\n\x05Stats\x12 .caxton.internal.v1.StatsRequest\x1a!.caxton.internal.v1.StatsResponse\x12U\n\x08Shutdown\x12#.caxton.internal.v1.ShutdownRequest\x1a$.caxton.internal.v1.ShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61xton/internal/v1/worker.proto\x12\x12\x63\x61xton.internal.v1\x1a\x16\x63\x61xton/v1/caxton.proto\"[\n\x06Limits\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x0c\n\x04\x66uel\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"\x8f\x01\n\x08OsLimits\x12\x12\n\ndata_bytes\x18\x01 \x01(\x04\x12\x12\n\nopen_files\x18\x02 \x01(\r\x12\x13\n\x0b\x63pu_seconds\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\x05\x12\x0b\n\x03gid\x18\x05 \x01(\x05\x12\x11\n\tuser_name\x18\x06 \x01(\t\x12\x19\n\x11no_syscall_filter\x18\x07 \x01(\x08\"\xde\x01\n\x0bLoadRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bmodule_path\x18\x03 \x01(\t\x12\x11\n\tcache_dir\x18\x04 \x01(\t\x12*\n\x06limits\x18\x05 \x01(\x0b\x32\x1a.caxton.internal.v1.Limits\x12/\n\tos_limits\x18\x06 \x01(\x0b\x32\x1c.caxton.internal.v1.OsLimits\x12\x15\n\rmodule_sha256\x18\x07 \x01(\t\x12\x13\n\x0bsend_budget\x18\x08 \x01(\r\"(\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x9b\x01\n\x0cLoadResponse\x12\x11\n\tinit_code\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12+\n\x04logs\x18\x03 \x03(\x0b\x32\x1d.caxton.internal.v1.LogRecord\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x13\n\x0b\x65nforcement\x18\x05 \x03(\t\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\"O\n\rHandleRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.caxton.v1.AgentMessage\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x03(\r\"\xa6\x01\n\x0cHandleResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12\x11\n\thas_reply\x18\x04 \x01(\x08\x12+\n\x04logs\x18\x05 \x03(\x0b\x32\x1d.caxton.internal.v1.LogRecord\x12*\n\x04sent\x18\x06 \x03(\x0b\x32\x1c.caxton.internal.v1.Outgoing\"\x83\x01\n\x08Outgoing\x12\n\n\x02to\x18\x01 \x01(\t\x12-\n\x0cperformative\x18\x02 \x01(\x0e\x32\x17.caxton.v1.Performative\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x12\n\nreply_with\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\"C\n\x0eHandleResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .caxton.internal.v1.HandleResult\"\x0e\n\x0cStatsRequest\"W\n\rStatsResponse\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x10\n\x08messages\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0e\n\x06resets\x18\x04 \x01(\x04\"\x11\n\x0fShutdownRequest\"?\n\x10ShutdownResponse\x12+\n\x04logs\x18\x01 \x03(\x0b\x32\x1d.caxton.internal.v1.LogRecord2\xc9\x02\n\x06Worker\x12I\n\x04Load\x12\x1f.caxton.internal.v1.LoadRequest\x1a .caxton.internal.v1.LoadResponse\x12O\n\x06Handle\x12!.caxton.internal.v1.HandleRequest\x1a\".caxton.internal.v1.HandleResponse\x12L\n\x05Stats\x12 .caxton.internal.v1.StatsRequest\x1a!.caxton.internal.v1.StatsResponse\x12U\n\x08Shutdown\x12#.caxton.internal.v1.ShutdownRequest\x1a$.caxton.internal.v1.ShutdownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,23 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGRECORD']._serialized_start=543
   _globals['_LOGRECORD']._serialized_end=583
   _globals['_LOADRESPONSE']._serialized_start=586
-  _globals['_LOADRESPONSE']._serialized_end=719
-  _globals['_HANDLEREQUEST']._serialized_start=721
-  _globals['_HANDLEREQUEST']._serialized_end=800
-  _globals['_HANDLERESULT']._serialized_start=803
-  _globals['_HANDLERESULT']._serialized_end=969
-  _globals['_OUTGOING']._serialized_start=972
-  _globals['_OUTGOING']._serialized_end=1103
-  _globals['_HANDLERESPONSE']._serialized_start=1105
-  _globals['_HANDLERESPONSE']._serialized_end=1172
-  _globals['_STATSREQUEST']._serialized_start=1174
-  _globals['_STATSREQUEST']._serialized_end=1188
-  _globals['_STATSRESPONSE']._serialized_start=1190
-  _globals['_STATSRESPONSE']._serialized_end=1277
-  _globals['_SHUTDOWNREQUEST']._serialized_start=1279
-  _globals['_SHUTDOWNREQUEST']._serialized_end=1296
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=1298
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=1361
-  _globals['_WORKER']._serialized_start=1364
-  _globals['_WORKER']._serialized_end=1693
+  _globals['_LOADRESPONSE']._serialized_end=741
+  _globals['_HANDLEREQUEST']._serialized_start=743
+  _globals['_HANDLEREQUEST']._serialized_end=822
+  _globals['_HANDLERESULT']._serialized_start=825
+  _globals['_HANDLERESULT']._serialized_end=991
+  _globals['_OUTGOING']._serialized_start=994
+  _globals['_OUTGOING']._serialized_end=1125
+  _globals['_HANDLERESPONSE']._serialized_start=1127
+  _globals['_HANDLERESPONSE']._serialized_end=1194
+  _globals['_STATSREQUEST']._serialized_start=1196
+  _globals['_STATSREQUEST']._serialized_end=1210
+  _globals['_STATSRESPONSE']._serialized_start=1212
+  _globals['_STATSRESPONSE']._serialized_end=1299
+  _globals['_SHUTDOWNREQUEST']._serialized_start=1301
+  _globals['_SHUTDOWNREQUEST']._serialized_end=1318
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=1320
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=1383
+  _globals['_WORKER']._serialized_start=1386
+  _globals['_WORKER']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

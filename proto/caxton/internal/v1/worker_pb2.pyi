@@ -66,18 +66,20 @@ class LogRecord(_message.Message):
     def __init__(self, level: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class LoadResponse(_message.Message):
-    __slots__ = ("init_code", "error", "logs", "cache_hit", "enforcement")
+    __slots__ = ("init_code", "error", "logs", "cache_hit", "enforcement", "memory_bytes")
     INIT_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     init_code: int
     error: str
     logs: _containers.RepeatedCompositeFieldContainer[LogRecord]
     cache_hit: bool
     enforcement: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, init_code: _Optional[int] = ..., error: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., enforcement: _Optional[_Iterable[str]] = ...) -> None: ...
+    memory_bytes: int
+    def __init__(self, init_code: _Optional[int] = ..., error: _Optional[str] = ..., logs: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., cache_hit: _Optional[bool] = ..., enforcement: _Optional[_Iterable[str]] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class HandleRequest(_message.Message):
     __slots__ = ("messages", "deadline_ms")
