@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     import grpc._server  # noqa: F401
     import wasmtime  # noqa: F401
 
-    from . import sandbox, seccomp, server, service  # noqa: F401
+    from . import fastcall, sandbox, seccomp, server, service  # noqa: F401
 
     seccomp.preload()
+    fastcall.preload()
 
     gc.freeze()
 
