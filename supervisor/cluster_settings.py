@@ -4,12 +4,15 @@ Absent, the supervisor runs standalone and nothing of NATS is imported.
 Present, `servers` is required; everything else has a default. Each value
 is checked here, up front, and an error names its dotted field: a file
 named for credentials or TLS must be readable at start, not at the first
-reconnect an hour later.
+reconnect an hour later; a seed or creds file must hold what nats-py
+will sign with, since nats-py reads it at every connection attempt (and
+waits forever on a creds file without a JWT).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import base64
+import binascii
 import os
 import re
 import socket
@@ -73,6 +76,56 @@ def _readable(table: Table, key: str) -> str:
     return path
 
 
+def _file_bytes(table: Table, key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise table.error(key, f"cannot read {path!r}: {exc.strerror}") from exc
+
+
+def _check_user_seed(table: Table, key: str, seed: bytes, what: str) -> None:
+    """`seed` is a NATS user's NKeys seed (SU...), intact. The seed itself
+    never appears in an error."""
+    try:
+        # A dependency (nats-py[nkeys]); missing only from a broken install,
+        # where nats-py would fail at every connection attempt instead.
+        import nkeys  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise table.error(key, "NKeys need the nkeys package, which this install lacks: "
+                               "pip install 'nats-py[nkeys]'") from exc
+    try:
+        prefix, _ = nkeys.decode_seed(seed)
+        raw = base64.b32decode(seed + b"=" * (-len(seed) % 8))
+        nkeys.from_seed(seed).wipe()
+    except (nkeys.NkeysError, binascii.Error, ValueError) as exc:
+        raise table.error(key, f"{what} is not an NKeys seed (one line, SU...)") from exc
+    if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
+        raise table.error(key, f"{what} is an NKeys seed with a bad checksum (altered or cut short)")
+    if prefix != nkeys.PREFIX_BYTE_USER:
+        raise table.error(key, f"{what} is not a user's NKeys seed (SU...): NATS signs clients in as users")
+
+
+def _line_after(lines: list[bytes], marker: bytes) -> bytes:
+    """The line after the one holding `marker` (a creds file's section), as
+    nats-py reads it; b"" when there is none."""
+    for i, line in enumerate(lines[:-1]):
+        if marker in line:
+            return lines[i + 1].strip()
+    return b""
+
+
+def _check_creds(table: Table, key: str, path: str) -> None:
+    """A creds file as `nsc` writes it: a user's JWT, then the user's seed."""
+    lines = _file_bytes(table, key, path).splitlines()
+    if not _line_after(lines, b"BEGIN NATS USER JWT"):
+        raise table.error(key, f"{path!r} holds no user JWT (no line after -----BEGIN NATS USER JWT-----)")
+    seed = _line_after(lines, b"BEGIN USER NKEY SEED")
+    if not seed:
+        raise table.error(key, f"{path!r} holds no user seed (no line after -----BEGIN USER NKEY SEED-----)")
+    _check_user_seed(table, key, seed, f"the seed in {path!r}")
+
+
 def read_cluster(table: Table) -> ClusterSettings:
     """[cluster]: see ClusterSettings."""
     servers = table.strings("servers", None)
@@ -101,11 +154,12 @@ def read_cluster(table: Table) -> ClusterSettings:
                                    ("creds_file", creds_file)) if value]
     if len(ways) > 1:
         raise table.error(ways[1], f"one way of authenticating to NATS, got {' and '.join(ways)}")
-    for key, path in (("nkeys_seed_file", nkeys_seed_file), ("creds_file", creds_file)):
-        # nats-py signs with NKeys only with its optional `nkeys` package;
-        # found without importing it (nothing of NATS is imported here).
-        if path and importlib.util.find_spec("nkeys") is None:
-            raise table.error(key, "NKeys need the nkeys package: pip install 'nats-py[nkeys]'")
+    if nkeys_seed_file:
+        # nats-py signs with the whole file, stripped.
+        _check_user_seed(table, "nkeys_seed_file", _file_bytes(table, "nkeys_seed_file", nkeys_seed_file).strip(),
+                         repr(nkeys_seed_file))
+    if creds_file:
+        _check_creds(table, "creds_file", creds_file)
     tls_ca = _readable(table, "tls_ca")
     tls_cert = _readable(table, "tls_cert")
     tls_key = _readable(table, "tls_key")

@@ -80,6 +80,9 @@ class Listing:
         self._hosts: dict[str, str] = {}
         self._lapsed: dict[str, str] = {}
         self._replay: dict[str, str] | None = None  # a watch replaying the bucket
+        # Whether the bucket has been read once: until then, a name that is
+        # not here may still run on another host.
+        self.synced = False
 
     def host_of(self, name: str) -> str | None:
         """The other host running `name`; None if no other host does."""
@@ -132,6 +135,7 @@ class Listing:
         """The replay is complete: swap it in. Names that vanished while we
         did not watch are taken as lapsed (we cannot tell a removal then)."""
         replay, self._replay = self._replay, None
+        self.synced = True
         if replay is None:
             return
         gone = {name: host for name, host in self._hosts.items() if name not in replay}

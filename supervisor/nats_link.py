@@ -53,6 +53,17 @@ SET_UP_RETRY_S = 1.0
 ERROR_REPEAT_S = 60.0
 
 
+def _credentials(settings: ClusterSettings) -> str:
+    """Which of this host's settings NATS checks it by (for a refusal)."""
+    if settings.user:
+        return f"cluster.user {settings.user!r} and cluster.password_file {settings.password_file!r}"
+    if settings.nkeys_seed_file:
+        return f"the user whose seed is cluster.nkeys_seed_file {settings.nkeys_seed_file!r}"
+    if settings.creds_file:
+        return f"the user in cluster.creds_file {settings.creds_file!r}"
+    return "no credentials (no cluster.user, nkeys_seed_file or creds_file)"
+
+
 def _tls_context(settings: ClusterSettings) -> ssl.SSLContext | None:
     if not (settings.tls_ca or settings.tls_cert or any(url.startswith("tls://") for url in settings.servers)):
         return None
@@ -208,6 +219,9 @@ class NatsLink:
         authorization failure): each logged once, again only after a while
         if it persists, so a link that keeps failing says why."""
         text = f"{type(exc).__name__}: {exc}"
+        if "authorization violation" in str(exc).lower():
+            # nats-server's one word for every refused sign-in: say whose.
+            text += f" (NATS refused {_credentials(self.settings)})"
         now = time.monotonic()
         if text != self._last_error or now - self._last_error_at >= ERROR_REPEAT_S:
             self._last_error, self._last_error_at = text, now

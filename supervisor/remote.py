@@ -200,7 +200,8 @@ class Remote:
 
     def host_for(self, name: str) -> str | None:
         """The host to send `name`'s messages to; None: no host runs it
-        (the caller answers NOT_FOUND). Unavailable when its host dropped out."""
+        (the caller answers NOT_FOUND). Unavailable when its host dropped
+        out, or when this host has never read the name space."""
         listing = self._directory.listing
         host = listing.host_of(name)
         if host is not None:
@@ -209,6 +210,10 @@ class Remote:
         if lapsed is not None:
             raise Unavailable(f"agent {name!r} is on host {lapsed!r}, which dropped out of the cluster "
                               f"(no announcement for {self._settings.announce_ttl_s:g}s)")
+        if not listing.synced:
+            raise Unavailable(f"agent {name!r} does not run on this host, which has not read the cluster's name "
+                              f"space from NATS ({', '.join(self._settings.servers)}) yet: it cannot tell "
+                              "which host runs it")
         return None
 
     def submit(self, message: caxton_pb2.AgentMessage, host: str, deadline: Deadline,

@@ -97,10 +97,12 @@ class NatsServer:
     and one user, `caxton`, whose password is in `password_file`. Pings
     every second and drops a client after two unanswered ones, so a cut-off
     host is noticed in about three seconds. `extra`: more of its config
-    (TLS, say), with `scheme` tls for its URL."""
+    (TLS, say), with `scheme` tls for its URL; `authorization`: its
+    config for who may connect instead of that one user (NKeys users, or
+    an operator's JWTs)."""
 
     def __init__(self, directory: Path, address: str, port: int = 4222, *, extra: str = "",
-                 scheme: str = "nats") -> None:
+                 scheme: str = "nats", authorization: str | None = None) -> None:
         self.directory = directory
         self.url = f"{scheme}://{address}:{port}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,8 @@ class NatsServer:
             f'listen: "{address}:{port}"\n'
             'ping_interval: "1s"\nping_max: 2\nmax_payload: 8MB\n'
             f'jetstream {{ store_dir: "{directory / "js"}" }}\n'
-            f'authorization {{ user: "caxton", password: "{self.password_file.read_text().strip()}" }}\n'
+            + (authorization if authorization is not None else
+               f'authorization {{ user: "caxton", password: "{self.password_file.read_text().strip()}" }}\n')
             + extra
         )
         self.log_path = directory / "nats.log"
@@ -144,12 +147,15 @@ class NatsServer:
                 self.proc.wait()
 
 
-def cluster_config(host: str, nats: NatsServer, *, worker_start: str = "fork", extra: str = "") -> str:
+def cluster_config(host: str, nats: NatsServer, *, worker_start: str = "fork", extra: str = "",
+                   credentials: str | None = None) -> str:
     """A supervisor's config for one host of the test cluster: short TTL
-    and pings, so that faults show within seconds."""
+    and pings, so that faults show within seconds. `credentials`: its
+    [cluster] lines for authenticating (default: NATS's user and password)."""
+    if credentials is None:
+        credentials = f'user = "caxton"\npassword_file = "{nats.password_file}"\n'
     return (f'worker_start = "{worker_start}"\n{extra}'
-            f'[cluster]\nservers = ["{nats.url}"]\nhost = "{host}"\n'
-            f'user = "caxton"\npassword_file = "{nats.password_file}"\n'
+            f'[cluster]\nservers = ["{nats.url}"]\nhost = "{host}"\n{credentials}'
             'announce_ttl_s = 3\nping_interval_s = 1\nrequest_timeout_s = 5\n')
 
 

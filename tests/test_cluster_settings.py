@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import socket
 import subprocess
 import sys
 
+import nkeys
 import pytest
 
 from caxton.supervisor.cluster_settings import ClusterSettings
@@ -91,10 +92,80 @@ def test_one_way_of_authenticating_and_tls_files_in_pairs(tmp_path):
         cluster(tls_cert=cert)
 
 
-def test_nkeys_and_creds_files_need_the_nkeys_package(tmp_path, monkeypatch):
-    seed = _touch(tmp_path, "seed")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "nkeys" else object())
+def _seed(prefix: int = nkeys.PREFIX_BYTE_USER) -> bytes:
+    return nkeys.encode_seed(os.urandom(32), prefix)
+
+
+def _creds(jwt: str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln", seed: bytes | None = None) -> str:
+    seed = _seed() if seed is None else seed
+    return (f"-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n")
+
+
+def _write(tmp_path, name: str, content: str | bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+def test_an_nkeys_seed_file_and_a_creds_file_are_read_as_nats_py_will(tmp_path):
+    seed = _write(tmp_path, "user.nk", _seed() + b"\n")
+    assert cluster(nkeys_seed_file=seed).nkeys_seed_file == seed
+    creds = _write(tmp_path, "user.creds", _creds())
+    assert cluster(creds_file=creds).creds_file == creds
+
+
+def _altered(seed: bytes) -> bytes:
+    """One character of the key changed (still base32): only the checksum tells."""
+    i = len(seed) // 2
+    return seed[:i] + (b"B" if seed[i:i + 1] == b"A" else b"A") + seed[i + 1:]
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "is not an NKeys seed"),
+    (b"hello", "is not an NKeys seed"),
+    (b"SUAJUNK-not-base32", "is not an NKeys seed"),
+    (_seed()[:-6], "is not an NKeys seed"),
+    (_altered(_seed()), "is an NKeys seed with a bad checksum"),
+    (_seed(nkeys.PREFIX_BYTE_ACCOUNT), "is not a user's NKeys seed (SU...)"),
+    (_seed() + b"\n" + _seed(), "is not an NKeys seed"),  # two seeds: nats-py reads the file as one
+])
+def test_a_seed_file_that_is_no_user_seed_is_refused_without_showing_it(tmp_path, content, problem):
+    path = _write(tmp_path, "bad.nk", content)
+    with pytest.raises(ConfigError) as info:
+        cluster(nkeys_seed_file=path)
+    assert str(info.value).startswith(f"cluster.nkeys_seed_file: {path!r} {problem}"), str(info.value)
+    assert not content.strip() or content.strip() not in str(info.value).encode()
+
+
+@pytest.mark.parametrize("content, problem", [
+    # nats-py would read such a file line after line for ever, waiting for a JWT.
+    ("-----BEGIN USER NKEY SEED-----\nSUxyz\n", "holds no user JWT"),
+    (_creds(jwt=""), "holds no user JWT"),
+    (_creds().split("-----BEGIN USER NKEY SEED")[0], "holds no user seed"),
+    (_creds(seed=_seed(nkeys.PREFIX_BYTE_ACCOUNT)), "the seed in {path!r} is not a user's NKeys seed"),
+    (_creds(seed=_altered(_seed())), "the seed in {path!r} is an NKeys seed with a bad checksum"),
+])
+def test_a_creds_file_without_a_jwt_and_a_user_seed_is_refused(tmp_path, content, problem):
+    path = _write(tmp_path, "bad.creds", content)
+    with pytest.raises(ConfigError) as info:
+        cluster(creds_file=path)
+    message = str(info.value)
+    assert message.startswith("cluster.creds_file: ") and problem.format(path=path) in message, message
+
+
+def test_a_seed_file_that_is_a_directory_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^cluster\.nkeys_seed_file: cannot read .*: Is a directory"):
+        cluster(nkeys_seed_file=str(tmp_path))
+
+
+def test_without_the_nkeys_package_seed_and_creds_files_are_refused_up_front(tmp_path, monkeypatch):
+    """nkeys comes with caxton (nats-py[nkeys]); an install without it
+    (installed with --no-deps, say) is told so at start, not at every
+    attempt to connect."""
+    seed, creds = _write(tmp_path, "user.nk", _seed()), _write(tmp_path, "user.creds", _creds())
+    monkeypatch.setitem(sys.modules, "nkeys", None)  # `import nkeys` raises ImportError
     with pytest.raises(ConfigError, match=r"^cluster\.nkeys_seed_file: NKeys need the nkeys package"):
         cluster(nkeys_seed_file=seed)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
-    assert cluster(nkeys_seed_file=seed).nkeys_seed_file == seed
+    with pytest.raises(ConfigError, match=r"^cluster\.creds_file: NKeys need the nkeys package"):
+        cluster(creds_file=creds)

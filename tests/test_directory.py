@@ -74,3 +74,13 @@ def test_a_lapse_seen_during_a_replay_keeps_the_host_it_had():
     listing.removed("echo", lapsed=True)
     listing.caught_up()
     assert listing.host_of("echo") is None and listing.lapsed_host("echo") == "b"
+
+
+def test_the_listing_is_synced_only_once_a_replay_has_caught_up():
+    listing = Listing("a")
+    assert not listing.synced  # never read: a missing name may run elsewhere
+    listing.replaying()
+    listing.announced("x", "b")
+    assert not listing.synced and listing.host_of("x") is None
+    listing.caught_up()
+    assert listing.synced and listing.host_of("x") == "b"
