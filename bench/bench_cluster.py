@@ -24,9 +24,7 @@ Every reply is checked, so a failing path cannot pass for a fast one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +37,13 @@ from tests.cluster_harness import NATS_SERVER, NatsServer, cluster_config
 from tests.harness import SupervisorProcess, module, wait_until
 
 from . import report
-from .support import PAYLOAD, auth_metadata, numbered_payload, payload_number
+from .bench_throughput import FRAME, _frames, _stream_round
+from .support import PAYLOAD, auth_metadata
 
 ROUNDS = 500  # ping-pong rounds per game: 1,000 agent-to-agent messages
 NATS_CALLS = 2000
 NATS_WARMUP = 200
 STREAM_MESSAGES = 20_000
-FRAME = 256
 WINDOW = 16
 GROUP_RTT = "cluster: agent-to-agent round trip"
 GROUP_RATE = "cluster: messages per second, SendStream"
@@ -193,38 +191,12 @@ def test_bare_nats_request_reply(benchmark, hosts) -> None:
 def _stream(sup: SupervisorProcess, receiver: str) -> float:
     """STREAM_MESSAGES numbered messages to `receiver` on one SendStream,
     WINDOW frames in flight; every reply checked. Messages per second."""
-    frames = [caxton_pb2.SendStreamRequest(items=[
-        caxton_pb2.StreamItem(id=n, message=caxton_pb2.AgentMessage(receiver=receiver, content=numbered_payload(n)))
-        for n in range(start, min(start + FRAME, STREAM_MESSAGES))]) for start in range(0, STREAM_MESSAGES, FRAME)]
-    credits = threading.Semaphore(WINDOW)
-    finished = threading.Event()
-
-    def requests() -> Iterator[caxton_pb2.SendStreamRequest]:
-        for frame in frames:
-            while not credits.acquire(timeout=0.1):
-                if finished.is_set():
-                    return
-            yield frame
-
+    frames = _frames([receiver], STREAM_MESSAGES)
     with grpc.insecure_channel(sup.address) as channel:
         stub = caxton_pb2_grpc.MessagingStub(channel)
         start = time.perf_counter()
-        responses = stub.SendStream(requests(), timeout=300, metadata=auth_metadata(sup))
-        received = ok = released = 0
-        try:
-            for response in responses:
-                for result in response.results:
-                    ok += result.code == 0 and payload_number(result.reply.content) == result.id
-                received += len(response.results)
-                while released < received // FRAME:
-                    credits.release()
-                    released += 1
-        finally:
-            finished.set()
-            with contextlib.suppress(Exception):
-                responses.cancel()
+        _stream_round(stub, frames, auth_metadata(sup), window=WINDOW)
         took = time.perf_counter() - start
-    assert received == ok == STREAM_MESSAGES, f"{ok} correct of {received} received, {STREAM_MESSAGES} sent"
     return STREAM_MESSAGES / took
 
 

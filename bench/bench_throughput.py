@@ -101,12 +101,12 @@ def _frames(receivers: list[str], total: int) -> list[caxton_pb2.SendStreamReque
 
 
 def _stream_round(stub: caxton_pb2_grpc.MessagingStub, frames: list[caxton_pb2.SendStreamRequest],
-                  metadata: Metadata) -> int:
+                  metadata: Metadata, window: int = WINDOW) -> int:
     """Send every frame on one stream (which carries `metadata` once), at most
-    WINDOW frames unanswered; return the number of correct results (every one
-    must be)."""
+    `window` frames unanswered; return the number of correct results (every
+    one must be)."""
     total = sum(len(f.items) for f in frames)
-    credits = threading.Semaphore(WINDOW)
+    credits = threading.Semaphore(window)
     finished = threading.Event()
 
     def requests() -> Iterator[caxton_pb2.SendStreamRequest]:

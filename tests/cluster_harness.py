@@ -22,9 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from caxton.v1 import caxton_pb2_grpc
-
-from .harness import ROOT, SupervisorProcess, _started_pids, wait_until
+from .harness import SupervisorProcess, wait_until
 
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 
@@ -161,29 +159,10 @@ def cluster_config(host: str, nats: NatsServer, *, worker_start: str = "fork", e
 
 class NamespacedSupervisor(SupervisorProcess):
     """A SupervisorProcess started inside a network namespace (`ip netns
-    exec`), listening on a Unix socket."""
+    exec`, which execs it: the pid is the supervisor's), listening on a Unix
+    socket."""
 
     def __init__(self, namespace: str, state_dir: Path, *, config: str) -> None:
-        super().__init__(state_dir, config=config, listen=f"unix:{state_dir.parent / (state_dir.name + '.sock')}")
+        super().__init__(state_dir, config=config, listen=f"unix:{state_dir.parent / (state_dir.name + '.sock')}",
+                         wrapper=["ip", "netns", "exec", namespace])
         self.namespace = namespace
-
-    def start(self, timeout: float = 60.0) -> NamespacedSupervisor:
-        args = ["ip", "netns", "exec", self.namespace, sys.executable, "-m", "caxton.supervisor",
-                "--listen", self.listen, "--state-dir", str(self.state_dir)]
-        if self.config_path is not None:
-            args += ["--config", str(self.config_path)]
-        with open(self.log_path, "ab") as log:
-            # `ip netns exec` execs the command: the pid is the supervisor's.
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                         cwd=ROOT)
-        _started_pids.add(self.proc.pid)
-        try:
-            self.listening_on = self._read_listening(timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self.token = self.token_file.read_text().strip()
-        self.channel = self.connect()
-        self.lifecycle = caxton_pb2_grpc.AgentLifecycleStub(self.channel)
-        self.messaging = caxton_pb2_grpc.MessagingStub(self.channel)
-        return self

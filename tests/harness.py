@@ -107,9 +107,12 @@ class SupervisorProcess:
     def __init__(self, state_dir: Path, *, config: str | None = None, log_path: Path | None = None,
                  listen: str = "127.0.0.1:0", token: str | None = None, args: Sequence[str] = (),
                  tls: Mapping[str, Path] | None = None, env: Mapping[str, str] | None = None,
-                 cwd: Path = ROOT):
+                 cwd: Path = ROOT, wrapper: Sequence[str] = ()):
         self.env = dict(env) if env is not None else None  # extra environment variables
         self.cwd = cwd  # the supervisor's working directory
+        # A command the supervisor is started through, which must exec it
+        # (so the pid is the supervisor's): e.g. `ip netns exec NAME`.
+        self.wrapper = list(wrapper)
         self.listen = listen
         self.token = token
         self.tls = dict(tls or {})
@@ -129,7 +132,7 @@ class SupervisorProcess:
     # ------------------------------------------------------------ process
 
     def start(self, timeout: float = 60.0) -> SupervisorProcess:
-        args = [sys.executable, "-m", "caxton.supervisor",
+        args = [*self.wrapper, sys.executable, "-m", "caxton.supervisor",
                 "--listen", self.listen, "--state-dir", str(self.state_dir), *self.args]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]

@@ -50,6 +50,33 @@ def traced(sup: SupervisorProcess, conversation: str) -> list[Traced]:
     return list(sup.lifecycle.TraceConversation(request, timeout=30))
 
 
+def assert_ping_pong_game(messages: list, rounds: int, conversation: str) -> None:
+    """A ping/pong game's trace, in order: ping's REQUEST, then alternating
+    INFORMs, each a reply to the one before, one hop more each, none lost
+    or doubled."""
+    assert len(messages) == 2 * rounds, len(messages)
+    ids = set()
+    for i, t in enumerate(messages):
+        m = t.message
+        rally = i // 2 + 1
+        if i % 2 == 0:
+            assert (m.sender, m.receiver, m.content) == ("ping", "pong", f"ping {rally}/{rounds}".encode()), (i, m)
+        else:
+            assert (m.sender, m.receiver, m.content) == ("pong", "ping", f"pong {rally}/{rounds}".encode()), (i, m)
+        assert m.performative == (REQUEST if i == 0 else INFORM), (i, m)
+        assert m.conversation_id == conversation
+        assert m.hops == i + 1, (i, m)
+        assert t.outcome == "delivered", (i, t)
+        assert t.content_bytes == len(m.content)
+        assert m.message_id and m.message_id not in ids
+        ids.add(m.message_id)
+        if i == 0:
+            assert not m.in_reply_to
+        else:
+            assert m.in_reply_to == key(messages[i - 1].message), (i, m)
+            assert t.at >= messages[i - 1].at
+
+
 def wait_traced(sup: SupervisorProcess, conversation: str, done: Callable[[list[Traced]], bool], what: str,
                 timeout: float = 60.0) -> list[Traced]:
     return wait_until(lambda: t if done(t := traced(sup, conversation)) else None, timeout, what, interval=0.1)
@@ -138,27 +165,7 @@ def test_ping_and_pong_exchange_a_thousand_messages_in_one_conversation(shared_s
         # trace keeps a conversation's newest 1,000 messages by default
         # ([messaging] trace_messages): all of these.
         messages = traced(sup, "pp-500")
-        assert len(messages) == 1000, len(messages)
-        ids = set()
-        for i, t in enumerate(messages):
-            m = t.message
-            rally = i // 2 + 1
-            if i % 2 == 0:
-                assert (m.sender, m.receiver, m.content) == ("ping", "pong", f"ping {rally}/500".encode()), (i, m)
-            else:
-                assert (m.sender, m.receiver, m.content) == ("pong", "ping", f"pong {rally}/500".encode()), (i, m)
-            assert m.performative == (REQUEST if i == 0 else INFORM), (i, m)
-            assert m.conversation_id == "pp-500"
-            assert m.hops == i + 1, (i, m)
-            assert t.outcome == "delivered", (i, t)
-            assert t.content_bytes == len(m.content)
-            assert m.message_id and m.message_id not in ids
-            ids.add(m.message_id)
-            if i == 0:
-                assert not m.in_reply_to
-            else:
-                assert m.in_reply_to == key(messages[i - 1].message), (i, m)
-                assert t.at >= messages[i - 1].at
+        assert_ping_pong_game(messages, 500, "pp-500")
         assert log_lines(sup, "ping").count("finished after 500 rounds") == 1
 
         # `caxton trace` prints the same conversation, one line per message.

@@ -25,7 +25,7 @@ from caxton.v1 import caxton_pb2
 
 from .cluster_harness import NATS_SERVER, NamespacedSupervisor, NatsServer, Network, can_make_namespaces, cluster_config
 from .harness import ROOT, SupervisorProcess, wait_until
-from .test_agent_messaging import key, log_lines, traced
+from .test_agent_messaging import assert_ping_pong_game, log_lines, traced
 
 REQUEST = caxton_pb2.PERFORMATIVE_REQUEST
 INFORM = caxton_pb2.PERFORMATIVE_INFORM
@@ -105,23 +105,7 @@ def test_ping_on_a_and_pong_on_c_play_a_thousand_messages_in_order(cluster):
                interval=0.2)
     # Both directions are relayed by host a (ping's sends, and pong's
     # replies coming back): its trace holds the whole game.
-    messages = traced(a, "x-500")
-    assert len(messages) == 1000, len(messages)
-    ids = set()
-    for i, t in enumerate(messages):
-        m = t.message
-        rally = i // 2 + 1
-        if i % 2 == 0:
-            assert (m.sender, m.receiver, m.content) == ("ping", "pong", f"ping {rally}/500".encode()), (i, m)
-        else:
-            assert (m.sender, m.receiver, m.content) == ("pong", "ping", f"pong {rally}/500".encode()), (i, m)
-        assert m.performative == (REQUEST if i == 0 else INFORM), (i, m)
-        assert m.hops == i + 1, (i, m)
-        assert t.outcome == "delivered", (i, t)
-        assert m.message_id and m.message_id not in ids
-        ids.add(m.message_id)
-        if i:
-            assert m.in_reply_to == key(messages[i - 1].message), (i, m)
+    assert_ping_pong_game(traced(a, "x-500"), 500, "x-500")
     # None lost, none doubled: pong (on c) handled exactly 500, ping the
     # 500 replies and the message that started the game.
     assert c.status("pong").messages == 500
