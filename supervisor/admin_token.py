@@ -4,7 +4,8 @@ A supervisor whose config names no tokens still authenticates every call:
 at its first start it creates an admin token in its state directory (as
 Jupyter does), and later starts use the same one. The CLI looks there, so a
 developer's first run needs no setup, while a worker running as another
-user (nobody) can read neither the file nor the state directory around it.
+user (its own uid, or `sandbox.user`) can read neither the file nor the state
+directory around it.
 
 The file appears complete or not at all: the token is written to a private
 temporary file (O_CREAT|O_EXCL, mode 0600) and hard-linked into place, which
