@@ -44,6 +44,7 @@ import enum
 import fnmatch
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 
 import wasmtime
@@ -187,7 +188,7 @@ def _check_structure(
     if layer != 0 or version != 1:
         message = f"unsupported binary version {version} (layer {layer}); expected version 1 core module"
         return [_error("structure.version", message)], wasm, None
-    rejection = _rejection(_engine(frozenset()), wasm)
+    rejection = _feature_rejection(frozenset(), wasm, hashlib.sha256(wasm).digest())
     if rejection is not None:
         return [_error("structure.invalid", f"invalid module: {rejection}")], wasm, None
     try:
@@ -288,13 +289,36 @@ def _rejection(engine: wasmtime.Engine, wasm: bytes) -> str | None:
     return None
 
 
+# Whether wasmtime accepts a module, with all features or with some off,
+# depends only on its bytes, and asking took ~2 ms of every deploy of a
+# module deployed before (many agents of one module, restores, reloads
+# back). Answers are kept by the module's digest, for the most recent ones.
+_KNOWN_REJECTIONS: dict[tuple[frozenset[str], bytes], str | None] = {}
+_KNOWN_REJECTIONS_MAX = 512
+_known_rejections_lock = threading.Lock()  # deploys validate on several threads
+
+
+def _feature_rejection(switches: frozenset[str], wasm: bytes, digest: bytes) -> str | None:
+    key = (switches, digest)
+    with _known_rejections_lock:
+        if key in _KNOWN_REJECTIONS:
+            return _KNOWN_REJECTIONS[key]
+    rejection = _rejection(_engine(switches), wasm)
+    with _known_rejections_lock:
+        if len(_KNOWN_REJECTIONS) >= _KNOWN_REJECTIONS_MAX:
+            del _KNOWN_REJECTIONS[next(iter(_KNOWN_REJECTIONS))]  # the oldest
+        _KNOWN_REJECTIONS[key] = rejection
+    return rejection
+
+
 def _check_features(wasm: bytes, policy: Policy) -> list[Finding]:
     # The module validated with every proposal on; if it fails with one
     # feature off, it uses that feature.
     findings = []
+    digest = hashlib.sha256(wasm).digest()
     for name in sorted(policy.denied_features & _FEATURES.keys()):
         feature = _FEATURES[name]
-        rejection = _rejection(_engine(feature.switches), wasm)
+        rejection = _feature_rejection(feature.switches, wasm, digest)
         if rejection is not None:
             message = f"module uses {feature.label}, which policy '{policy.name}' denies ({rejection})"
             findings.append(_error(f"security.feature.{name}", message))

@@ -243,6 +243,25 @@ def test_reference_types_reported_only_when_denied() -> None:
     assert rules(validate(module, denying)) == ["security.feature.reference-types"]
 
 
+def test_a_module_seen_before_is_not_validated_by_wasmtime_again(monkeypatch) -> None:
+    asked: list[bytes] = []
+    real = validation._rejection
+
+    def counting(engine: wasmtime.Engine, wasm: bytes) -> str | None:
+        asked.append(wasm)
+        return real(engine, wasm)
+
+    monkeypatch.setattr(validation, "_rejection", counting)
+    shared = agent(**FEATURE_MODULES["threads"], extra="(func $once)")  # a module no other test made
+    first = validate(shared, DEFAULT)
+    assert asked and rules(first) == ["security.feature.threads"]
+    asked.clear()
+    again = validate(shared, DEFAULT)
+    assert asked == [] and again.findings == first.findings  # the same verdict, word for word
+    other = agent(**FEATURE_MODULES["threads"], extra="(func $twice)")
+    assert rules(validate(other, DEFAULT)) == ["security.feature.threads"] and asked  # new bytes: asked
+
+
 def test_every_feature_engine_can_be_built() -> None:
     # Some switch combinations abort the process inside wasmtime; building
     # each engine here catches a bad combination before production does.
