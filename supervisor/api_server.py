@@ -37,6 +37,12 @@ class ApiServer:
         self._thread.start()
         self.server: grpc.aio.Server = self.call(self.create_server(options, interceptors))
 
+    @property
+    def thread_id(self) -> int:
+        """The ident of the thread that runs the loop."""
+        assert self._thread.ident is not None  # started in __init__
+        return self._thread.ident
+
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()

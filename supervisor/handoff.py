@@ -15,6 +15,11 @@ from collections.abc import Callable
 
 def call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
     """Run `callback(*args)` on `loop`, from any thread."""
+    if asyncio._get_running_loop() is loop:
+        # Already on it (a batch delivered from the loop, dispatch.py): no
+        # need to write to the loop's self-pipe to wake it.
+        loop.call_soon(callback, *args)
+        return
     try:
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:

@@ -12,11 +12,12 @@ for another instance.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from .errors import WorkerStartError
 from .events import EventBus
 from .figures import KnownFigures
 from .launcher import ExitStatus, Launcher, WorkerProcess
+from .loop_delivery import LoopDelivery
 from .mailbox import Mailbox, Pending
 from .parking import CgroupFreezer, Freezer, Parking, SignalFreezer
 from .pool import SparePool
@@ -174,10 +176,13 @@ class WorkerInstance:
         self._relay = relay
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)
-        self._on_result: Callable[[bool], None] = _uncounted
-        self.dispatcher = Dispatcher(pool or DispatchPool(), self._deliver_safely, lambda: self.process.alive,
+        self.on_result: Callable[[bool], None] = _uncounted  # counts each outcome for the agent
+        pool = pool or DispatchPool()
+        # Batches woken on the API loop are sent from there (loop_delivery.py).
+        self._loop_delivery = LoopDelivery(self, pool.loop) if pool.loop is not None else None
+        self.dispatcher = Dispatcher(pool, self._deliver_safely, lambda: self.process.alive,
                                      batch_max_messages=config.batch_max_messages,
-                                     batch_max_bytes=config.batch_max_bytes)
+                                     batch_max_bytes=config.batch_max_bytes, on_loop=self._loop_delivery)
         self.parking = Parking(_freezer(process, cgroup), label=f"[{agent} v{version}] worker {process.pid}")
         self._figures = KnownFigures()  # what the worker last said of itself, while still true
 
@@ -215,7 +220,7 @@ class WorkerInstance:
     def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
         """Start taking messages from `mailbox`. `on_result(ok)` counts each
         outcome for the agent's statistics."""
-        self._on_result = on_result
+        self.on_result = on_result
         self.dispatcher.serve(mailbox)
 
     def retire(self, mailbox: Mailbox, *, drain: bool) -> None:
@@ -227,7 +232,7 @@ class WorkerInstance:
         """Take batches from `mailbox` from now on, counting outcomes with
         `on_result` (a promoted candidate's workers join the agent's own
         mailbox); the batch in hand finishes."""
-        self._on_result = on_result
+        self.on_result = on_result
         self.dispatcher.move_to(mailbox)
 
     def reinstate(self) -> None:
@@ -266,6 +271,8 @@ class WorkerInstance:
     def close(self) -> None:
         """Release what the instance holds once its process has exited."""
         self.client.close()
+        if self._loop_delivery is not None:
+            self._loop_delivery.channel.close()
         if self.cgroup is not None and not self.process.alive:
             self.cgroup.remove()
 
@@ -326,45 +333,72 @@ class WorkerInstance:
         strand callers: whatever was not answered yet gets an error, and the
         dispatcher goes on. The caller sees an id; the log line has it and
         the detail."""
-        on_result = self._on_result
+        on_result = self.on_result
         try:
-            with self._figures.agent_code_runs(), self.parking.awake():
+            with self.running_agent_code():
                 return self._deliver(batch, on_result)
         except Exception:
-            error_id = secrets.token_hex(4)
-            log.exception("[%s v%d] internal error %s: dispatching a batch failed", self.agent, self.version,
-                          error_id)
-            for pending in batch:
-                if pending.resolve(grpc.StatusCode.INTERNAL,
-                                   f"internal error {error_id}: the supervisor failed dispatching the message"):
-                    on_result(False)
-            return True
+            return self.internal_error(batch, on_result)
 
-    def _deliver(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
-        """Send one batch to the worker and answer each message. Returns
-        False when the worker is gone."""
+    @contextlib.contextmanager
+    def running_agent_code(self) -> Iterator[None]:
+        """Around every call that runs agent code: the worker is thawed for
+        it, and the figures it last gave are out of date."""
+        with self._figures.agent_code_runs(), self.parking.awake():
+            yield
+
+    def internal_error(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
+        """(In an exception handler.) A bug of ours while delivering `batch`:
+        each message not answered yet gets an error naming an id, which the
+        log line has with the traceback; the dispatcher goes on."""
+        error_id = secrets.token_hex(4)
+        log.exception("[%s v%d] internal error %s: dispatching a batch failed", self.agent, self.version, error_id)
+        for pending in batch:
+            if pending.resolve(grpc.StatusCode.INTERNAL,
+                               f"internal error {error_id}: the supervisor failed dispatching the message"):
+                on_result(False)
+        return True
+
+    def hang_bound(self, batch: list[Pending]) -> Deadline:
+        """How long the worker may take over `batch` before it counts as hung."""
         # A worker that takes far longer than its agents' own timeouts allow
         # is hung: the bound turns that into an error instead of a dispatcher
         # stuck forever.
         per_message_s = self.limits.timeout_ms / 1000 if self.limits.timeout_ms else _UNTIMED_MESSAGE_S
-        hang_bound = Deadline.after(len(batch) * per_message_s + _BATCH_SLACK_S)
+        return Deadline.after(len(batch) * per_message_s + _BATCH_SLACK_S)
+
+    def _deliver(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
+        """Send one batch to the worker and answer each message. Returns
+        False when the worker is gone."""
         try:
-            outcomes = self.client.handle([p.message for p in batch], [p.deadline for p in batch], hang_bound)
+            outcomes = self.client.handle([p.message for p in batch], [p.deadline for p in batch],
+                                          self.hang_bound(batch))
         except WorkerCallError as exc:
-            if exc.timed_out:
-                self.kill(f"did not finish a batch of {len(batch)} messages in time")
-            reason = self._failure_reason(exc)
-            for pending in batch:
-                if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
-                    on_result(False)
-            return self.process.alive
+            return self.batch_failed(batch, exc, on_result)
+        self.answer(batch, outcomes, on_result)
+        return True
+
+    def batch_failed(self, batch: list[Pending], exc: WorkerCallError, on_result: Callable[[bool], None]) -> bool:
+        """The worker did not answer `batch`: each message is answered
+        UNAVAILABLE (a hung worker is killed first). May wait briefly for a
+        dead worker's exit, to say how it died. Returns whether it lives."""
+        if exc.timed_out:
+            self.kill(f"did not finish a batch of {len(batch)} messages in time")
+        reason = self._failure_reason(exc)
+        for pending in batch:
+            if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
+                on_result(False)
+        return self.process.alive
+
+    def answer(self, batch: list[Pending], outcomes: list[MessageOutcome], on_result: Callable[[bool], None]) -> None:
+        """Answer each message of `batch` with its outcome, and relay what
+        the agent sent meanwhile."""
         self.handled += len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.resolve(outcome.code, outcome.error, outcome.reply)
             on_result(outcome.ok)
             if outcome.sent:
                 self._relay_sent(pending, outcome.sent)
-        return True
 
     def _relay_sent(self, pending: Pending, sent: Sequence[worker_pb2.Outgoing]) -> None:
         """What the agent sent while handling `pending`, which completed."""

@@ -214,6 +214,8 @@ class Supervisor:
         # One host of several over NATS ([cluster]); None: standalone, no NATS.
         self.cluster = Cluster(config.cluster, self.runtime) if config.cluster is not None else None
         self.api = self._serve_api([AuthInterceptor(self.authorizer, self.audit)])
+        # Messages that arrive on the API loop go to their workers from there.
+        env.dispatch.serve_loop(self.api.loop, self.api.thread_id)
         self.certificates = (ServerCertificates(config.tls) if config.tls.enabled and unix_path(config.listen) is None
                              else None)
         self.port = self.api.listen(config.listen, self.certificates.credentials if self.certificates else None)

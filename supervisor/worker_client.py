@@ -100,8 +100,11 @@ class MessageOutcome:
         return self.code is _OK
 
 
+HANDLING = "handling the message"  # what a failed Handle call was doing
+
+
 @contextlib.contextmanager
-def _translated(doing: str) -> Iterator[None]:
+def translated(doing: str) -> Iterator[None]:
     """Turn grpc's errors from the call inside into WorkerCallError."""
     try:
         yield
@@ -109,9 +112,9 @@ def _translated(doing: str) -> Iterator[None]:
         # grpc's details of a failed connection name the worker's socket.
         raise WorkerCallError(doing, without_paths(exc.details() or exc.code().name),
                               timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED) from exc
-    except ValueError as exc:
-        # grpc's way of refusing a call on a channel that was closed because
-        # the worker exited meanwhile.
+    except (ValueError, grpc.aio.UsageError) as exc:
+        # grpc's way (sync, aio) of refusing a call on a channel that was
+        # closed because the worker exited meanwhile.
         raise WorkerCallError(doing, str(exc), timed_out=False) from exc
 
 
@@ -137,7 +140,7 @@ class Probe:
             return self._call
         if isinstance(self._call, WorkerCallError):
             raise self._call
-        with _translated("answering a health check"):
+        with translated("answering a health check"):
             response = self._call.result()
         return _stats(response)
 
@@ -160,12 +163,18 @@ def warm_up_channel(socket_path: str, deadline: Deadline) -> grpc.Channel:
     pays ahead instead of a deploy. Raises WorkerCallError."""
     channel = worker_channel(socket_path)
     try:
-        with _translated("answering its first call"):
+        with translated("answering its first call"):
             worker_pb2_grpc.WorkerStub(channel).Stats(worker_pb2.StatsRequest(), timeout=deadline.timeout())
     except WorkerCallError:
         channel.close()
         raise
     return channel
+
+
+def handle_request(messages: Sequence[caxton_pb2.AgentMessage],
+                   deadlines: Sequence[Deadline]) -> worker_pb2.HandleRequest:
+    """A batch as the worker takes it: each message with its caller's deadline."""
+    return worker_pb2.HandleRequest(messages=messages, deadline_ms=[deadline.remaining_ms() for deadline in deadlines])
 
 
 class WorkerClient:
@@ -209,7 +218,7 @@ class WorkerClient:
                 max_message_bytes=limits.max_message_bytes,
             ),
         )
-        with _translated("loading the module"):
+        with translated("loading the module"):
             response = self._stub.Load(request, timeout=deadline.timeout())
         self._forward_logs(response.logs)
         return LoadResult(response.init_code, without_paths(response.error), tuple(response.enforcement),
@@ -224,11 +233,13 @@ class WorkerClient:
         is for the whole call: a worker that has not answered by then is
         hung, and the WorkerCallError says `timed_out`.
         """
-        request = worker_pb2.HandleRequest(
-            messages=messages, deadline_ms=[deadline.remaining_ms() for deadline in deadlines]
-        )
-        with _translated("handling the message"):
-            response = self._stub.Handle(request, timeout=hang_bound.timeout())
+        with translated(HANDLING):
+            response = self._stub.Handle(handle_request(messages, deadlines), timeout=hang_bound.timeout())
+        return self.outcomes(response)
+
+    def outcomes(self, response: worker_pb2.HandleResponse) -> list[MessageOutcome]:
+        """A Handle response read: one outcome per message, in order (the
+        agent's log lines go to the log on the way)."""
         outcomes = []
         for result in response.results:
             # Most messages log nothing: skip the call then.
@@ -251,7 +262,7 @@ class WorkerClient:
     def stats(self, deadline: Deadline) -> WorkerStats:
         """The worker's counters; answered even while a message runs, so it
         doubles as a health check. Raises WorkerCallError."""
-        with _translated("reading its statistics"):
+        with translated("reading its statistics"):
             response = self._stub.Stats(worker_pb2.StatsRequest(), timeout=deadline.timeout())
         return _stats(response)
 
@@ -259,14 +270,14 @@ class WorkerClient:
         """Start a health check without waiting for it, so that one sweep
         can ask every worker at once; `Probe.result()` collects it."""
         try:
-            with _translated("answering a health check"):
+            with translated("answering a health check"):
                 return Probe(self._stub.Stats.future(worker_pb2.StatsRequest(), timeout=deadline.timeout()))
         except WorkerCallError as exc:
             return Probe(exc)
 
     def shutdown(self, deadline: Deadline) -> None:
         """Run caxton_shutdown; the worker exits after answering."""
-        with _translated("shutting down"):
+        with translated("shutting down"):
             response = self._stub.Shutdown(worker_pb2.ShutdownRequest(), timeout=deadline.timeout())
         self._forward_logs(response.logs)
 

@@ -3,9 +3,12 @@ feeds one instance from a mailbox without holding a thread while idle."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 
 import grpc
+import pytest
 
 from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.dispatch import Dispatcher, DispatchPool
@@ -194,3 +197,117 @@ def test_move_to_takes_from_the_new_mailbox():
     wait_until(lambda: worker.taken == ["7"], TIMEOUT, "the message put in the new mailbox")
     old.put(message(8))
     assert len(old) == 1
+
+
+# ------------------------------------------------------------ drains on the API loop
+
+
+class LoopWorker:
+    """A LoopDelivery that records which thread each batch went from; it
+    hands batches whose first message id is in `hand_over` to a pool thread."""
+
+    def __init__(self, loop_thread: int) -> None:
+        self.taken: list[str] = []
+        self.on_loop: list[bool] = []
+        self.connected = True
+        self.hand_over: set[str] = set()
+        self._loop_thread = loop_thread
+
+    def ready(self) -> bool:
+        return self.connected
+
+    async def deliver(self, batch: list[Pending]):
+        await asyncio.sleep(0)  # a real call awaits the worker
+        self.on_loop.append(threading.get_ident() == self._loop_thread)
+        if batch[0].message.message_id in self.hand_over:
+            return functools.partial(self.finish_on_thread, batch)
+        return self.finish_on_thread(batch)
+
+    def finish_on_thread(self, batch: list[Pending]) -> bool:
+        for pending in batch:
+            self.taken.append(pending.message.message_id)
+            pending.resolve(grpc.StatusCode.OK)
+        return True
+
+
+@pytest.fixture
+def api_loop():
+    """An event loop in a thread of its own, like the supervisor's API loop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-api-loop", daemon=True)
+    thread.start()
+    try:
+        yield loop, thread
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(TIMEOUT)
+        loop.close()
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, fn) -> None:
+    asyncio.run_coroutine_threadsafe(_call(fn), loop).result(TIMEOUT)
+
+
+async def _call(fn) -> None:
+    fn()
+
+
+def test_a_dispatcher_woken_on_the_loop_drains_there_in_order(api_loop):
+    loop, thread = api_loop
+    pool = DispatchPool(idle_timeout_s=TIMEOUT)
+    pool.serve_loop(loop, thread.ident)
+    worker = Worker()  # the thread path, for the first drain
+    loop_worker = LoopWorker(thread.ident)
+    box = Mailbox(limit=10_000)
+    feeder = Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=8, batch_max_bytes=1 << 20,
+                        on_loop=loop_worker)
+    feeder.serve(box)
+    wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle")
+    on_loop(loop, lambda: [box.put(message(n)) for n in range(20)])
+    wait_until(lambda: len(loop_worker.taken) == 20, TIMEOUT, "the messages put on the loop to be delivered")
+    assert loop_worker.taken == [str(n) for n in range(20)]
+    assert loop_worker.on_loop and all(loop_worker.on_loop)
+    assert worker.taken == []  # no batch went by a pool thread
+    # Put from another thread, the next message goes by a pool thread.
+    wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle again")
+    box.put(message(20))
+    wait_until(lambda: worker.taken == ["20"], TIMEOUT, "a message put off the loop to go by a pool thread")
+
+
+def test_a_batch_the_loop_hands_over_is_finished_on_a_thread_and_order_holds(api_loop):
+    loop, thread = api_loop
+    pool = DispatchPool(idle_timeout_s=TIMEOUT)
+    pool.serve_loop(loop, thread.ident)
+    worker = Worker()
+    worker.gate.clear()  # the thread path holds the drain it continues
+    loop_worker = LoopWorker(thread.ident)
+    loop_worker.hand_over = {"0"}
+    box = Mailbox(limit=10_000)
+    feeder = Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=1, batch_max_bytes=1 << 20,
+                        on_loop=loop_worker)
+    feeder.serve(box)
+    wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle")
+    on_loop(loop, lambda: [box.put(message(n)) for n in range(3)])
+    # "0" was handed over and finished on a pool thread, which goes on with
+    # the drain there: "1" and "2" wait behind the (held) thread path.
+    wait_until(lambda: loop_worker.taken == ["0"], TIMEOUT, "the handed-over batch to be finished")
+    assert worker.taken == []
+    worker.gate.set()
+    wait_until(lambda: worker.taken == ["1", "2"], TIMEOUT, "the rest of the drain, on the thread, in order")
+
+
+def test_until_the_loop_channel_is_ready_batches_go_by_a_pool_thread(api_loop):
+    loop, thread = api_loop
+    pool = DispatchPool(idle_timeout_s=TIMEOUT)
+    pool.serve_loop(loop, thread.ident)
+    worker = Worker()
+    loop_worker = LoopWorker(thread.ident)
+    loop_worker.connected = False
+    box = Mailbox(limit=10_000)
+    feeder = Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=8, batch_max_bytes=1 << 20,
+                        on_loop=loop_worker)
+    feeder.serve(box)
+    wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle")
+    on_loop(loop, lambda: box.put(message(0)))
+    wait_until(lambda: worker.taken == ["0"], TIMEOUT, "the message to go by a pool thread")
+    assert loop_worker.taken == []

@@ -29,13 +29,23 @@ def _cgroup_dir(pid: int) -> Path | None:
 
 def frozen(pid: int) -> bool:
     """Frozen by the cgroup freezer, or stopped by SIGSTOP."""
-    # Some kernels show a SIGSTOPped process as "t" rather than "T".
-    if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+    if _all_threads_stopped(pid):
         return True
     directory = _cgroup_dir(pid)
     if directory is None or not (directory / "cgroup.freeze").exists():
         return False
     return "frozen 1" in (directory / "cgroup.events").read_text().splitlines()
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """SIGSTOP stops a process's threads one by one: the process shows as
+    stopped while some of its threads are still on their way to sleep."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        # Some kernels show a SIGSTOPped thread as "t" rather than "T".
+        if stat[stat.rindex(")") + 2] not in "tT":
+            return False
+    return True
 
 
 def wake_ups(pid: int) -> int:
