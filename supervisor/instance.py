@@ -247,6 +247,9 @@ class WorkerInstance:
     def shutdown(self, deadline: Deadline) -> None:
         """Run caxton_shutdown in the worker and wait for it to exit; kill it
         if it does not by the deadline."""
+        if self._loop_delivery is not None:
+            # Its open stream would hold the worker's exit up (loop_delivery.py).
+            self._loop_delivery.channel.close()
         if self.process.alive:
             self.parking.enter()  # thawed for good: it is about to exit
             try:

@@ -12,6 +12,13 @@ block: a batch whose call failed (telling how the worker died may wait for
 its exit) or whose agent sent messages (relaying may reach another host) is
 finished on a pool thread, exactly as the thread path would have finished it.
 
+Batches from the loop go over one HandleStream per worker, kept open: a
+batch on an open stream costs the worker about 70 µs of CPU against 170 µs
+for a call of its own, and answers in 150 µs against 280 µs (measured on
+this host with bare grpc servers). The dispatcher sends a batch only once
+the previous one is answered, so the stream is a strict conversation. A
+failed exchange ends the stream; the next batch opens a new one.
+
 grpc.aio binds a channel to the loop it is opened on, so this channel is
 opened on the API loop, lazily, and closed there. Until it is connected,
 batches go by the pool thread and the worker's own warm channel
@@ -28,7 +35,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from caxton.contract import MAX_GRPC_MESSAGE_BYTES
-from caxton.internal.v1 import worker_pb2_grpc
+from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
 from .dispatch import Delivered
 from .handoff import call_soon
@@ -46,13 +53,15 @@ _OPTIONS = [
 
 
 class LoopChannel:
-    """The API loop's channel to one worker (opened and used on the loop)."""
+    """The API loop's channel to one worker and its open HandleStream
+    (opened and used on the loop)."""
 
     def __init__(self, socket_path: str, loop: asyncio.AbstractEventLoop):
         self._target = f"unix:{socket_path}"
         self._loop = loop
         self._channel: grpc.aio.Channel | None = None
-        self.stub: worker_pb2_grpc.WorkerStub | None = None
+        self._stub: worker_pb2_grpc.WorkerStub | None = None
+        self._stream: grpc.aio.StreamStreamCall | None = None
         self._closed = False
 
     def ready(self) -> bool:
@@ -61,16 +70,53 @@ class LoopChannel:
             return False
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self._target, options=_OPTIONS)
-            self.stub = worker_pb2_grpc.WorkerStub(self._channel)
+            self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         return self._channel.get_state(try_to_connect=True) is _READY
 
+    async def handle(self, request: worker_pb2.HandleRequest, timeout: float | None) -> worker_pb2.HandleResponse:
+        """One batch over the stream; raises WorkerCallError (timed_out if
+        no answer came within `timeout`), after which the stream is gone."""
+        try:
+            with translated(HANDLING):
+                stream = self._stream
+                if stream is None:
+                    if self._stub is None:  # closed meanwhile: the instance is retiring
+                        raise WorkerCallError(HANDLING, "the worker's channel is closed", timed_out=False)
+                    stream = self._stream = self._stub.HandleStream()
+                async with asyncio.timeout(timeout):
+                    await stream.write(request)
+                    response = await stream.read()
+        except TimeoutError as exc:
+            self.end_stream()
+            raise WorkerCallError(HANDLING, "no answer in time", timed_out=True) from exc
+        except asyncio.InvalidStateError as exc:
+            # grpc.aio's refusal to write on a call that has already ended.
+            self.end_stream()
+            raise WorkerCallError(HANDLING, "the stream to the worker had ended", timed_out=False) from exc
+        except BaseException:
+            self.end_stream()
+            raise
+        if not isinstance(response, worker_pb2.HandleResponse):  # grpc.aio.EOF
+            self.end_stream()
+            raise WorkerCallError(HANDLING, "the worker ended the stream", timed_out=False)
+        return response
+
+    def end_stream(self) -> None:
+        """(On the loop.) Cancel the stream; the next batch opens another."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.cancel()
+
     def close(self) -> None:
-        """From any thread: no more calls; the channel closes on the loop."""
+        """From any thread: no more batches; the stream ends and the channel
+        closes on the loop. Called before the worker is shut down, whose
+        server would otherwise wait for the open stream."""
         call_soon(self._loop, self._close)
 
     def _close(self) -> None:
         self._closed = True
-        channel, self._channel, self.stub = self._channel, None, None
+        self.end_stream()
+        channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             self._loop.create_task(channel.close())
 
@@ -90,12 +136,8 @@ class LoopDelivery:
         on_result = instance.on_result
         try:
             with instance.running_agent_code():
-                stub = self.channel.stub
-                if stub is None:  # closed meanwhile: the instance is retiring
-                    raise WorkerCallError(HANDLING, "the worker's channel is closed", timed_out=False)
                 request = handle_request([p.message for p in batch], [p.deadline for p in batch])
-                with translated(HANDLING):
-                    response = await stub.Handle(request, timeout=instance.hang_bound(batch).timeout())
+                response = await self.channel.handle(request, instance.hang_bound(batch).timeout())
             outcomes = instance.client.outcomes(response)
         except WorkerCallError as exc:
             return functools.partial(instance.batch_failed, batch, exc, on_result)

@@ -30,10 +30,11 @@ def serve(socket_path: str, ready_fd: int) -> int:
         exit_status.append(status)
         done.set()
 
-    # Two threads: one runs messages (they are serialised anyway), the other
-    # keeps Stats answering while a long message runs.
+    # Three threads at most: one runs messages (they are serialised anyway),
+    # one keeps Stats answering while a long message runs, and one holds
+    # the supervisor's HandleStream, which waits there between batches.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="rpc"),
         options=[
             ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),

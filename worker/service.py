@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -113,6 +113,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     ms = deadlines_ms[index] if index < given else 0
                     self._handle_one(sandbox, message, received + ms / 1000 if ms else None, add)
             return response
+
+    def HandleStream(self, requests: Iterator[worker_pb2.HandleRequest],
+                     context: grpc.ServicerContext) -> Iterator[worker_pb2.HandleResponse]:
+        # The supervisor sends the next batch only once this one is
+        # answered, so a batch here is exactly a Handle call.
+        for request in requests:
+            yield self.Handle(request, context)
 
     def _handle_one(self, sandbox: Sandbox, message, caller_deadline: float | None,
                     add: Callable[..., worker_pb2.HandleResult]) -> None:
