@@ -43,7 +43,7 @@ _PR_SET_PDEATHSIG = 1
 
 class EchoServicer(caxton_pb2_grpc.MessagingServicer):
     """Replies with the request's content in the envelope Caxton builds
-    (`supervisor.runtime.reply_envelope`), so the reply has the same size."""
+    (`supervisor.messaging.fill_reply_envelope`), so the reply has the same size."""
 
     def Send(self, request: caxton_pb2.SendRequest, context: grpc.ServicerContext) -> caxton_pb2.SendResponse:
         message = request.message

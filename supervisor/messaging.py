@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -58,16 +59,28 @@ UNARY_CALL_BYTES = 16 << 10
 ROOM_RECHECK_S = 1.0
 
 
-def reply_envelope(request: caxton_pb2.AgentMessage, content: bytes) -> caxton_pb2.AgentMessage:
-    """The FIPA-ACL envelope around an agent's reply."""
-    return caxton_pb2.AgentMessage(
-        performative=caxton_pb2.PERFORMATIVE_INFORM,
-        sender=request.receiver,
-        receiver=request.sender,
-        conversation_id=request.conversation_id,
-        in_reply_to=request.reply_with or request.message_id,
-        content=content,
-    )
+def fill_reply_envelope(envelope: caxton_pb2.AgentMessage, request: caxton_pb2.AgentMessage, content: bytes) -> None:
+    """The FIPA-ACL envelope around an agent's reply to `request`, written
+    into a message already in its place in the response: building it apart
+    and passing it in would copy it."""
+    envelope.performative = caxton_pb2.PERFORMATIVE_INFORM
+    envelope.sender = request.receiver
+    envelope.receiver = request.sender
+    envelope.conversation_id = request.conversation_id
+    envelope.in_reply_to = request.reply_with or request.message_id
+    envelope.content = content
+
+
+class _Frame:
+    """A response frame being filled with results, and what they cost."""
+
+    __slots__ = ("response", "add", "cost", "count")
+
+    def __init__(self) -> None:
+        self.response = caxton_pb2.SendStreamResponse()
+        self.add = self.response.results.add
+        self.cost = 0
+        self.count = 0
 
 
 def _settle_outcome(loop: asyncio.AbstractEventLoop, future: asyncio.Future,
@@ -126,7 +139,9 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
         if budget is not None:
             reply_cost = 2 * len(reply)  # the response, and its serialized bytes
             budget.charge(reply_cost)
-        return caxton_pb2.SendResponse(reply=reply_envelope(message, reply), has_reply=True)
+        response = caxton_pb2.SendResponse(has_reply=True)
+        fill_reply_envelope(response.reply, message, reply)
+        return response
 
     @translate_errors
     async def SendStream(self, request_iterator, context):
@@ -154,10 +169,9 @@ class SendStreamFlow:
         self._loop = loop
         self._deadline = deadline
         self._lock = threading.Lock()
-        # Results not written yet, their costs, and the sum (under the lock).
-        self._results: list[caxton_pb2.StreamResult] = []
-        self._costs: list[int] = []
-        self._results_cost = 0
+        # Results not written yet, in frames of up to FRAME_BYTES, each
+        # result built in place in its frame (under the lock).
+        self._frames: deque[_Frame] = deque()
         self._writer_waiting: asyncio.Future | None = None  # (under the lock)
         # What the stream holds, in two halves so that neither side locks per
         # message: bytes of messages read minus results written (loop only),
@@ -228,22 +242,26 @@ class SendStreamFlow:
 
     def _on_result(self, item_id: int, message: caxton_pb2.AgentMessage, size: int) -> OutcomeCallback:
         def on_result(code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
-            if code is _OK:
-                if reply is None:
-                    result = caxton_pb2.StreamResult(id=item_id)
-                else:
-                    result = caxton_pb2.StreamResult(id=item_id, reply=reply_envelope(message, reply), has_reply=True)
-            else:
-                result = caxton_pb2.StreamResult(id=item_id, code=code.value[0], error=error)
             cost = len(reply or error) + MESSAGE_OVERHEAD_BYTES
             if self._budget is not None:
                 # Already held, so never refused; it holds back new charges
                 # (this stream's and everyone's) until the result is written.
                 self._budget.charge(cost)
             with self._lock:
-                self._results.append(result)
-                self._costs.append(cost)
-                self._results_cost += cost
+                frames = self._frames
+                frame = frames[-1] if frames and frames[-1].cost < FRAME_BYTES else None
+                if frame is None:
+                    frame = _Frame()
+                    frames.append(frame)
+                result = frame.add(id=item_id)
+                if code is not _OK:
+                    result.code = code.value[0]
+                    result.error = error
+                elif reply is not None:
+                    fill_reply_envelope(result.reply, message, reply)
+                    result.has_reply = True
+                frame.cost += cost
+                frame.count += 1
                 self._held_by_results += cost - size
                 waiting, self._writer_waiting = self._writer_waiting, None
             if waiting is not None:
@@ -258,39 +276,24 @@ class SendStreamFlow:
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
 
-    def _take_frame(self) -> tuple[list[caxton_pb2.StreamResult], int]:
-        """(Caller holds the lock.) Every result waiting, or as many as make
-        FRAME_BYTES, and their cost."""
-        if self._results_cost <= FRAME_BYTES:
-            frame, cost = self._results, self._results_cost
-            self._results, self._costs, self._results_cost = [], [], 0
-            return frame, cost
-        count = cost = 0
-        while cost < FRAME_BYTES:
-            cost += self._costs[count]
-            count += 1
-        frame = self._results[:count]
-        del self._results[:count], self._costs[:count]
-        self._results_cost -= cost
-        return frame, cost
-
     async def write(self, context: grpc.aio.ServicerContext) -> None:
         """Write results until the client has finished sending and every
         message it sent has its result written."""
         while True:
             waiting = None
             with self._lock:
-                frame, cost = self._take_frame()
-                if not frame:
+                frame = self._frames.popleft() if self._frames else None
+                if frame is None:
                     if not self._reading and self._open == 0:
                         return
                     waiting = self._writer_waiting = self._loop.create_future()
-            if waiting is not None:
+            if frame is None:
+                assert waiting is not None
                 await waiting
                 continue
-            await context.write(caxton_pb2.SendStreamResponse(results=frame))
-            self._open -= len(frame)
-            self._held_by_reading -= cost
+            await context.write(frame.response)
+            self._open -= frame.count
+            self._held_by_reading -= frame.cost
             if self._budget is not None:
-                self._budget.release(cost)
+                self._budget.release(frame.cost)
             self._wake_reader()
