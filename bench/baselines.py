@@ -10,7 +10,7 @@ and returns its answer. Client -> forward (TCP) -> echo (Unix socket) is the
 shape of client -> supervisor -> worker with nothing of Caxton in it: the same
 protobuf message types (so serialization costs the same), sync gRPC servers
 with thread pools, one process per hop. What Caxton adds on top of that
-(mailbox, dispatcher thread, wasmtime) is the ratio the benchmarks report.
+(mailbox, dispatch, wasmtime) is the ratio the benchmarks report.
 
 Each server prints `listening on ADDRESS` once it serves, exits cleanly on
 SIGTERM, and asks the kernel to SIGTERM it if the benchmark process dies, so

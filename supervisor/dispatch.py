@@ -173,6 +173,11 @@ class Dispatcher:
     def mailbox(self) -> Mailbox | None:
         return self._mailbox
 
+    @property
+    def retiring(self) -> bool:
+        """retire() was called (and not undone)."""
+        return self._retiring
+
     def serve(self, mailbox: Mailbox) -> None:
         """Take batches from `mailbox` from now on."""
         with self._lock:

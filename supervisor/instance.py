@@ -198,6 +198,11 @@ class WorkerInstance:
     def parked(self) -> bool:
         return self.parking.parked
 
+    @property
+    def retired(self) -> bool:
+        """Out of service: it takes no more batches (retire())."""
+        return self.dispatcher.retiring
+
     # ------------------------------------------------------------ start / stop
 
     def load(self, module_path: str, cache_dir: str, os_limits: WorkerOsLimits, deadline: Deadline, *,

@@ -195,7 +195,8 @@ class Runtime:
         if baseline is not None:
             handled = {version: sum(self._counts(agent.name, version)[0].values()) - before
                        for version, before in baseline.items()}
-        return snapshot(agent.view(), self.store.versions(agent.name), self.rollouts.record(agent.name), handled)
+        return snapshot(agent.view(), self.store.versions(agent.name), self.rollouts.record(agent.name), handled,
+                        retake=agent.view)
 
     def validate(self, module: bytes, policy_name: str, limits: LimitOverrides | None = None) -> Report:
         return self.admission.dry_run(module, policy_name, limits)

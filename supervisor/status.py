@@ -15,6 +15,7 @@ every agent can carry.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import psutil
@@ -150,9 +151,14 @@ def health(view: AgentView, rollout: RolloutRecord | None) -> tuple[str, str]:
 
 
 def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutRecord | None = None,
-             handled: dict[int, int] | None = None) -> AgentSnapshot:
+             handled: dict[int, int] | None = None, retake: Callable[[], AgentView] | None = None) -> AgentSnapshot:
     """The full status: `view` plus each instance's own figures (and, during
-    a rollout, each version's messages since it began: `handled`)."""
+    a rollout, each version's messages since it began: `handled`).
+
+    A worker that left service while it was asked (a rollout retired it and
+    is ending it) has no figures to give, and the view that listed it is out
+    of date: with `retake`, the status is made once more from a new view,
+    so that it shows the workers in service at the time of their figures."""
     deadline = Deadline.after(STATS_DEADLINE_S)
     probes = [(instance, instance.figures(deadline)) for instance in view.instances]
     instances = []
@@ -161,7 +167,9 @@ def snapshot(view: AgentView, history: list[VersionRecord], rollout: RolloutReco
         try:
             stats = probe.result()
         except WorkerCallError:
-            pass  # reported without the worker's own figures
+            if retake is not None and instance.retired:
+                return snapshot(retake(), history, rollout, handled)
+            # Reported without the worker's own figures.
         else:
             figures = dict(memory_bytes=stats.memory_bytes, messages=stats.messages, errors=stats.errors,
                            resets=stats.resets)
