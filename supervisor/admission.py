@@ -72,6 +72,13 @@ class Admission:
         self._deploying: dict[str, threading.Event] = {}
         # What reloads under way add to the quotas until they end.
         self._growing: list[Usage] = []
+        # What the registry's agents hold, kept as agents join and leave it
+        # (`joined`, `left`) and summed again only when some agent's version
+        # changed since (Agent.version_changed): summed for every deploy, it
+        # cost 1.3 ms at 1,000 agents, under the registry's lock. None: not
+        # summed yet.
+        self._total: Usage | None = None
+        self._total_as_of = 0
 
     def reconfigure(self, config: Config) -> None:
         """New caps, policies and default limits for requests from now on."""
@@ -141,8 +148,25 @@ class Admission:
     def _held(self) -> Usage:
         """What the agents hold of the quotas, with what reloads under way
         add (caller holds the lock)."""
-        held = sum((Usage.of(a.limits.memory_bytes, a.replicas) for a in self._agents.values()), Usage())
-        return sum(self._growing, held)
+        total = self._total
+        if total is None or self._total_as_of != Agent.version_changed or total.agents != len(self._agents):
+            # Read first: a version changed during the sum makes the next
+            # call sum again. (The count of agents only guards against a
+            # join or leave that was not reported.)
+            as_of = Agent.version_changed
+            total = Usage.total((a.limits.memory_bytes, a.replicas) for a in self._agents.values())
+            self._total, self._total_as_of = total, as_of
+        return sum(self._growing, total)
+
+    def joined(self, agent: Agent) -> None:
+        """`agent` was put in the registry (caller holds the lock)."""
+        if self._total is not None:
+            self._total += Usage.of(agent.limits.memory_bytes, agent.replicas)
+
+    def left(self, agent: Agent) -> None:
+        """`agent` was taken out of the registry (caller holds the lock)."""
+        if self._total is not None:
+            self._total -= Usage.of(agent.limits.memory_bytes, agent.replicas)
 
     def claim(self, name: str, wanted: Wanted) -> bool:
         """True if an agent `name` exists exactly as `wanted` (a repeated

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -45,13 +46,24 @@ def _forget(desired: str) -> None:
     """Default for agents whose desired state is not persisted."""
 
 
+# Each change of any agent's version takes the next number here.
+_version_changes = itertools.count(1)
+
+
 class Agent:
+    # The number of the latest change of any agent's version (0: none yet),
+    # so that a figure summed over every agent's version (the quotas'
+    # total, admission.py) can be kept rather than summed again per deploy.
+    # Taken after the change is made: whoever reads it before summing sees
+    # a different number afterwards if a change came meanwhile.
+    version_changed = 0
+
     def __init__(self, name: str, policy: str, version: VersionRecord, config: Config, *, state: AgentState,
                  launch: Launch, restart: RestartSettings | None = None, replicas: int = 1,
                  events: EventBus | None = None, remember: Callable[[str], None] = _forget):
         self.name = name
         self.policy = policy
-        self.version = version
+        self._version = version  # not a change: a new agent is counted as it joins the registry
         self.replicas = replicas
         self.launch = launch
         self._events = events or EventBus()
@@ -75,8 +87,18 @@ class Agent:
             self.intake.closed()
 
     @property
+    def version(self) -> VersionRecord:
+        """The version in service (set by a switch, a promotion, a rollback)."""
+        return self._version
+
+    @version.setter
+    def version(self, version: VersionRecord) -> None:
+        self._version = version
+        Agent.version_changed = next(_version_changes)
+
+    @property
     def limits(self) -> Limits:
-        return self.version.limits
+        return self._version.limits
 
     @contextlib.contextmanager
     def operation(self) -> Iterator[None]:

@@ -243,16 +243,23 @@ class Runtime:
                 raise
             agent = self._agent(name, policy, version, AgentState.UNLOADED, wanted.replicas, wanted.restart)
             self._agents[name] = agent
+            self.admission.joined(agent)
         try:
             agent.start(remember=False)
             self.store.mark_stable(name, version.version)
         except BaseException:
             agent.kill()
             with self._lock:
-                self._agents.pop(name, None)
+                self._unregister(name)
                 self.store.delete_agent(name)
             raise
         return version
+
+    def _unregister(self, name: str) -> None:
+        """Take `name` out of the registry (caller holds the lock)."""
+        agent = self._agents.pop(name, None)
+        if agent is not None:
+            self.admission.left(agent)
 
     def hot_reload(self, spec: ReloadSpec) -> Reloaded:
         """Validate and record a new version, then switch to it with no
@@ -382,7 +389,7 @@ class Runtime:
             agent.stop(self.config.stop_timeout_s if timeout_s is None else timeout_s)
         agent.unload()
         with self._lock:
-            self._agents.pop(name, None)
+            self._unregister(name)
             self._damaged.pop(name, None)
             self.store.delete_agent(name)
         log.info("removed %s", name)
