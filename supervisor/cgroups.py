@@ -259,6 +259,21 @@ class Cgroups:
                 layers += self._limit_v1(controller, directory, limits)
         return WorkerCgroup(self.version, dirs, layers, limits.memory_bytes)
 
+    def limit(self, cgroup: WorkerCgroup, limits: CgroupLimits) -> None:
+        """Set `limits` on a cgroup made earlier with looser ones (a spare
+        worker's, made with no memory limit, which is only ever lowered
+        here: the order v1 needs between memory and memory+swap). Writing a
+        limit is cheap, unlike moving a process between cgroups, which waits
+        for an RCU grace period (milliseconds) whenever none moved lately."""
+        layers: list[str] = []
+        for controller, directory in cgroup.dirs.items():
+            if self.version == 2:
+                layers += self._limit_v2(directory, limits)
+            else:
+                layers += self._limit_v1(controller, directory, limits)
+        cgroup.layers = layers
+        cgroup.memory_bytes = limits.memory_bytes
+
     def _limit_v1(self, controller: str, directory: Path, limits: CgroupLimits) -> list[str]:
         try:
             if controller == "memory" and limits.memory_bytes:

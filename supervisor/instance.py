@@ -94,11 +94,18 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     sandbox = env.config.sandbox
     limits = version.limits
     os_memory = limits.memory_bytes + sandbox.memory_overhead_bytes
-    cgroup = env.cgroups.create(CgroupLimits(os_memory, sandbox.cpu_cores, sandbox.pids_max))
-    # A spare from the pool joins its cgroup now, so only what it allocates
-    # from here on is charged there; a worker started for this instance
-    # joins before it allocates anything.
+    cgroup_limits = CgroupLimits(os_memory, sandbox.cpu_cores, sandbox.pids_max)
+    # A spare from the pool was born in a cgroup of its own: it gets this
+    # instance's limits there, rather than being moved (a move waits for an
+    # RCU grace period: milliseconds). A worker started for this instance
+    # joins its new cgroup before it allocates anything. Either way all the
+    # worker allocates is charged there.
     spare = env.pool.take()
+    if spare is not None and spare.cgroup is not None:
+        cgroup: WorkerCgroup | None = spare.cgroup
+        env.cgroups.limit(spare.cgroup, cgroup_limits)
+    else:
+        cgroup = env.cgroups.create(cgroup_limits)
     process, channel = (spare.process, spare.channel) if spare is not None else (None, None)
     if process is None:
         try:
@@ -113,8 +120,8 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
             if cgroup is not None:
                 cgroup.remove()
             raise
-    if cgroup is not None:
-        cgroup.adopt(process.pid)
+    if cgroup is not None and spare is not None and spare.cgroup is None:
+        cgroup.adopt(process.pid)  # a spare born outside any cgroup of ours
     process.serves(version.agent)
     # Its own uid where it has one (uids.py), else the configured user's.
     uid, gid, user_name = (process.uid, process.uid, "") if process.uid >= 0 else (env.uid, env.gid, env.user_name)

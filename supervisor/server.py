@@ -43,7 +43,7 @@ from .api_server import ApiServer
 from .audit import Audit
 from .auth import Authorizer, TokenEntry
 from .auth_interceptor import AuthInterceptor
-from .cgroups import Cgroups
+from .cgroups import CgroupLimits, Cgroups
 from .cluster import Cluster
 from .config import Config, ConfigError
 from .errors import CaxtonError, NotFound
@@ -181,7 +181,9 @@ class Supervisor:
         os.chmod(self.runtime_dir, 0o700)
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids)
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
-        self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s)
+        self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s,
+                              cgroups=self.cgroups if self.cgroups.active else None,
+                              cgroup_limits=CgroupLimits(0, config.sandbox.cpu_cores, config.sandbox.pids_max))
         self.logbook = EventBus(history=config.log_lines, per_agent=True)
         self.traffic = AgentTraffic()
         # Bound late: the router it delivers through belongs to the runtime,

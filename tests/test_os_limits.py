@@ -85,9 +85,10 @@ def test_kernel_oom_kill_is_reported_as_such(supervisor):
     # an agent that fills all the linear memory it is allowed then pushes
     # the worker (which needs a few MiB of its own) past its cgroup limit,
     # and the kernel kills it.
-    # No spare pool: a spare's start-up memory is charged before it joins
-    # the cgroup, and this test needs all of the worker's memory counted.
-    sup = supervisor('worker_pool = 0\n[sandbox]\nmemory_overhead = "0"\n')
+    # The worker comes from the spare pool: a spare is born in a cgroup of
+    # its own, which gets the agent's limit when it is taken, so all of the
+    # worker's memory counts, its start-up memory included.
+    sup = supervisor('[sandbox]\nmemory_overhead = "0"\n')
     sup.deploy("hog-os", "hog", memory_bytes=512 << 20, timeout_ms=30_000)
     sup.deploy("hog-neighbour", "echo")
     with pytest.raises(grpc.RpcError) as info:
