@@ -144,7 +144,7 @@ class HealthMonitor:
             asked = {id(instance) for instance in due}
             for instance in live:
                 if id(instance) not in asked:
-                    instance.parking.park_if_idle(self._park_after_s)
+                    instance.park_if_idle(self._park_after_s)
         if not due:
             return
         deadline = Deadline.after(self._timeout_s)

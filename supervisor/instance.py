@@ -205,6 +205,16 @@ class WorkerInstance:
     def parked(self) -> bool:
         return self.parking.parked
 
+    def park_if_idle(self, after_s: float) -> bool:
+        """Park the worker if no call has run for `after_s` (parking.py);
+        True if it was parked now. A parked worker needs no channel from
+        the API loop until it runs again."""
+        if not self.parking.park_if_idle(after_s):
+            return False
+        if self._loop_delivery is not None:
+            self._loop_delivery.channel.rest()
+        return True
+
     @property
     def retired(self) -> bool:
         """Out of service: it takes no more batches (retire())."""

@@ -63,6 +63,7 @@ class LoopChannel:
         self._stub: worker_pb2_grpc.WorkerStub | None = None
         self._stream: grpc.aio.StreamStreamCall | None = None
         self._closed = False
+        self._busy = False  # a batch is on the stream
 
     def ready(self) -> bool:
         """Connected now; if not, start connecting (on the loop)."""
@@ -76,12 +77,15 @@ class LoopChannel:
     async def handle(self, request: worker_pb2.HandleRequest, timeout: float | None) -> worker_pb2.HandleResponse:
         """One batch over the stream; raises WorkerCallError (timed_out if
         no answer came within `timeout`), after which the stream is gone."""
+        self._busy = True
         try:
             with translated(HANDLING):
                 stream = self._stream
                 if stream is None:
-                    if self._stub is None:  # closed meanwhile: the instance is retiring
+                    if self._closed:  # the instance is retiring
                         raise WorkerCallError(HANDLING, "the worker's channel is closed", timed_out=False)
+                    self.ready()  # opens the channel again if it was let go (rest())
+                    assert self._stub is not None
                     stream = self._stream = self._stub.HandleStream()
                 async with asyncio.timeout(timeout):
                     await stream.write(request)
@@ -96,6 +100,8 @@ class LoopChannel:
         except BaseException:
             self.end_stream()
             raise
+        finally:
+            self._busy = False
         if not isinstance(response, worker_pb2.HandleResponse):  # grpc.aio.EOF
             self.end_stream()
             raise WorkerCallError(HANDLING, "the worker ended the stream", timed_out=False)
@@ -107,6 +113,18 @@ class LoopChannel:
         if stream is not None:
             stream.cancel()
 
+    def rest(self) -> None:
+        """From any thread: the worker was parked; let the stream and the
+        channel go (each held about 50 KiB of the supervisor's memory: at
+        2,500 agents, 118 KiB per agent against 61 without them). The next
+        batch opens them again, and goes by a pool thread meanwhile. A batch
+        on the stream when this runs keeps them: its worker is awake."""
+        call_soon(self._loop, self._rest)
+
+    def _rest(self) -> None:
+        if not self._busy:
+            self._let_go()
+
     def close(self) -> None:
         """From any thread: no more batches; the stream ends and the channel
         closes on the loop. Called before the worker is shut down, whose
@@ -115,6 +133,9 @@ class LoopChannel:
 
     def _close(self) -> None:
         self._closed = True
+        self._let_go()
+
+    def _let_go(self) -> None:
         self.end_stream()
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:

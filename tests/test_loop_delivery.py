@@ -60,12 +60,19 @@ def settle(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(settled())
 
 
-def connect(channel: LoopChannel, loop: asyncio.AbstractEventLoop) -> None:
-    async def connected() -> bool:
+def ready(channel: LoopChannel, loop: asyncio.AbstractEventLoop) -> bool:
+    """channel.ready(), called on the loop (grpc.aio binds a channel to the
+    loop running when it is opened)."""
+
+    async def on_loop() -> bool:
         await asyncio.sleep(0.01)
         return channel.ready()
 
-    wait_until(lambda: loop.run_until_complete(connected()), 10, "the loop's channel to connect")
+    return loop.run_until_complete(on_loop())
+
+
+def connect(channel: LoopChannel, loop: asyncio.AbstractEventLoop) -> None:
+    wait_until(lambda: ready(channel, loop), 10, "the loop's channel to connect")
 
 
 def batch(*contents: bytes) -> worker_pb2.HandleRequest:
@@ -127,6 +134,24 @@ def test_a_closed_channel_refuses_batches(worker, client, channel, loop, tmp_pat
     connect(channel, loop)
     channel.close()
     settle(loop)
-    assert not channel.ready()
+    assert not ready(channel, loop)
     with pytest.raises(WorkerCallError):
         loop.run_until_complete(channel.handle(batch(b"1"), HANG_BOUND_S))
+
+
+def test_a_channel_let_go_while_its_worker_rests_opens_again_for_the_next_batch(worker, client, channel, loop,
+                                                                                tmp_path):
+    worker.load(client, "slow", tmp_path)
+    connect(channel, loop)
+    assert replies(loop.run_until_complete(channel.handle(batch(b"1"), HANG_BOUND_S))) == [b"1"]
+    channel.rest()
+    settle(loop)
+    # Let go: not connected any more (ready() starts connecting again)...
+    assert not ready(channel, loop)
+    # ...and a batch that comes meanwhile is sent once it is up.
+    assert replies(loop.run_until_complete(channel.handle(batch(b"2"), HANG_BOUND_S))) == [b"2"]
+    # A batch that comes right after a rest, before anything asked for the
+    # channel, opens it itself rather than fail.
+    channel.rest()
+    settle(loop)
+    assert replies(loop.run_until_complete(channel.handle(batch(b"3"), HANG_BOUND_S))) == [b"3"]
