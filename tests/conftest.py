@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+# A worker process with no supervisor, for the tests of the worker protocol.
+from .bare_worker import client, worker  # noqa: F401  (fixtures)
 from .harness import SupervisorProcess, leftover_workers, wait_until
 
 # Every end-to-end test runs with workers forked from the fork server and

@@ -252,17 +252,24 @@ async def _call(fn) -> None:
     fn()
 
 
-def test_a_dispatcher_woken_on_the_loop_drains_there_in_order(api_loop):
+def loop_fed(api_loop, batch_max_messages: int = 8) -> tuple[Worker, LoopWorker, Mailbox]:
+    """A dispatcher whose pool serves the test's API loop, serving a new
+    mailbox and idle; the thread path's Worker and the loop's LoopWorker."""
     loop, thread = api_loop
     pool = DispatchPool(idle_timeout_s=TIMEOUT)
     pool.serve_loop(loop, thread.ident)
-    worker = Worker()  # the thread path, for the first drain
+    worker = Worker()
     loop_worker = LoopWorker(thread.ident)
     box = Mailbox(limit=10_000)
-    feeder = Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=8, batch_max_bytes=1 << 20,
-                        on_loop=loop_worker)
-    feeder.serve(box)
+    Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=batch_max_messages, batch_max_bytes=1 << 20,
+               on_loop=loop_worker).serve(box)
     wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle")
+    return worker, loop_worker, box
+
+
+def test_a_dispatcher_woken_on_the_loop_drains_there_in_order(api_loop):
+    loop, _ = api_loop
+    worker, loop_worker, box = loop_fed(api_loop)
     on_loop(loop, lambda: [box.put(message(n)) for n in range(20)])
     wait_until(lambda: len(loop_worker.taken) == 20, TIMEOUT, "the messages put on the loop to be delivered")
     assert loop_worker.taken == [str(n) for n in range(20)]
@@ -275,18 +282,10 @@ def test_a_dispatcher_woken_on_the_loop_drains_there_in_order(api_loop):
 
 
 def test_a_batch_the_loop_hands_over_is_finished_on_a_thread_and_order_holds(api_loop):
-    loop, thread = api_loop
-    pool = DispatchPool(idle_timeout_s=TIMEOUT)
-    pool.serve_loop(loop, thread.ident)
-    worker = Worker()
+    loop, _ = api_loop
+    worker, loop_worker, box = loop_fed(api_loop, batch_max_messages=1)
     worker.gate.clear()  # the thread path holds the drain it continues
-    loop_worker = LoopWorker(thread.ident)
     loop_worker.hand_over = {"0"}
-    box = Mailbox(limit=10_000)
-    feeder = Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=1, batch_max_bytes=1 << 20,
-                        on_loop=loop_worker)
-    feeder.serve(box)
-    wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle")
     on_loop(loop, lambda: [box.put(message(n)) for n in range(3)])
     # "0" was handed over and finished on a pool thread, which goes on with
     # the drain there: "1" and "2" wait behind the (held) thread path.
@@ -297,17 +296,9 @@ def test_a_batch_the_loop_hands_over_is_finished_on_a_thread_and_order_holds(api
 
 
 def test_until_the_loop_channel_is_ready_batches_go_by_a_pool_thread(api_loop):
-    loop, thread = api_loop
-    pool = DispatchPool(idle_timeout_s=TIMEOUT)
-    pool.serve_loop(loop, thread.ident)
-    worker = Worker()
-    loop_worker = LoopWorker(thread.ident)
+    loop, _ = api_loop
+    worker, loop_worker, box = loop_fed(api_loop)
     loop_worker.connected = False
-    box = Mailbox(limit=10_000)
-    feeder = Dispatcher(pool, worker.deliver, lambda: True, batch_max_messages=8, batch_max_bytes=1 << 20,
-                        on_loop=loop_worker)
-    feeder.serve(box)
-    wait_until(lambda: len(box._idle) == 1, TIMEOUT, "the dispatcher to be idle")
     on_loop(loop, lambda: box.put(message(0)))
     wait_until(lambda: worker.taken == ["0"], TIMEOUT, "the message to go by a pool thread")
     assert loop_worker.taken == []

@@ -12,27 +12,13 @@ import pytest
 from caxton.internal.v1 import worker_pb2
 from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.loop_delivery import LoopChannel
-from caxton.supervisor.worker_client import WorkerCallError, WorkerClient, handle_request
+from caxton.supervisor.worker_client import WorkerCallError, handle_request
 from caxton.v1 import caxton_pb2
 
 from .harness import wait_until
-from .test_worker_client import HANG_BOUND_S, Worker, run
+from .test_worker_client import HANG_BOUND_S, run
 
 NEVER = Deadline.never()
-
-
-@pytest.fixture
-def worker(tmp_path):
-    started = Worker(tmp_path)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def client(worker):
-    connected = WorkerClient(worker.socket_path, "slow", 1)
-    yield connected
-    connected.close()
 
 
 @pytest.fixture

@@ -8,87 +8,24 @@ real supervisor.
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import psutil
 import pytest
-import wasmtime
 
-from caxton.supervisor.config import Limits
 from caxton.supervisor.deadline import Deadline
-from caxton.supervisor.worker_client import MessageOutcome, WorkerCallError, WorkerClient, WorkerOsLimits
+from caxton.supervisor.worker_client import MessageOutcome, WorkerCallError, WorkerClient
 from caxton.v1 import caxton_pb2
 
-from .harness import module, wait_until
+from .harness import wait_until
 
-START_TIMEOUT_S = 30.0
-MIB = 1 << 20
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 # A generous hang bound for calls that are not about it.
 HANG_BOUND_S = 30.0
 IDLE_WINDOW_S = 1.0
 NEVER = Deadline.never()
-
-
-class Worker:
-    """A worker process started the way the launcher's exec mode does."""
-
-    def __init__(self, tmp_path: Path):
-        self.socket_path = str(tmp_path / "w.sock")
-        ready_r, ready_w = os.pipe()
-        try:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-I", "-m", "caxton.worker", "--socket", self.socket_path,
-                 "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid())],
-                pass_fds=(ready_w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(ready_w)
-        try:
-            readable, _, _ = select.select([ready_r], [], [], START_TIMEOUT_S)
-            assert readable and os.read(ready_r, 64).startswith(b"ready"), "the worker did not start"
-        except BaseException:
-            self.stop()
-            raise
-        finally:
-            os.close(ready_r)
-        self.pid = self.popen.pid
-
-    def load(self, client: WorkerClient, module_name: str, tmp_path: Path, **limits) -> None:
-        wasm = tmp_path / f"{module_name}.wasm"
-        wasm.write_bytes(wasmtime.wat2wasm(module(module_name).decode()))
-        result = client.load(str(wasm), "", Limits(**{"memory_bytes": 16 * MIB, **limits}), WorkerOsLimits(),
-                             Deadline.after(START_TIMEOUT_S))
-        assert result.error == "" and result.init_code == 0
-
-    def cpu_s(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
-
-    def stop(self) -> None:
-        self.popen.kill()
-        self.popen.wait(START_TIMEOUT_S)
-
-
-@pytest.fixture
-def worker(tmp_path):
-    started = Worker(tmp_path)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def client(worker):
-    connected = WorkerClient(worker.socket_path, "slow", 1)
-    yield connected
-    connected.close()
 
 
 def run(client: WorkerClient, *contents: bytes, deadline: Deadline = NEVER,
