@@ -38,7 +38,14 @@ import sys
 import time
 import traceback
 
-from .limits import FORK_SERVER_PROCESS_NAME, apply_process_guards, die_with_parent, join_cgroups, name_process
+from .limits import (
+    FORK_SERVER_PROCESS_NAME,
+    SPARE_PROCESS_NAME,
+    apply_process_guards,
+    die_with_parent,
+    join_cgroups,
+    name_process,
+)
 
 # How long a new worker waits to be re-parented to the supervisor. It takes
 # microseconds; if it never happens the supervisor is gone.
@@ -53,6 +60,10 @@ def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, outp
         # First of all: whatever this process writes from now on is the
         # worker's output, not the supervisor's log (the server's stderr).
         os.dup2(output_fd, 2)
+        # Until it is named it carries the fork server's name, and joining
+        # its cgroup can take milliseconds (cgroup v1 waits for an RCU grace
+        # period): tools and tests must not take it for the fork server.
+        name_process(SPARE_PROCESS_NAME)
         control.close()
         _close_all_but(ready_fd)
         join_cgroups(cgroup_procs)
