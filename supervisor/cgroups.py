@@ -244,7 +244,6 @@ class Cgroups:
         self._counter += 1
         name = f"w{self._counter}"
         dirs: dict[str, Path] = {}
-        layers: list[str] = []
         for controller, base in self._bases.items():
             directory = base / name
             try:
@@ -253,11 +252,7 @@ class Cgroups:
                 log.warning("cannot create cgroup %s: %s", directory, exc)
                 continue
             dirs[controller] = directory
-            if self.version == 2:
-                layers += self._limit_v2(directory, limits)
-            else:
-                layers += self._limit_v1(controller, directory, limits)
-        return WorkerCgroup(self.version, dirs, layers, limits.memory_bytes)
+        return WorkerCgroup(self.version, dirs, self._apply(dirs, limits), limits.memory_bytes)
 
     def limit(self, cgroup: WorkerCgroup, limits: CgroupLimits) -> None:
         """Set `limits` on a cgroup made earlier with looser ones (a spare
@@ -265,14 +260,19 @@ class Cgroups:
         here: the order v1 needs between memory and memory+swap). Writing a
         limit is cheap, unlike moving a process between cgroups, which waits
         for an RCU grace period (milliseconds) whenever none moved lately."""
+        cgroup.layers = self._apply(cgroup.dirs, limits)
+        cgroup.memory_bytes = limits.memory_bytes
+
+    def _apply(self, dirs: dict[str, Path], limits: CgroupLimits) -> list[str]:
+        """Write `limits` into each controller's directory; the layers that
+        took them."""
         layers: list[str] = []
-        for controller, directory in cgroup.dirs.items():
+        for controller, directory in dirs.items():
             if self.version == 2:
                 layers += self._limit_v2(directory, limits)
             else:
                 layers += self._limit_v1(controller, directory, limits)
-        cgroup.layers = layers
-        cgroup.memory_bytes = limits.memory_bytes
+        return layers
 
     def _limit_v1(self, controller: str, directory: Path, limits: CgroupLimits) -> list[str]:
         try:
