@@ -111,6 +111,48 @@ def test_hostile_calls_kill_the_process(tmp_path, call):
     assert f"hostile {call}" in result.stdout and "survived" not in result.stdout
 
 
+# A filter prepared ahead (as a spare worker does, worker/server.py) names the
+# pid it was built in. Prints, per process, what apply() said and whether it
+# may still signal itself and its parent.
+_PREPARED = textwrap.dedent("""
+    import errno, os, sys
+    from caxton.worker import seccomp
+
+    def may_signal(pid):
+        try:
+            os.kill(pid, 0)
+        except OSError as exc:
+            return errno.errorcode[exc.errno]
+        return "ok"
+
+    def filtered():
+        return [l for l in open("/proc/self/status") if l.startswith("Seccomp:")][0].split()[1]
+
+    seccomp.prepare()
+    child = os.fork()
+    if child == 0:
+        # The parent's filter names the parent: the child builds its own.
+        print("child", seccomp.apply(True), may_signal(os.getpid()), may_signal(os.getppid()), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    if sys.argv[1] == "off":
+        print("parent", seccomp.apply(False), filtered(), flush=True)
+    else:
+        print("parent", seccomp.apply(True), may_signal(os.getpid()), may_signal(os.getppid()), flush=True)
+""")
+
+
+@needs_libseccomp
+@pytest.mark.parametrize("parent", ["on", "off"])
+def test_a_prepared_filter_is_loaded_only_by_the_process_it_was_built_for(parent):
+    result = subprocess.run([sys.executable, "-c", _PREPARED, parent], capture_output=True, text=True, timeout=60,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "child ['os:seccomp'] ok EPERM"
+    assert lines[1] == ("parent ['os:seccomp'] ok EPERM" if parent == "on" else "parent [] 0")
+
+
 def test_without_libseccomp_the_worker_serves_and_says_so():
     # In a child: had the stand-in failed, the filter would land on pytest.
     script = textwrap.dedent("""

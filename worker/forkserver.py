@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
     seccomp.preload()
     fastcall.preload()
+    sandbox.prepare_engine()
 
     gc.freeze()
 

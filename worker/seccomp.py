@@ -4,6 +4,9 @@ once it serves an agent, for the day an agent escapes the wasm sandbox.
 Installed once per worker, after the module is compiled and privileges are
 dropped and before any agent code runs (worker/service.py, Load), on every
 thread at once (TSYNC: gRPC's and the epoch ticker's threads already exist).
+It is built before that, while the worker is still a spare (`prepare`,
+worker/server.py): building takes about 1 ms of a new process's time,
+loading a quarter of that, and only the loading is on a deploy's path.
 Everything not listed fails with EPERM; the clearly hostile calls kill the
 whole worker (SIGSYS), which the supervisor sees as a crash. The filter is
 built with libseccomp, not assembled as BPF by hand.
@@ -205,43 +208,88 @@ def _check(rc: int, what: str) -> None:
         raise SeccompUnavailable(f"{what}: {os.strerror(-rc)}")
 
 
+class Filter:
+    """A filter built and not yet loaded: libseccomp's context, which owns
+    C memory until `load` or `release`."""
+
+    def __init__(self, filter_rules: Sequence[Rule], default_action: int = _errno_action(errno.EPERM)):
+        """Raises SeccompUnavailable when libseccomp cannot build it."""
+        self._lib = lib = _library().lib
+        ctx = lib.seccomp_init(default_action)
+        if not ctx:
+            raise SeccompUnavailable("seccomp_init failed")
+        self._ctx: int | None = ctx
+        try:
+            _check(lib.seccomp_attr_set(ctx, _ATTR_CTL_TSYNC, 1), "seccomp_attr_set(TSYNC)")
+            # A binary tree of the calls rather than a list: a worker makes ~45
+            # calls per message, most of them futex. libseccomp before 2.5
+            # lacks the attribute and keeps the list, which only costs speed.
+            lib.seccomp_attr_set(ctx, _ATTR_CTL_OPTIMIZE, 2)
+            for rule in filter_rules:
+                number = lib.seccomp_syscall_resolve_name(rule.syscall.encode())
+                if number < 0:
+                    continue  # not a call of this architecture (or kernel): nothing to rule on
+                compare = (_ArgCmp * max(1, len(rule.compare)))(*(_ArgCmp(*c) for c in rule.compare))
+                _check(lib.seccomp_rule_add_array(ctx, rule.action, number, len(rule.compare), compare),
+                       f"rule for {rule.syscall}")
+        except BaseException:
+            self.release()
+            raise
+
+    def load(self) -> None:
+        """Load it on every thread of this process, once; raises
+        SeccompUnavailable when the kernel refuses."""
+        if self._ctx is None:
+            raise SeccompUnavailable("the filter was released")
+        try:
+            _check(self._lib.seccomp_load(self._ctx), "seccomp_load")
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            self._lib.seccomp_release(ctx)
+
+
 def install(filter_rules: Sequence[Rule], default_action: int = _errno_action(errno.EPERM)) -> None:
-    """Load `filter_rules` on every thread of this process; raises
-    SeccompUnavailable when libseccomp or the kernel cannot."""
-    lib = _library().lib
-    ctx = lib.seccomp_init(default_action)
-    if not ctx:
-        raise SeccompUnavailable("seccomp_init failed")
-    try:
-        _check(lib.seccomp_attr_set(ctx, _ATTR_CTL_TSYNC, 1), "seccomp_attr_set(TSYNC)")
-        # A binary tree of the calls rather than a list: a worker makes ~45
-        # calls per message, most of them futex. libseccomp before 2.5
-        # lacks the attribute and keeps the list, which only costs speed.
-        lib.seccomp_attr_set(ctx, _ATTR_CTL_OPTIMIZE, 2)
-        for rule in filter_rules:
-            number = lib.seccomp_syscall_resolve_name(rule.syscall.encode())
-            if number < 0:
-                continue  # not a call of this architecture (or kernel): nothing to rule on
-            compare = (_ArgCmp * max(1, len(rule.compare)))(*(_ArgCmp(*c) for c in rule.compare))
-            _check(lib.seccomp_rule_add_array(ctx, rule.action, number, len(rule.compare), compare),
-                   f"rule for {rule.syscall}")
-        _check(lib.seccomp_load(ctx), "seccomp_load")
-    finally:
-        lib.seccomp_release(ctx)
+    """Build and load `filter_rules` on every thread of this process;
+    raises SeccompUnavailable when libseccomp or the kernel cannot."""
+    Filter(filter_rules, default_action).load()
 
 
+# This process's filter, built by prepare(), with the pid it was built for:
+# its rules name the pid, so a forked child must not load its parent's.
+_prepared: tuple[int, Filter | SeccompUnavailable] | None = None
 _warned = False
 
 
+def prepare() -> None:
+    """Build this worker's filter now, to be loaded by apply(); a reason it
+    cannot be built is kept for apply() to report."""
+    global _prepared
+    pid = os.getpid()
+    try:
+        _prepared = (pid, Filter(rules(pid)))
+    except SeccompUnavailable as exc:
+        _prepared = (pid, exc)
+
+
 def apply(enabled: bool) -> list[str]:
-    """Install the worker's filter (when `enabled`); returns the layer names
-    for status: [LAYER], [] when disabled, or a warning entry when the
-    platform cannot filter."""
-    global _warned
+    """Install the worker's filter (when `enabled`; the one prepare() built,
+    if it did); returns the layer names for status: [LAYER], [] when
+    disabled, or a warning entry when the platform cannot filter."""
+    global _prepared, _warned
+    prepared, _prepared = _prepared, None
+    built = prepared[1] if prepared is not None and prepared[0] == os.getpid() else None
     if not enabled:
+        if isinstance(built, Filter):
+            built.release()
         return []
     try:
-        install(rules(os.getpid()))
+        if isinstance(built, SeccompUnavailable):
+            raise built
+        (built or Filter(rules(os.getpid()))).load()
     except SeccompUnavailable as exc:
         if not _warned:
             log.warning("no system-call filter for this worker: %s", exc)

@@ -12,6 +12,7 @@ import grpc
 from caxton.contract import MAX_GRPC_MESSAGE_BYTES
 from caxton.internal.v1 import worker_pb2_grpc
 
+from . import sandbox, seccomp
 from .service import WorkerService
 
 
@@ -44,6 +45,10 @@ def serve(socket_path: str, ready_fd: int) -> int:
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(on_exit), server)
     server.add_insecure_port(f"unix:{socket_path}")
     server.start()
+    # What Load would otherwise do on a deploy's path, done while this
+    # worker is still a spare.
+    sandbox.prepare_engine()
+    seccomp.prepare()
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
     done.wait()
