@@ -39,12 +39,22 @@ from .parking import CgroupFreezer, Freezer, Parking, SignalFreezer
 from .pool import SparePool
 from .redact import without_paths
 from .store import StateStore, VersionRecord
-from .worker_client import MessageOutcome, Probe, WorkerCallError, WorkerClient, WorkerOsLimits, WorkerStats
+from .worker_client import (
+    MessageOutcome,
+    Probe,
+    WorkerCallError,
+    WorkerClient,
+    WorkerOsLimits,
+    WorkerStats,
+    error_code,
+)
 
 if TYPE_CHECKING:
     from .relay import Relay
 
 log = logging.getLogger("caxton.instance")
+
+_OK = grpc.StatusCode.OK
 
 _DATA_LIMIT_SLACK = 64 << 20
 
@@ -396,11 +406,11 @@ class WorkerInstance:
         """Send one batch to the worker and answer each message. Returns
         False when the worker is gone."""
         try:
-            outcomes = self.client.handle([p.message for p in batch], [p.deadline for p in batch],
-                                          self.hang_bound(batch))
+            results = self.client.call([p.message for p in batch], [p.deadline for p in batch],
+                                       self.hang_bound(batch))
         except WorkerCallError as exc:
             return self.batch_failed(batch, exc, on_result)
-        self.answer(batch, outcomes, on_result)
+        self.answer(batch, results, on_result)
         return True
 
     def batch_failed(self, batch: list[Pending], exc: WorkerCallError, on_result: Callable[[bool], None]) -> bool:
@@ -415,15 +425,40 @@ class WorkerInstance:
                 on_result(False)
         return self.process.alive
 
-    def answer(self, batch: list[Pending], outcomes: list[MessageOutcome], on_result: Callable[[bool], None]) -> None:
-        """Answer each message of `batch` with its outcome, and relay what
-        the agent sent meanwhile."""
-        self.handled += len(batch)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.resolve(outcome.code, outcome.error, outcome.reply)
-            on_result(outcome.ok)
-            if outcome.sent:
-                self._relay_sent(pending, outcome.sent)
+    def answer(self, batch: list[Pending], results: Sequence[worker_pb2.HandleResult],
+               on_result: Callable[[bool], None], start: int = 0, *, stop_at_sends: bool = False) -> int:
+        """Answer the messages of `batch` from `start` on, in order, each
+        straight from the worker's result for it (no outcome object between:
+        a microsecond of the supervisor's per message), and relay what the
+        agent sent meanwhile. Returns the index of the first message not
+        answered: len(batch), unless `stop_at_sends` (on the API loop, which
+        must not block) stopped before one whose agent sent messages, since
+        relaying may wait on another host; answer(start=...) finishes the
+        batch on a thread."""
+        if len(results) != len(batch):
+            raise ValueError(f"the worker answered {len(results)} results for a batch of {len(batch)}")
+        client = self.client
+        index = start
+        for index in range(start, len(batch)):
+            result = results[index]
+            pending = batch[index]
+            if result.code == 0:
+                sent = result.sent
+                if sent and stop_at_sends:
+                    break
+                client.forward_logs(result)
+                pending.resolve(_OK, "", result.reply if result.has_reply else None)
+                on_result(True)
+                if sent:
+                    self._relay_sent(pending, sent)
+            else:
+                client.forward_logs(result)
+                pending.resolve(error_code(result.code), result.error)
+                on_result(False)
+        else:
+            index = len(batch)
+        self.handled += index - start
+        return index
 
     def _relay_sent(self, pending: Pending, sent: Sequence[worker_pb2.Outgoing]) -> None:
         """What the agent sent while handling `pending`, which completed."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -40,7 +40,7 @@ from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 from .dispatch import Delivered
 from .handoff import call_soon
 from .mailbox import Pending
-from .worker_client import HANDLING, MessageOutcome, WorkerCallError, handle_request, translated
+from .worker_client import HANDLING, WorkerCallError, handle_request, translated
 
 if TYPE_CHECKING:
     from .instance import WorkerInstance
@@ -159,7 +159,6 @@ class LoopDelivery:
             with instance.running_agent_code():
                 request = handle_request([p.message for p in batch], [p.deadline for p in batch])
                 response = await self.channel.handle(request, instance.hang_bound(batch).timeout())
-            outcomes = instance.client.outcomes(response)
         except WorkerCallError as exc:
             return functools.partial(instance.batch_failed, batch, exc, on_result)
         except asyncio.CancelledError:
@@ -169,12 +168,21 @@ class LoopDelivery:
                                      on_result)
         except Exception:
             return instance.internal_error(batch, on_result)
-        if any(outcome.sent for outcome in outcomes):
-            return functools.partial(_answer, instance, batch, outcomes, on_result)
-        return _answer(instance, batch, outcomes, on_result)
+        results = response.results
+        try:
+            answered = instance.answer(batch, results, on_result, stop_at_sends=True)
+        except Exception:
+            return instance.internal_error(batch, on_result)
+        if answered < len(batch):
+            return functools.partial(_answer_rest, instance, batch, results, on_result, answered)
+        return True
 
 
-def _answer(instance: WorkerInstance, batch: list[Pending], outcomes: list[MessageOutcome],
-            on_result: Callable[[bool], None]) -> bool:
-    instance.answer(batch, outcomes, on_result)
+def _answer_rest(instance: WorkerInstance, batch: list[Pending], results: Sequence[worker_pb2.HandleResult],
+                 on_result: Callable[[bool], None], start: int) -> bool:
+    """(On a pool thread.) The rest of a batch whose agent sent messages."""
+    try:
+        instance.answer(batch, results, on_result, start)
+    except Exception:
+        return instance.internal_error(batch, on_result)
     return True

@@ -174,7 +174,16 @@ def warm_up_channel(socket_path: str, deadline: Deadline) -> grpc.Channel:
 def handle_request(messages: Sequence[caxton_pb2.AgentMessage],
                    deadlines: Sequence[Deadline]) -> worker_pb2.HandleRequest:
     """A batch as the worker takes it: each message with its caller's deadline."""
-    return worker_pb2.HandleRequest(messages=messages, deadline_ms=[deadline.remaining_ms() for deadline in deadlines])
+    # A stream's messages share its deadline: read the clock once for a run
+    # of them, not once per message.
+    deadline_ms = []
+    last: Deadline | None = None
+    ms = 0
+    for deadline in deadlines:
+        if deadline is not last:
+            last, ms = deadline, deadline.remaining_ms()
+        deadline_ms.append(ms)
+    return worker_pb2.HandleRequest(messages=messages, deadline_ms=deadline_ms)
 
 
 class WorkerClient:
@@ -224,9 +233,11 @@ class WorkerClient:
         return LoadResult(response.init_code, without_paths(response.error), tuple(response.enforcement),
                           response.memory_bytes)
 
-    def handle(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
-               hang_bound: Deadline) -> list[MessageOutcome]:
-        """Run a batch of messages, in order; one outcome per message.
+    def call(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
+             hang_bound: Deadline) -> Sequence[worker_pb2.HandleResult]:
+        """Run a batch of messages, in order; one result per message, as
+        the worker gave it (read with `outcome`, or answered straight from it
+        on the hot path: WorkerInstance.answer).
 
         `deadlines` (parallel to `messages`) are the callers': each reaches
         the worker, which stops that message when it passes. `hang_bound`
@@ -234,23 +245,26 @@ class WorkerClient:
         hung, and the WorkerCallError says `timed_out`.
         """
         with translated(HANDLING):
-            response = self._stub.Handle(handle_request(messages, deadlines), timeout=hang_bound.timeout())
-        return self.outcomes(response)
+            return self._stub.Handle(handle_request(messages, deadlines), timeout=hang_bound.timeout()).results
 
-    def outcomes(self, response: worker_pb2.HandleResponse) -> list[MessageOutcome]:
-        """A Handle response read: one outcome per message, in order (the
-        agent's log lines go to the log on the way)."""
-        outcomes = []
-        for result in response.results:
-            # Most messages log nothing: skip the call then.
-            if result.logs:
-                self._forward_logs(result.logs)
-            if result.code == 0:
-                outcomes.append(MessageOutcome(_OK, "", result.reply if result.has_reply else None,
-                                               result.sent or ()))
-            else:
-                outcomes.append(MessageOutcome(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.error))
-        return outcomes
+    def handle(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
+               hang_bound: Deadline) -> list[MessageOutcome]:
+        """As `call`, each result read as a MessageOutcome."""
+        return [self.outcome(result) for result in self.call(messages, deadlines, hang_bound)]
+
+    def outcome(self, result: worker_pb2.HandleResult) -> MessageOutcome:
+        """One message's result read (the agent's log lines go to the log
+        on the way)."""
+        self.forward_logs(result)
+        if result.code == 0:
+            return MessageOutcome(_OK, "", result.reply if result.has_reply else None, result.sent or ())
+        return MessageOutcome(error_code(result.code), result.error)
+
+    def forward_logs(self, result: worker_pb2.HandleResult) -> None:
+        """What the agent logged while handling one message, to the log."""
+        # Most messages log nothing: skip the call then.
+        if result.logs:
+            self._forward_logs(result.logs)
 
     def warm_up(self, contents: Sequence[bytes], deadline: Deadline) -> list[MessageOutcome]:
         """Run warm-up messages straight through the worker (no mailbox),
@@ -294,6 +308,11 @@ class WorkerClient:
                     extra={"agent": self.agent, "version": self.version})
             if self._logbook is not None:
                 self._logbook.publish(self.agent, logging.getLevelName(level).lower(), self.version, record.text)
+
+
+def error_code(code: int) -> grpc.StatusCode:
+    """The status of a result's numeric code (UNKNOWN if it is none)."""
+    return _CODES.get(code, grpc.StatusCode.UNKNOWN)
 
 
 def _stats(response: worker_pb2.StatsResponse) -> WorkerStats:

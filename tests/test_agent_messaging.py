@@ -327,6 +327,39 @@ def test_the_send_budget_bounds_the_sends_of_one_message(shared_supervisor):
         remove(sup, "sb-sender", "sb-echo")
 
 
+def test_a_streamed_batch_mixing_sends_and_plain_replies_answers_each_once_in_order(shared_supervisor):
+    """A batch answered on the API loop stops at the first message whose
+    agent sent something, and the rest of it is answered on a pool thread
+    (loop_delivery.py): each message still gets exactly its own result, in
+    order, and each send is delivered once."""
+    sup = shared_supervisor
+    sup.deploy("mx-sender", "a2a_relay")
+    sup.deploy("mx-echo", "echo")
+    try:
+        for round_ in range(3):
+            conversation = f"mx-{round_}"
+            # Every third message sends (and is answered "0"); the others
+            # are empty: they name no receiver, so they send nothing and
+            # are answered with send's error code.
+            contents = [f"mx-echo hi-{i}".encode() if i % 3 == 1 else b"" for i in range(48)]
+            items = [caxton_pb2.StreamItem(id=i, message=caxton_pb2.AgentMessage(
+                receiver="mx-sender", content=content, conversation_id=conversation))
+                for i, content in enumerate(contents)]
+            responses = sup.messaging.SendStream(iter([caxton_pb2.SendStreamRequest(items=items)]), timeout=30)
+            results = [result for response in responses for result in response.results]
+            assert [r.id for r in results] == list(range(48))
+            replies = [r.reply.content for r in results]
+            assert [replies[i] for i in range(1, 48, 3)] == [b"0"] * 16
+            plain = {replies[i] for i in range(48) if i % 3 != 1}
+            assert len(plain) == 1 and plain != {b"0"}, plain
+            traced_ = wait_traced(sup, conversation, lambda t: len(t) >= 32, "16 sends and their replies")
+            assert sorted(t.message.content for t in traced_ if t.message.sender == "mx-sender") == sorted(
+                contents[i].split(b" ", 1)[1] for i in range(1, 48, 3))
+            assert len(traced_) == 32
+    finally:
+        remove(sup, "mx-sender", "mx-echo")
+
+
 def test_the_receiver_sees_the_real_sender_whatever_the_sender_writes(shared_supervisor):
     sup = shared_supervisor
     sup.deploy("fg-forger", "a2a_forger")
