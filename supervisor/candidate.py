@@ -137,7 +137,7 @@ def admit(agent: Agent, candidate: Candidate, instances: list[WorkerInstance], *
         instance.serve(candidate.mailbox, on_result)
 
 
-def _uncounted(ok: bool) -> None:
+def _uncounted(messages: int, errors: int) -> None:
     """Shadow copies answer nobody: they are not the agent's messages."""
 
 

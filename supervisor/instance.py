@@ -17,7 +17,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from .dispatch import Dispatcher, DispatchPool
 from .errors import WorkerStartError
 from .events import EventBus
 from .figures import KnownFigures
+from .intake import OutcomeCount
 from .launcher import ExitStatus, Launcher, WorkerProcess
 from .loop_delivery import LoopDelivery
 from .mailbox import Mailbox, Pending
@@ -165,7 +166,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     return instance
 
 
-def _uncounted(ok: bool) -> None:
+def _uncounted(messages: int, errors: int) -> None:
     """Before serve(): nothing is dispatched yet."""
 
 
@@ -193,7 +194,7 @@ class WorkerInstance:
         self._relay = relay
         self.started_at = time.monotonic()
         self.handled = 0  # messages answered by this worker (any outcome)
-        self.on_result: Callable[[bool], None] = _uncounted  # counts each outcome for the agent
+        self.on_result: OutcomeCount = _uncounted  # counts each outcome for the agent
         pool = pool or DispatchPool()
         # Batches woken on the API loop are sent from there (loop_delivery.py).
         self._loop_delivery = LoopDelivery(self, pool.loop) if pool.loop is not None else None
@@ -249,9 +250,9 @@ class WorkerInstance:
         if result.init_code != 0:
             raise InstanceStartError(f"caxton_init returned {result.init_code}", init_code=result.init_code)
 
-    def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
-        """Start taking messages from `mailbox`. `on_result(ok)` counts each
-        outcome for the agent's statistics."""
+    def serve(self, mailbox: Mailbox, on_result: OutcomeCount) -> None:
+        """Start taking messages from `mailbox`. `on_result(messages, errors)`
+        counts outcomes for the agent's statistics."""
         self.on_result = on_result
         self.dispatcher.serve(mailbox)
 
@@ -260,7 +261,7 @@ class WorkerInstance:
         worker still finishes), or once the mailbox is empty (drain=True)."""
         self.dispatcher.retire(drain=drain)
 
-    def move_to(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
+    def move_to(self, mailbox: Mailbox, on_result: OutcomeCount) -> None:
         """Take batches from `mailbox` from now on, counting outcomes with
         `on_result` (a promoted candidate's workers join the agent's own
         mailbox); the batch in hand finishes."""
@@ -382,16 +383,15 @@ class WorkerInstance:
         with self._figures.agent_code_runs(), self.parking.awake():
             yield
 
-    def internal_error(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
+    def internal_error(self, batch: list[Pending], on_result: OutcomeCount) -> bool:
         """(In an exception handler.) A bug of ours while delivering `batch`:
         each message not answered yet gets an error naming an id, which the
         log line has with the traceback; the dispatcher goes on."""
         error_id = secrets.token_hex(4)
         log.exception("[%s v%d] internal error %s: dispatching a batch failed", self.agent, self.version, error_id)
-        for pending in batch:
-            if pending.resolve(grpc.StatusCode.INTERNAL,
-                               f"internal error {error_id}: the supervisor failed dispatching the message"):
-                on_result(False)
+        error = f"internal error {error_id}: the supervisor failed dispatching the message"
+        failed = sum(pending.resolve(grpc.StatusCode.INTERNAL, error) for pending in batch)
+        on_result(failed, failed)
         return True
 
     def hang_bound(self, batch: list[Pending]) -> Deadline:
@@ -402,7 +402,7 @@ class WorkerInstance:
         per_message_s = self.limits.timeout_ms / 1000 if self.limits.timeout_ms else _UNTIMED_MESSAGE_S
         return Deadline.after(len(batch) * per_message_s + _BATCH_SLACK_S)
 
-    def _deliver(self, batch: list[Pending], on_result: Callable[[bool], None]) -> bool:
+    def _deliver(self, batch: list[Pending], on_result: OutcomeCount) -> bool:
         """Send one batch to the worker and answer each message. Returns
         False when the worker is gone."""
         try:
@@ -413,20 +413,19 @@ class WorkerInstance:
         self.answer(batch, results, on_result)
         return True
 
-    def batch_failed(self, batch: list[Pending], exc: WorkerCallError, on_result: Callable[[bool], None]) -> bool:
+    def batch_failed(self, batch: list[Pending], exc: WorkerCallError, on_result: OutcomeCount) -> bool:
         """The worker did not answer `batch`: each message is answered
         UNAVAILABLE (a hung worker is killed first). May wait briefly for a
         dead worker's exit, to say how it died. Returns whether it lives."""
         if exc.timed_out:
             self.kill(f"did not finish a batch of {len(batch)} messages in time")
         reason = self._failure_reason(exc)
-        for pending in batch:
-            if pending.resolve(grpc.StatusCode.UNAVAILABLE, reason):
-                on_result(False)
+        failed = sum(pending.resolve(grpc.StatusCode.UNAVAILABLE, reason) for pending in batch)
+        on_result(failed, failed)
         return self.process.alive
 
     def answer(self, batch: list[Pending], results: Sequence[worker_pb2.HandleResult],
-               on_result: Callable[[bool], None], start: int = 0, *, stop_at_sends: bool = False) -> int:
+               on_result: OutcomeCount, start: int = 0, *, stop_at_sends: bool = False) -> int:
         """Answer the messages of `batch` from `start` on, in order, each
         straight from the worker's result for it (no outcome object between:
         a microsecond of the supervisor's per message), and relay what the
@@ -439,25 +438,30 @@ class WorkerInstance:
             raise ValueError(f"the worker answered {len(results)} results for a batch of {len(batch)}")
         client = self.client
         index = start
-        for index in range(start, len(batch)):
-            result = results[index]
-            pending = batch[index]
-            if result.code == 0:
-                sent = result.sent
-                if sent and stop_at_sends:
-                    break
-                client.forward_logs(result)
-                pending.resolve(_OK, "", result.reply if result.has_reply else None)
-                on_result(True)
-                if sent:
-                    self._relay_sent(pending, sent)
+        errors = 0
+        try:
+            for index in range(start, len(batch)):
+                result = results[index]
+                pending = batch[index]
+                if result.code == 0:
+                    sent = result.sent
+                    if sent and stop_at_sends:
+                        break
+                    client.forward_logs(result)
+                    pending.resolve(_OK, "", result.reply if result.has_reply else None)
+                    if sent:
+                        self._relay_sent(pending, sent)
+                else:
+                    client.forward_logs(result)
+                    pending.resolve(error_code(result.code), result.error)
+                    errors += 1
             else:
-                client.forward_logs(result)
-                pending.resolve(error_code(result.code), result.error)
-                on_result(False)
-        else:
-            index = len(batch)
-        self.handled += index - start
+                index = len(batch)
+        finally:
+            # Counted once per batch (what was answered, if a bug of ours
+            # stopped it part way: internal_error counts the rest).
+            self.handled += index - start
+            on_result(index - start, errors)
         return index
 
     def _relay_sent(self, pending: Pending, sent: Sequence[worker_pb2.Outgoing]) -> None:

@@ -9,6 +9,7 @@ outcomes, which the dispatchers of several replicas report concurrently.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import FailedPrecondition, Unavailable
@@ -19,6 +20,10 @@ from .restart import BreakerState
 
 if TYPE_CHECKING:
     from .agent import Agent
+
+# Counts outcomes for an agent's tally: (messages, errors among them). Called
+# once per batch, not per message.
+OutcomeCount = Callable[[int, int], None]
 
 
 class Intake:
@@ -69,11 +74,12 @@ class Intake:
             raise Unavailable(self.refusal())
         return (self.mailbox if mailbox is None else mailbox).put(pending, budget, on_room)
 
-    def count(self, ok: bool) -> None:
+    def count(self, messages: int, errors: int) -> None:
+        """`messages` more outcomes, `errors` of them failures (a batch's
+        at once: one lock per batch, not per message)."""
         with self._tally_lock:
-            self.messages += 1
-            if not ok:
-                self.errors += 1
+            self.messages += messages
+            self.errors += errors
 
     def tally(self) -> tuple[int, int]:
         """(messages, errors) handled since the agent was deployed here."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -39,6 +39,7 @@ from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
 from .dispatch import Delivered
 from .handoff import call_soon
+from .intake import OutcomeCount
 from .mailbox import Pending
 from .worker_client import HANDLING, WorkerCallError, handle_request, translated
 
@@ -179,7 +180,7 @@ class LoopDelivery:
 
 
 def _answer_rest(instance: WorkerInstance, batch: list[Pending], results: Sequence[worker_pb2.HandleResult],
-                 on_result: Callable[[bool], None], start: int) -> bool:
+                 on_result: OutcomeCount, start: int) -> bool:
     """(On a pool thread.) The rest of a batch whose agent sent messages."""
     try:
         instance.answer(batch, results, on_result, start)

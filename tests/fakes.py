@@ -21,6 +21,7 @@ import grpc
 from caxton.supervisor.deadline import Deadline
 from caxton.supervisor.dispatch import Dispatcher, DispatchPool
 from caxton.supervisor.instance import InstanceStartError
+from caxton.supervisor.intake import OutcomeCount
 from caxton.supervisor.launcher import ExitStatus
 from caxton.supervisor.mailbox import Mailbox, Pending
 from caxton.supervisor.store import VersionRecord
@@ -102,7 +103,7 @@ class FakeInstance:
         self.handled = 0
         self.kill_reason = ""
         self._gate = gate
-        self._on_result: Callable[[bool], None] = lambda ok: None
+        self._on_result: OutcomeCount = lambda messages, errors: None
         self.dispatcher = Dispatcher(_POOL, self._deliver, lambda: self.process.alive, batch_max_messages=256,
                                      batch_max_bytes=1 << 22)
         self.parked = False
@@ -115,7 +116,7 @@ class FakeInstance:
     def alive(self) -> bool:
         return self.process.alive
 
-    def serve(self, mailbox: Mailbox, on_result: Callable[[bool], None]) -> None:
+    def serve(self, mailbox: Mailbox, on_result: OutcomeCount) -> None:
         self._on_result = on_result
         self.dispatcher.serve(mailbox)
 
@@ -125,11 +126,11 @@ class FakeInstance:
         for pending in batch:
             if not self.process.alive:
                 pending.resolve(grpc.StatusCode.UNAVAILABLE, f"worker {self.pid} died")
-                self._on_result(False)
+                self._on_result(1, 1)
                 continue
             self.handled += 1
             pending.resolve(grpc.StatusCode.OK, "", pending.message.content)
-            self._on_result(True)
+            self._on_result(1, 0)
         return self.process.alive
 
     def retire(self, mailbox: Mailbox, *, drain: bool) -> None:
