@@ -34,7 +34,7 @@ from .events import EventBus
 from .figures import KnownFigures
 from .intake import OutcomeCount
 from .launcher import ExitStatus, Launcher, WorkerProcess
-from .loop_delivery import LoopDelivery
+from .loop_delivery import Connected, LoopDelivery
 from .mailbox import Mailbox, Pending
 from .parking import CgroupFreezer, Freezer, Parking, SignalFreezer
 from .pool import SparePool
@@ -118,6 +118,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     else:
         cgroup = env.cgroups.create(cgroup_limits)
     process, channel = (spare.process, spare.channel) if spare is not None else (None, None)
+    ahead = spare.ahead if spare is not None else None
     if process is None:
         try:
             process = env.launcher.spawn(timeout, cgroup.procs_files if cgroup is not None else [])
@@ -137,7 +138,7 @@ def launch_instance(env: WorkerEnv, version: VersionRecord) -> WorkerInstance:
     # Its own uid where it has one (uids.py), else the configured user's.
     uid, gid, user_name = (process.uid, process.uid, "") if process.uid >= 0 else (env.uid, env.gid, env.user_name)
     instance = WorkerInstance(version.agent, version.version, limits, process, env.config, cgroup, env.logbook,
-                              env.relay, env.dispatch, channel)
+                              env.relay, env.dispatch, channel, ahead)
     try:
         instance.load(
             str(env.store.modules.path(version.module_sha256)),
@@ -182,7 +183,10 @@ class WorkerInstance:
 
     def __init__(self, agent: str, version: int, limits: Limits, process: WorkerProcess, config: Config,
                  cgroup: WorkerCgroup | None = None, logbook: EventBus | None = None, relay: Relay | None = None,
-                 pool: DispatchPool | None = None, channel: grpc.Channel | None = None):
+                 pool: DispatchPool | None = None, channel: grpc.Channel | None = None,
+                 ahead: Connected | None = None):
+        """`channel`, `ahead`: a spare's channels to its worker, the
+        thread's and the API loop's (pool.py)."""
         self.agent = agent
         self.version = version
         self.limits = limits
@@ -197,7 +201,9 @@ class WorkerInstance:
         self.on_result: OutcomeCount = _uncounted  # counts each outcome for the agent
         pool = pool or DispatchPool()
         # Batches woken on the API loop are sent from there (loop_delivery.py).
-        self._loop_delivery = LoopDelivery(self, pool.loop) if pool.loop is not None else None
+        self._loop_delivery = LoopDelivery(self, pool.loop, ahead) if pool.loop is not None else None
+        if self._loop_delivery is None and ahead is not None:
+            ahead.close()
         self.dispatcher = Dispatcher(pool, self._deliver_safely, lambda: self.process.alive,
                                      batch_max_messages=config.batch_max_messages,
                                      batch_max_bytes=config.batch_max_bytes, on_loop=self._loop_delivery)

@@ -23,6 +23,7 @@ a worker started on demand.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -37,6 +38,7 @@ from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .deadline import Deadline
 from .errors import WorkerStartError
 from .launcher import ExitStatus, Launcher, WorkerProcess
+from .loop_delivery import Connected, connect_ahead
 from .restart import RestartSettings
 from .worker_client import WorkerCallError, warm_up_channel
 
@@ -56,11 +58,14 @@ class Spare:
     process: WorkerProcess
     channel: grpc.Channel  # open and used once: hand it to the instance's client
     cgroup: WorkerCgroup | None = None  # the spare's own, without a memory limit yet
+    ahead: Connected | None = None  # the API loop's channel to it, connected
 
     def discard(self, _status: ExitStatus | None = None) -> None:
         """Release what a spare that is not handed out holds (also as its
         exit callback: its cgroup goes once its process has exited)."""
         self.channel.close()
+        if self.ahead is not None:
+            self.ahead.close()
         if self.cgroup is not None and not self.process.alive:
             self.cgroup.remove()
 
@@ -82,10 +87,16 @@ class SparePool:
         self._cond = threading.Condition()
         self._closed = False
         self._retry_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._refill, name="spare-pool", daemon=True)
         if size > 0:
             launcher.on_capacity_change(self._capacity_changed)
             self._thread.start()
+
+    def connect_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Spares started from now on come with a channel from `loop` (the
+        API's) already connected: loop_delivery.connect_ahead."""
+        self._loop = loop
 
     def take(self) -> Spare | None:
         """A ready spare, or None if there is none right now (the caller
@@ -150,7 +161,9 @@ class SparePool:
             if cgroup is not None:
                 process.add_exit_callback(lambda _status: cgroup.remove())
             raise WorkerStartError(f"a spare worker did not answer its first call: {exc.details}") from exc
-        return Spare(process, channel, cgroup)
+        loop = self._loop
+        ahead = connect_ahead(process.socket_path, loop, self._timeout) if loop is not None else None
+        return Spare(process, channel, cgroup, ahead)
 
     def _spare_exited(self, spare: Spare, _status: ExitStatus) -> None:
         """Exit callback: a spare died while waiting; make room for another."""

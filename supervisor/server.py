@@ -218,6 +218,7 @@ class Supervisor:
         self.api = self._serve_api([AuthInterceptor(self.authorizer, self.audit)])
         # Messages that arrive on the API loop go to their workers from there.
         env.dispatch.serve_loop(self.api.loop, self.api.thread_id)
+        self.pool.connect_on(self.api.loop)
         self.certificates = (ServerCertificates(config.tls) if config.tls.enabled and unix_path(config.listen) is None
                              else None)
         self.port = self.api.listen(config.listen, self.certificates.credentials if self.certificates else None)

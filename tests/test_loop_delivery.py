@@ -11,7 +11,7 @@ import pytest
 
 from caxton.internal.v1 import worker_pb2
 from caxton.supervisor.deadline import Deadline
-from caxton.supervisor.loop_delivery import LoopChannel
+from caxton.supervisor.loop_delivery import LoopChannel, connect_ahead
 from caxton.supervisor.worker_client import WorkerCallError, handle_request
 from caxton.v1 import caxton_pb2
 
@@ -141,3 +141,49 @@ def test_a_channel_let_go_while_its_worker_rests_opens_again_for_the_next_batch(
     channel.rest()
     settle(loop)
     assert replies(loop.run_until_complete(channel.handle(batch(b"3"), HANG_BOUND_S))) == [b"3"]
+
+
+@pytest.fixture
+def loop_thread():
+    """An event loop running in a thread of its own, as the API's does."""
+    running = asyncio.new_event_loop()
+    thread = threading.Thread(target=running.run_forever, name="test-loop", daemon=True)
+    thread.start()
+    yield running
+    running.call_soon_threadsafe(running.stop)
+    thread.join(10)
+    running.close()
+
+
+def on(loop: asyncio.AbstractEventLoop, coroutine, timeout: float = 30.0):
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
+
+
+def test_a_spare_s_channel_comes_connected_and_its_first_batch_goes_over_the_stream_opened_ahead(
+        worker, client, loop_thread, tmp_path):
+    ahead = connect_ahead(worker.socket_path, loop_thread, 10)
+    assert ahead is not None and ahead.loop is loop_thread
+    # Opened while the worker is a spare: before its module is loaded.
+    worker.load(client, "slow", tmp_path)
+    channel = LoopChannel(worker.socket_path, loop_thread, ahead)
+
+    async def ready_now() -> bool:
+        return channel.ready()
+
+    assert on(loop_thread, ready_now())
+    try:
+        assert replies(on(loop_thread, channel.handle(batch(b"1", b"2"), HANG_BOUND_S))) == [b"1", b"2"]
+        assert not ahead.stream.done()  # the very stream opened ahead carried it, and stays open
+    finally:
+        channel.close()
+    wait_until(lambda: ahead.stream.done(), 10, "the stream opened ahead to end with its channel")
+
+
+def test_connecting_ahead_to_a_worker_that_is_not_there_gives_up_in_time(tmp_path, loop_thread):
+    assert connect_ahead(str(tmp_path / "nobody.sock"), loop_thread, 0.5) is None
+
+    async def pending() -> int:
+        await asyncio.sleep(0.05)  # let the cancelled connect close its channel
+        return len([task for task in asyncio.all_tasks() if task is not asyncio.current_task()])
+
+    assert on(loop_thread, pending()) == 0
