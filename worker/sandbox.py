@@ -157,9 +157,10 @@ _USUAL_LIMITS = SandboxLimits(memory_bytes=0, fuel=1, timeout_ms=1)
 _prepared_engine: tuple[SandboxLimits, wasmtime.Engine] | None = None
 
 
-def _same_engine(a: SandboxLimits, b: SandboxLimits) -> bool:
-    """Whether one engine serves both: engine_config() reads only these."""
-    return (a.fuel > 0, a.timeout_ms > 0) == (b.fuel > 0, b.timeout_ms > 0)
+def _engine_settings(limits: SandboxLimits) -> tuple[bool, bool]:
+    """(fuel, epochs): all of `limits` that engine_config() reads, so limits
+    with the same settings share an engine kind and compiled code."""
+    return limits.fuel > 0, limits.timeout_ms > 0
 
 
 def prepare_engine() -> None:
@@ -179,7 +180,7 @@ def _engine_for(limits: SandboxLimits) -> wasmtime.Engine:
     and two tickers on one engine would halve every timeout."""
     global _prepared_engine
     prepared = _prepared_engine
-    if prepared is not None and _same_engine(prepared[0], limits):
+    if prepared is not None and _engine_settings(prepared[0]) == _engine_settings(limits):
         _prepared_engine = None
         return prepared[1]
     return wasmtime.Engine(engine_config(limits))
@@ -188,8 +189,8 @@ def _engine_for(limits: SandboxLimits) -> wasmtime.Engine:
 def engine_fingerprint(limits: SandboxLimits) -> str:
     """A key for the compiled-module cache: compiled code is only valid for an
     engine with the same settings and the same wasmtime version."""
-    settings = (f"wasmtime={_WASMTIME_VERSION};config={_CONFIG_REVISION};"
-                f"fuel={limits.fuel > 0};epoch={limits.timeout_ms > 0}")
+    fuel, epoch = _engine_settings(limits)
+    settings = f"wasmtime={_WASMTIME_VERSION};config={_CONFIG_REVISION};fuel={fuel};epoch={epoch}"
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
