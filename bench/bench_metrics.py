@@ -1,16 +1,16 @@
-"""What counting one message for Prometheus costs: `Timed` around the outcome callback.
+"""What counting one message for Prometheus costs: `Pending.timed` and the record at its outcome.
 
-For every message it accepts, the router wraps the message's outcome
-callback in `supervisor.metrics.Timed` (reading the clock), and when the
-result comes, `Timed` maps the status to an outcome label, records it and the
-elapsed time in the agent version's `Series` (one lock, a dict entry, a
-bisect into the histogram buckets) and calls the callback. Measured here, in
+For every message it accepts, the router marks the message's `Pending` as
+timed in its agent version's `Series` (reading the clock), and when the
+result comes, `Pending.resolve` maps the status to an outcome label, records
+it and the elapsed time in the series (one lock, a dict entry, a bisect into
+the histogram buckets) and calls the outcome callback. Measured here, in
 process, each beside its baseline in the same run:
 
-- **bare**: calling the outcome callback itself (what a message costs
-  without metrics);
-- **counted**: building a `Timed` around the same callback and calling it,
-  with an OK reply (an `ok` outcome), as the router and the dispatcher do;
+- **bare**: a `Pending` built and resolved, with no series (what a message
+  costs without metrics);
+- **counted**: the same, timed in a series, with an OK reply (an `ok`
+  outcome), as the router and the dispatcher do;
 - **record**: `Series.record` alone, the part under the lock.
 
 The callback only counts its calls, the same in every variant, and every
@@ -27,7 +27,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from caxton.supervisor.metrics import Series, Timed
+from caxton.supervisor.deadline import Deadline
+from caxton.supervisor.mailbox import Pending
+from caxton.supervisor.metrics import Series
+from caxton.v1 import caxton_pb2
 
 from . import report
 
@@ -35,9 +38,11 @@ ROUNDS = 30
 ITERATIONS = 20_000
 REPLY = b"x" * 100
 OK = grpc.StatusCode.OK
+MESSAGE = caxton_pb2.AgentMessage(receiver="bench", content=b"x" * 100)
+NEVER = Deadline.never()
 LABELS = {
-    "bare": "bare outcome callback",
-    "counted": "Timed(series, callback) + call",
+    "bare": "Pending + resolve",
+    "counted": "Pending + timed(series) + resolve",
     "record": "Series.record",
 }
 
@@ -64,15 +69,17 @@ def _variant(kind: str, series: Series, callback: Callback) -> Callable[[], None
     variant pays the same call overhead from the benchmark's loop."""
     if kind == "bare":
         def bare() -> None:
-            callback(OK, "", REPLY)
+            Pending(MESSAGE, NEVER, callback).resolve(OK, "", REPLY)
         return bare
     if kind == "counted":
         def counted() -> None:
-            Timed(series, callback)(OK, "", REPLY)
+            pending = Pending(MESSAGE, NEVER, callback)
+            pending.timed(series)
+            pending.resolve(OK, "", REPLY)
         return counted
 
     def record() -> None:
-        series.record("ok", 0.0004)
+        series.record(OK, True, 0.0004)
     return record
 
 

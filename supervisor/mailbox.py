@@ -24,6 +24,7 @@ flow control), takes a wake-up to call when room appears.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -35,6 +36,7 @@ from caxton.v1 import caxton_pb2
 from .deadline import Deadline
 from .errors import ResourceExhausted, Unavailable
 from .memory_budget import MESSAGE_OVERHEAD_BYTES, MemoryBudget, RoomCallback, mib
+from .metrics import Series
 
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -51,7 +53,8 @@ class Pending:
     the worker, which stops the agent when it passes.
     """
 
-    __slots__ = ("message", "deadline", "callback", "size", "cost", "budget", "held_by_caller", "shadow", "_done")
+    __slots__ = ("message", "deadline", "callback", "size", "cost", "budget", "held_by_caller", "shadow", "series",
+                 "accepted", "_done")
 
     def __init__(self, message: caxton_pb2.AgentMessage, deadline: Deadline, callback: OutcomeCallback,
                  retained: int = 0, held_by_caller: bool = False):
@@ -69,7 +72,18 @@ class Pending:
         self.held_by_caller = held_by_caller
         # A parallel rollout's copy: what the agent sends is not delivered.
         self.shadow = False
+        # Where the outcome and the time since `accepted` are counted
+        # (metrics.py); None: not counted. Set by the router (timed()).
+        self.series: Series | None = None
+        self.accepted = 0.0
         self._done = False
+
+    def timed(self, series: Series, accepted: float) -> None:
+        """Count the outcome in `series`, timed from `accepted` (the
+        monotonic clock). (Here, not in a wrapper around the callback: that
+        cost another 0.2 µs a message.)"""
+        self.series = series
+        self.accepted = accepted
 
     def release(self) -> None:
         """Give the message's charge back to its budget (once)."""
@@ -86,6 +100,9 @@ class Pending:
         if self._done:
             return False
         self._done = True
+        series = self.series
+        if series is not None:
+            series.record(code, reply is not None, time.monotonic() - self.accepted)
         self.callback(code, error, reply)
         return True
 

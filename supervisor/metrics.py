@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +25,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 # From 100 µs (an idle round trip) to 10 s (the longest sensible timeout).
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+_OK = grpc.StatusCode.OK
+_OUTCOMES = {code: code.name.lower() for code in grpc.StatusCode}
 
 
 class Series:
@@ -42,9 +45,10 @@ class Series:
         # Replicas' dispatchers record into one series concurrently.
         self._lock = threading.Lock()
 
-    def record(self, outcome: str, seconds: float) -> None:
-        """A message's result: `outcome` is 'ok', 'no_reply' or the lower-case
-        gRPC status name; `seconds` from acceptance to result."""
+    def record(self, code: grpc.StatusCode, replied: bool, seconds: float) -> None:
+        """A message's result, as its outcome callback gets it (mailbox.Pending
+        calls this just before the callback), `seconds` after it was accepted."""
+        outcome = ("ok" if replied else "no_reply") if code is _OK else _OUTCOMES[code]
         with self._lock:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
@@ -53,29 +57,6 @@ class Series:
     def counts(self) -> tuple[dict[str, int], list[int], float]:
         with self._lock:
             return dict(self.outcomes), list(self.buckets), self.sum
-
-
-_OUTCOMES = {code: code.name.lower() for code in grpc.StatusCode}
-
-
-class Timed:
-    """An outcome callback that first counts the outcome and the time since
-    the message was accepted in its agent version's series."""
-
-    __slots__ = ("_series", "_accepted", "_callback")
-
-    def __init__(self, series: Series, callback: Callable[[grpc.StatusCode, str, bytes | None], None]) -> None:
-        self._series = series
-        self._accepted = time.monotonic()
-        self._callback = callback
-
-    def __call__(self, code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
-        if code is grpc.StatusCode.OK:
-            outcome = "ok" if reply is not None else "no_reply"
-        else:
-            outcome = _OUTCOMES[code]
-        self._series.record(outcome, time.monotonic() - self._accepted)
-        self._callback(code, error, reply)
 
 
 class MessageTally:

@@ -24,7 +24,7 @@ from .deadline import Deadline
 from .errors import CaxtonError, InvalidArgument, NotFound, ResourceExhausted
 from .mailbox import OutcomeCallback, Pending
 from .memory_budget import MemoryBudget, RoomCallback
-from .metrics import MessageTally, Series, Timed
+from .metrics import MessageTally, Series
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -158,14 +158,23 @@ class Router:
                  callback: OutcomeCallback, retained: int = 0, held_by_caller: bool = False) -> Pending:
         if not message.message_id:
             message.message_id = f"{self._boot}-{next(self._ids)}"
-        if self.tally is not None:
-            key = (agent.name, version)
-            # A plain dict read is atomic: no lock per message on the hot path.
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = self.tally.series(*key)
-            callback = Timed(series, callback)
-        return Pending(message, deadline, callback, retained, held_by_caller)
+        pending = Pending(message, deadline, callback, retained, held_by_caller)
+        series = self._series_of(agent, version)
+        if series is not None:
+            pending.timed(series, time.monotonic())
+        return pending
+
+    def _series_of(self, agent: Agent, version: int) -> Series | None:
+        """Where the messages of `agent`'s `version` are counted (None: not
+        counted)."""
+        if self.tally is None:
+            return None
+        key = (agent.name, version)
+        # A plain dict read is atomic: no lock per message on the hot path.
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self.tally.series(*key)
+        return series
 
     def _receiver(self, message: caxton_pb2.AgentMessage) -> Agent:
         """The message's receiver, if the message may go to it."""

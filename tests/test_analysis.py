@@ -23,6 +23,7 @@ from caxton.supervisor.analysis import (
 )
 from caxton.supervisor.metrics import BUCKETS, Series
 
+OK, INTERNAL = grpc.StatusCode.OK, grpc.StatusCode.INTERNAL
 DEFAULTS = Thresholds()
 SLOTS = len(BUCKETS) + 1
 
@@ -46,12 +47,12 @@ def in_bucket(index: int, count: int) -> Sample:
 
 def test_between_takes_the_difference_of_two_series_counts():
     series = Series("a", 2)
-    series.record("ok", 0.003)
-    series.record("internal", 0.02)
+    series.record(OK, True, 0.003)
+    series.record(INTERNAL, False, 0.02)
     earlier = series.counts()
     for _ in range(3):
-        series.record("ok", 0.0002)
-    series.record("unavailable", 0.2)
+        series.record(OK, True, 0.0002)
+    series.record(grpc.StatusCode.UNAVAILABLE, False, 0.2)
     window = Sample.between(earlier, series.counts())
     assert dict(window.outcomes) == {"ok": 3, "unavailable": 1}  # 'internal' did not move: left out
     assert window.buckets[bisect.bisect_left(BUCKETS, 0.0002)] == 3
@@ -62,8 +63,8 @@ def test_between_takes_the_difference_of_two_series_counts():
 
 def test_between_from_zero_is_the_later_counts():
     series = Series("a", 1)
-    series.record("ok", 0.001)
-    series.record("no_reply", 0.001)
+    series.record(OK, True, 0.001)
+    series.record(OK, False, 0.001)
     window = Sample.between(None, series.counts())
     assert dict(window.outcomes) == {"ok": 1, "no_reply": 1}
     assert sum(window.buckets) == 2
@@ -353,9 +354,6 @@ def test_shadow_counts_cannot_be_negative():
         judge_shadow(-1, 0, DEFAULTS)
     with pytest.raises(ValueError, match="negative"):
         judge_shadow(0, -1, DEFAULTS)
-
-
-OK, INTERNAL = grpc.StatusCode.OK, grpc.StatusCode.INTERNAL
 
 
 @pytest.mark.parametrize(
