@@ -74,6 +74,15 @@ class Intake:
             raise Unavailable(self.refusal())
         return (self.mailbox if mailbox is None else mailbox).put(pending, budget, on_room)
 
+    def submit_many(self, pendings: list[Pending], budget: MemoryBudget | None = None) -> int:
+        """Queue the longest prefix of `pendings` that goes in at once (see
+        Mailbox.put_many); 0 in any state but RUNNING and DRAINING, where
+        submit() says why."""
+        state = self._agent.state
+        if state is not AgentState.RUNNING and state is not AgentState.DRAINING:
+            return 0
+        return self.mailbox.put_many(pendings, budget)
+
     def count(self, messages: int, errors: int) -> None:
         """`messages` more outcomes, `errors` of them failures (a batch's
         at once: one lock per batch, not per message)."""

@@ -166,6 +166,42 @@ class Mailbox:
             taker.wake()
         return queued
 
+    def put_many(self, pendings: list[Pending], budget: MemoryBudget | None = None) -> int:
+        """Queue the longest prefix of `pendings` that fits at once (one lock
+        and one budget charge for all); returns its length, maybe 0. Refuses
+        nothing and registers no wake-up: whatever does not fit is for put(),
+        which says why or waits."""
+        with self._lock:
+            if self._forward is not None or self._closed_reason is not None:
+                return 0
+            count = min(len(pendings), self.limit - len(self._queue))
+            total = 0
+            if budget is not None:
+                # As in _put: an empty mailbox takes any message, the rest
+                # stay within queue_bytes.
+                room = budget.queue_bytes - self._bytes
+                for index in range(count):
+                    cost = pendings[index].cost
+                    if cost > budget.limit or (total + cost > room and (index or self._queue)):
+                        count = index
+                        break
+                    total += cost
+                if count <= 0 or not budget.try_charge(total):
+                    return 0
+                for index in range(count):
+                    pendings[index].budget = budget
+            else:
+                total = sum(pending.cost for pending in pendings[:count])
+            if count <= 0:
+                return 0
+            self._bytes += total
+            self._queue.extend(pendings[:count])
+            # As put() would: a taker woken per message, while any is idle.
+            takers = [self._idle.popleft() for _ in range(min(count, len(self._idle)))]
+        for taker in takers:
+            taker.wake()
+        return count
+
     def _put(self, pending: Pending, budget: MemoryBudget | None, on_room: RoomCallback | None) -> bool:
         """put (caller holds the lock)."""
         if self._closed_reason is not None:

@@ -10,6 +10,10 @@ full; a stream waits instead, which is flow control end to end:
   WINDOW_BYTES held for it (requests not yet answered, results not yet
   written). A client that stops reading its results is not read from either:
   backpressure, not buffering.
+- a frame's messages go to their mailboxes a receiver at a time, each
+  receiver's in the frame's order, in one step where they fit (one lookup,
+  one lock, one budget charge: Router.offer_many); the order between
+  different receivers is not kept, as it never was once they ran.
 - when a receiver's mailbox or the memory budget is full, the stream waits
   for room and reads nothing meanwhile; HTTP/2 flow control then slows the
   client's writes.
@@ -24,7 +28,7 @@ import asyncio
 import functools
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -187,26 +191,63 @@ class SendStreamFlow:
     async def read(self, requests: AsyncIterator[caxton_pb2.SendStreamRequest]) -> None:
         try:
             async for request in requests:
-                for item in request.items:
+                items = request.items
+                start = 0
+                while start < len(items):
                     while not self._has_room():
                         await self._reader_wait()
-                    message = item.message
-                    message.sender = bound_sender(self._principal, message.sender)
-                    if message.hops:
-                        message.hops = 0  # set by the supervisor: an outside message starts a chain
-                    size = len(message.content)
-                    on_result = self._on_result(item.id, message, size)
-                    self._open += 1
-                    self._held_by_reading += size
-                    while not self._offer(message, on_result):
-                        try:
-                            await self._reader_wait(ROOM_RECHECK_S)
-                        except asyncio.CancelledError:
-                            self._router.forget(message, self._room)
-                            raise
+                    start, groups = self._take_in(items, start)
+                    for messages, callbacks in groups.values():
+                        await self._offer_group(messages, callbacks)
         finally:
             self._reading = False
             self._wake_writer()
+
+    def _take_in(self, items: Sequence[caxton_pb2.StreamItem],
+                 start: int) -> tuple[int, dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]]]:
+        """Count the frame's messages from `start` into the stream's window,
+        while it has room, grouped by receiver (each group in the frame's
+        order: a receiver's messages keep theirs). Returns where it stopped
+        and the groups."""
+        groups: dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]] = {}
+        index = start
+        while index < len(items):
+            item = items[index]
+            index += 1
+            message = item.message
+            message.sender = bound_sender(self._principal, message.sender)
+            if message.hops:
+                message.hops = 0  # set by the supervisor: an outside message starts a chain
+            size = len(message.content)
+            self._open += 1
+            self._held_by_reading += size
+            receiver = message.receiver
+            group = groups.get(receiver)
+            if group is None:
+                group = groups[receiver] = ([], [])
+            group[0].append(message)
+            group[1].append(self._on_result(item.id, message, size))
+            if not self._has_room():
+                break
+        return index, groups
+
+    async def _offer_group(self, messages: list[caxton_pb2.AgentMessage], callbacks: list[OutcomeCallback]) -> None:
+        """Offer one receiver's messages, in order: as many as go in at once
+        together (Router.offer_many), the next one alone (which says why it
+        did not, or waits for room), and so on."""
+        done = 0
+        while done < len(messages):
+            done += self._router.offer_many(messages[done:], self._deadline, callbacks[done:])
+            if done == len(messages):
+                return
+            message = messages[done]
+            while not self._offer(message, callbacks[done]):
+                try:
+                    await self._reader_wait(ROOM_RECHECK_S)
+                except asyncio.CancelledError:
+                    self._router.forget(message, self._room)
+                    raise
+            done += 1
 
     def _has_room(self) -> bool:
         return self._open < WINDOW_MESSAGES and self._held_by_reading + self._held_by_results < WINDOW_BYTES

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from caxton.v1 import caxton_pb2
@@ -91,6 +91,35 @@ class Router:
             return self._to_lanes(agent, candidate, message, deadline, callback, 0, False, on_room)
         pending = self._pending(agent, agent.version.version, message, deadline, callback)
         return pending if agent.intake.submit(pending, self.budget, on_room) else None
+
+    def offer_many(self, messages: Sequence[caxton_pb2.AgentMessage], deadline: Deadline,
+                   callbacks: Sequence[OutcomeCallback]) -> int:
+        """Accept the longest prefix of `messages`, all to one receiver, that
+        goes in at once in the common case: a local agent with no rollout
+        under way, with room for all of them. Returns its length (maybe 0).
+        Nothing is refused or waited for here: the caller offers the first
+        message not taken by `offer`, which takes it, refuses it with the
+        reason, or waits for room, and then the rest here again. (One
+        lookup, one mailbox lock and one budget charge for a stream's frame
+        instead of one each per message: about a micro-second a message.)"""
+        agent = self._lookup(messages[0].receiver) if messages else None
+        if agent is None or agent.candidate is not None:
+            return 0  # another host's, unknown, or a rollout's: offer() says which
+        record = agent.version
+        limit = record.limits.max_message_bytes
+        series = self._series_of(agent, record.version)
+        accepted = time.monotonic()
+        pendings = []
+        for message, callback in zip(messages, callbacks, strict=True):
+            if len(message.content) > limit:
+                break
+            if not message.message_id:
+                message.message_id = f"{self._boot}-{next(self._ids)}"
+            pending = Pending(message, deadline, callback)
+            if series is not None:
+                pending.timed(series, accepted)
+            pendings.append(pending)
+        return agent.intake.submit_many(pendings, self.budget)
 
     def _to_lanes(self, agent: Agent, candidate: Candidate, message: caxton_pb2.AgentMessage, deadline: Deadline,
                   callback: OutcomeCallback, retained: int, held_by_caller: bool,

@@ -121,6 +121,39 @@ def test_queue_limit_raises_resource_exhausted():
     assert len(box) == 2
 
 
+def test_put_many_queues_all_in_order_and_wakes_a_taker_per_message():
+    box = Mailbox(10)
+    takers = [StubTaker() for _ in range(3)]
+    for taker in takers:
+        assert box.take(10, 1 << 20, taker) == []  # idle
+    pendings = [make(message_id=f"m{i}")[0] for i in range(2)]
+    assert box.put_many(pendings) == 2
+    assert [t.woken for t in takers] == [1, 1, 0]
+    assert ids(take(box)) == ["m0", "m1"]
+
+
+def test_put_many_takes_the_prefix_under_the_limit_and_leaves_the_rest_to_put():
+    box = Mailbox(3)
+    box.put(make(message_id="first")[0])
+    pendings = [make(message_id=f"m{i}")[0] for i in range(4)]
+    assert box.put_many(pendings) == 2
+    assert box.put_many(pendings[2:]) == 0  # full: nothing, and no wake-up registered
+    with pytest.raises(ResourceExhausted, match="queue full"):
+        box.put(pendings[2])
+    assert ids(take(box)) == ["first", "m0", "m1"]
+
+
+def test_put_many_leaves_a_closed_or_forwarded_mailbox_to_put():
+    box = Mailbox(10)
+    box.close("agent 'a' is stopped")
+    assert box.put_many([make()[0]]) == 0
+    other = Mailbox(10)
+    box.reopen()
+    box.forward_to(other)
+    assert box.put_many([make()[0]]) == 0
+    assert len(box) == len(other) == 0
+
+
 def test_closed_mailbox_refuses_with_reason_then_reopens():
     box = Mailbox(limit=10)
     box.put(make(message_id="before")[0])

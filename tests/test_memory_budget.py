@@ -136,6 +136,39 @@ def test_a_message_that_can_never_fit_is_refused_even_for_a_waiter():
         Mailbox(limit=100).put(pending(65 * MIB), budget, Wakeups())
 
 
+def test_put_many_charges_the_prefix_within_queue_bytes_once():
+    budget = MemoryBudget(1024 * MIB, 2 * MIB + 3 * MESSAGE_OVERHEAD_BYTES)
+    box = Mailbox(limit=100)
+    assert box.put_many([pending(MIB) for _ in range(3)], budget) == 2
+    assert budget.used == box.queued_bytes == 2 * (MIB + MESSAGE_OVERHEAD_BYTES)
+    take_all(box)
+    assert budget.used == 0
+
+
+def test_put_many_lets_an_empty_mailbox_take_a_first_message_bigger_than_queue_bytes():
+    budget = MemoryBudget(1024 * MIB, MIB)
+    box = Mailbox(limit=100)
+    assert box.put_many([pending(2 * MIB), pending(10)], budget) == 1
+    assert box.put_many([pending(10)], budget) == 0  # no longer empty, and over queue_bytes
+
+
+def test_put_many_stops_before_a_message_that_can_never_fit():
+    budget = MemoryBudget(256 * MIB, 64 * MIB)
+    box = Mailbox(limit=100)
+    assert box.put_many([pending(10), pending(65 * MIB), pending(10)], budget) == 1
+
+
+def test_put_many_takes_nothing_when_the_budget_cannot_hold_the_prefix():
+    budget = MemoryBudget(256 * MIB, 48 * MIB)  # 64 MiB to lend
+    assert budget.try_charge(63 * MIB)
+    box = Mailbox(limit=100)
+    assert box.put_many([pending(MIB // 2) for _ in range(4)], budget) == 0
+    assert (budget.used, len(box)) == (63 * MIB, 0)
+    assert box.put(pending(MIB // 2), budget)  # put(), one at a time, takes what still fits
+    assert box.put_many([pending(MIB // 2)], budget) == 0
+    assert budget.used == 63 * MIB + MIB // 2 + MESSAGE_OVERHEAD_BYTES
+
+
 def test_retained_bytes_are_charged_with_the_message():
     budget = MemoryBudget(256 * MIB, 64 * MIB)
     Mailbox(limit=100).put(pending(1000, retained=5000), budget)

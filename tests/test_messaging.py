@@ -126,6 +126,27 @@ def test_send_stream_reports_errors_per_message(shared_supervisor):
     assert "nobody-here" in results[2].error
 
 
+def test_send_stream_frame_of_mixed_receivers_keeps_each_receivers_order(shared_supervisor):
+    """One frame to two counters, with a message too big for one of them and
+    one for nobody between: each refused alone with its reason, and each
+    counter counts its own messages in the frame's order (a frame is
+    offered a receiver at a time, in as few steps as possible)."""
+    sup = shared_supervisor
+    sup.deploy("count-a", "counter", max_message_bytes=64)
+    sup.deploy("count-b", "counter")
+    receivers = ["count-a", "count-b", "count-a", "nobody-here", "count-a", "count-b", "count-a", "count-b"]
+    items = [caxton_pb2.StreamItem(id=n, message=caxton_pb2.AgentMessage(receiver=r, content=b"x"))
+             for n, r in enumerate(receivers)]
+    items[2].message.content = b"x" * 65  # over count-a's max_message_bytes
+    responses = sup.messaging.SendStream(iter([caxton_pb2.SendStreamRequest(items=items)]), timeout=30)
+    results = {r.id: r for response in responses for r in response.results}
+    assert sorted(results) == list(range(len(items)))
+    assert results[2].code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "65 bytes" in results[2].error
+    assert results[3].code == grpc.StatusCode.NOT_FOUND.value[0] and "nobody-here" in results[3].error
+    assert [results[n].reply.content for n in (0, 4, 6)] == [b"1", b"2", b"3"]
+    assert [results[n].reply.content for n in (1, 5, 7)] == [b"1", b"2", b"3"]
+
+
 def test_unknown_agent_is_not_found(shared_supervisor):
     with pytest.raises(grpc.RpcError) as info:
         shared_supervisor.send("does-not-exist", b"x")
