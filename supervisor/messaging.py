@@ -210,6 +210,7 @@ class SendStreamFlow:
         order: a receiver's messages keep theirs). Returns where it stopped
         and the groups."""
         groups: dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]] = {}
+        result = self._result
         index = start
         while index < len(items):
             item = items[index]
@@ -226,7 +227,7 @@ class SendStreamFlow:
             if group is None:
                 group = groups[receiver] = ([], [])
             group[0].append(message)
-            group[1].append(self._on_result(item.id, message, size))
+            group[1].append(functools.partial(result, item.id, message, size))
             if not self._has_room():
                 break
         return index, groups
@@ -281,34 +282,35 @@ class SendStreamFlow:
 
     # ------------------------------------------------------------ results
 
-    def _on_result(self, item_id: int, message: caxton_pb2.AgentMessage, size: int) -> OutcomeCallback:
-        def on_result(code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
-            cost = len(reply or error) + MESSAGE_OVERHEAD_BYTES
-            if self._budget is not None:
-                # Already held, so never refused; it holds back new charges
-                # (this stream's and everyone's) until the result is written.
-                self._budget.charge(cost)
-            with self._lock:
-                frames = self._frames
-                frame = frames[-1] if frames and frames[-1].cost < FRAME_BYTES else None
-                if frame is None:
-                    frame = _Frame()
-                    frames.append(frame)
-                result = frame.add(id=item_id)
-                if code is not _OK:
-                    result.code = code.value[0]
-                    result.error = error
-                elif reply is not None:
-                    fill_reply_envelope(result.reply, message, reply)
-                    result.has_reply = True
-                frame.cost += cost
-                frame.count += 1
-                self._held_by_results += cost - size
-                waiting, self._writer_waiting = self._writer_waiting, None
-            if waiting is not None:
-                resolve(self._loop, waiting, None)
-
-        return on_result
+    def _result(self, item_id: int, message: caxton_pb2.AgentMessage, size: int,
+                code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
+        """A message's outcome (any thread), as its OutcomeCallback: a partial
+        with the first three (one object per message where a closure is
+        five for the garbage collector to track)."""
+        cost = len(reply or error) + MESSAGE_OVERHEAD_BYTES
+        if self._budget is not None:
+            # Already held, so never refused; it holds back new charges
+            # (this stream's and everyone's) until the result is written.
+            self._budget.charge(cost)
+        with self._lock:
+            frames = self._frames
+            frame = frames[-1] if frames and frames[-1].cost < FRAME_BYTES else None
+            if frame is None:
+                frame = _Frame()
+                frames.append(frame)
+            result = frame.add(id=item_id)
+            if code is not _OK:
+                result.code = code.value[0]
+                result.error = error
+            elif reply is not None:
+                fill_reply_envelope(result.reply, message, reply)
+                result.has_reply = True
+            frame.cost += cost
+            frame.count += 1
+            self._held_by_results += cost - size
+            waiting, self._writer_waiting = self._writer_waiting, None
+        if waiting is not None:
+            resolve(self._loop, waiting, None)
 
     def _wake_writer(self) -> None:
         """(On the loop.)"""
