@@ -219,7 +219,14 @@ class Authorizer:
 def bound_sender(principal: Principal, sender: str) -> str:
     """The envelope's sender for a message from `principal`: the token's
     name, so an agent can trust it whoever calls; admin may speak for anyone."""
-    return sender if principal.role is Role.ADMIN else principal.name
+    name = sender_name(principal)
+    return sender if name is None else name
+
+
+def sender_name(principal: Principal) -> str | None:
+    """What every message from `principal` is sent as (bound_sender), or
+    None when it may speak for anyone: for a caller that binds many."""
+    return None if principal.role is Role.ADMIN else principal.name
 
 
 def check_policy_choice(principal: Principal, policy: str, default_policy: str) -> None:

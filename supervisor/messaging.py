@@ -35,7 +35,7 @@ import grpc
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 
 from .api import deadline_of, translate_errors
-from .auth import Authorizer, Principal, bound_sender
+from .auth import Authorizer, Principal, bound_sender, sender_name
 from .deadline import Deadline
 from .errors import CaxtonError, MessageFailed
 from .handoff import call_soon, resolve
@@ -168,7 +168,7 @@ class SendStreamFlow:
     def __init__(self, router: Router, loop: asyncio.AbstractEventLoop, deadline: Deadline,
                  principal: Principal):
         self._router = router
-        self._principal = principal  # every message's sender is bound to it
+        self._sender = sender_name(principal)  # every message's sender (None: as the message says)
         self._budget: MemoryBudget | None = router.budget
         self._loop = loop
         self._deadline = deadline
@@ -210,26 +210,32 @@ class SendStreamFlow:
         order: a receiver's messages keep theirs). Returns where it stopped
         and the groups."""
         groups: dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]] = {}
-        result = self._result
+        result, partial, sender = self._result, functools.partial, self._sender
+        opened, held = self._open, self._held_by_reading
+        # What results already hold is read once a frame: it only grows
+        # meanwhile, on other threads, and the window is no exact bound.
+        room_bytes = WINDOW_BYTES - self._held_by_results
         index = start
         while index < len(items):
             item = items[index]
             index += 1
             message = item.message
-            message.sender = bound_sender(self._principal, message.sender)
+            if sender is not None:
+                message.sender = sender
             if message.hops:
                 message.hops = 0  # set by the supervisor: an outside message starts a chain
             size = len(message.content)
-            self._open += 1
-            self._held_by_reading += size
+            opened += 1
+            held += size
             receiver = message.receiver
             group = groups.get(receiver)
             if group is None:
                 group = groups[receiver] = ([], [])
             group[0].append(message)
-            group[1].append(functools.partial(result, item.id, message, size))
-            if not self._has_room():
+            group[1].append(partial(result, item.id, message, size))
+            if opened >= WINDOW_MESSAGES or held >= room_bytes:
                 break
+        self._open, self._held_by_reading = opened, held
         return index, groups
 
     async def _offer_group(self, messages: list[caxton_pb2.AgentMessage], callbacks: list[OutcomeCallback]) -> None:
