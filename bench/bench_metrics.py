@@ -22,6 +22,7 @@ message (the issue: well under a microsecond).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import grpc
@@ -74,7 +75,7 @@ def _variant(kind: str, series: Series, callback: Callback) -> Callable[[], None
     if kind == "counted":
         def counted() -> None:
             pending = Pending(MESSAGE, NEVER, callback)
-            pending.timed(series)
+            pending.timed(series, time.monotonic())
             pending.resolve(OK, "", REPLY)
         return counted
 
