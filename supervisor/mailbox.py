@@ -175,25 +175,25 @@ class Mailbox:
             if self._forward is not None or self._closed_reason is not None:
                 return 0
             count = min(len(pendings), self.limit - len(self._queue))
-            total = 0
-            if budget is not None:
+            if count <= 0:
+                return 0
+            if budget is None:
+                total = sum(pending.cost for pending in pendings[:count])
+            else:
                 # As in _put: an empty mailbox takes any message, the rest
                 # stay within queue_bytes.
                 room = budget.queue_bytes - self._bytes
+                total = 0
                 for index in range(count):
                     cost = pendings[index].cost
                     if cost > budget.limit or (total + cost > room and (index or self._queue)):
                         count = index
                         break
                     total += cost
-                if count <= 0 or not budget.try_charge(total):
+                if count == 0 or not budget.try_charge(total):
                     return 0
-                for index in range(count):
-                    pendings[index].budget = budget
-            else:
-                total = sum(pending.cost for pending in pendings[:count])
-            if count <= 0:
-                return 0
+                for pending in pendings[:count]:
+                    pending.budget = budget
             self._bytes += total
             self._queue.extend(pendings[:count])
             # As put() would: a taker woken per message, while any is idle.

@@ -79,6 +79,10 @@ def fill_reply_envelope(envelope: caxton_pb2.AgentMessage, request: caxton_pb2.A
     envelope.content = content
 
 
+# A frame's messages by receiver: (messages, their outcome callbacks).
+_Groups = dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]]
+
+
 class _Frame:
     """A response frame being filled with results, and what they cost."""
 
@@ -208,13 +212,12 @@ class SendStreamFlow:
             self._reading = False
             self._wake_writer()
 
-    def _take_in(self, items: Sequence[caxton_pb2.StreamItem],
-                 start: int) -> tuple[int, dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]]]:
+    def _take_in(self, items: Sequence[caxton_pb2.StreamItem], start: int) -> tuple[int, _Groups]:
         """Count the frame's messages from `start` into the stream's window,
         while it has room, grouped by receiver (each group in the frame's
         order: a receiver's messages keep theirs). Returns where it stopped
         and the groups."""
-        groups: dict[str, tuple[list[caxton_pb2.AgentMessage], list[OutcomeCallback]]] = {}
+        groups: _Groups = {}
         result, partial, sender = self._result, functools.partial, self._sender
         opened, held = self._open, self._held_by_reading
         # What results already hold is read once a frame: it only grows
