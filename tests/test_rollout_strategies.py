@@ -240,6 +240,32 @@ def test_conversations_stay_on_one_version_during_a_split(shared_supervisor):
     assert len(mixed) <= 4, mixed
 
 
+def test_a_stream_during_a_split_reaches_both_versions_losing_nothing(shared_supervisor):
+    """SendStream's frames go by receiver in one step only outside rollouts;
+    during a split each message takes its conversation's lane, one by one,
+    and every one is answered by the version its lane runs."""
+    sup = shared_supervisor
+    _deploy(sup, "stream-split", "version1")
+    _reload(sup, "stream-split", "version2", _options("traffic-split", steps=[50, 100], step_s=600.0,
+                                                      max_latency_ratio=20.0))
+    _wait_state(sup, "stream-split", "progressing")
+    frames = [caxton_pb2.SendStreamRequest(items=[
+        caxton_pb2.StreamItem(id=n, message=caxton_pb2.AgentMessage(
+            receiver="stream-split", conversation_id=f"conv-{n}", content=b"m%d" % n))
+        for n in range(f * 100, (f + 1) * 100)]) for f in range(4)]
+    try:
+        results = {r.id: r for response in sup.messaging.SendStream(iter(frames), timeout=60)
+                   for r in response.results}
+    finally:
+        sup.lifecycle.ControlRollout(caxton_pb2.ControlRolloutRequest(name="stream-split", action="abort"),
+                                     timeout=60)
+    assert sorted(results) == list(range(400))
+    replies = [results[n].reply.content for n in range(400)]
+    assert all(results[n].code == 0 for n in range(400)), [results[n].error for n in range(400) if results[n].code]
+    assert all(reply.split(b":", 1)[1] == b"m%d" % n for n, reply in enumerate(replies))
+    assert Counter(reply.split(b":", 1)[0] for reply in replies).keys() == {b"v1", b"v2"}
+
+
 def test_operators_steer_a_rollout(shared_supervisor):
     sup = shared_supervisor
     _deploy(sup, "steered", "version1")
