@@ -114,7 +114,7 @@ class Router:
             if len(message.content) > limit:
                 break
             if not message.message_id:
-                message.message_id = f"{self._boot}-{next(self._ids)}"
+                message.message_id = self.new_id()
             pending = Pending(message, deadline, callback)
             if series is not None:
                 pending.timed(series, accepted)
@@ -160,7 +160,7 @@ class Router:
         if host is None:
             return None
         if not message.message_id:
-            message.message_id = f"{self._boot}-{next(self._ids)}"
+            message.message_id = self.new_id()
         return self.remote.submit(message, host, deadline, callback)
 
     def new_id(self) -> str:
@@ -186,7 +186,7 @@ class Router:
     def _pending(self, agent: Agent, version: int, message: caxton_pb2.AgentMessage, deadline: Deadline,
                  callback: OutcomeCallback, retained: int = 0, held_by_caller: bool = False) -> Pending:
         if not message.message_id:
-            message.message_id = f"{self._boot}-{next(self._ids)}"
+            message.message_id = self.new_id()
         pending = Pending(message, deadline, callback, retained, held_by_caller)
         series = self._series_of(agent, version)
         if series is not None:
