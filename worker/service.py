@@ -18,6 +18,7 @@ import grpc
 from caxton.internal.v1 import worker_pb2, worker_pb2_grpc
 
 from . import seccomp
+from .allocator import release_freed_memory
 from .hostcalls import LogRecord
 from .limits import WORKER_PROCESS_NAME, OsLimits, apply_os_limits, name_process
 from .outbox import DEFAULT_SEND_BUDGET, Outgoing
@@ -86,6 +87,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 # The reason, not str(exc), which may name a host path.
                 return worker_pb2.LoadResponse(error=f"the worker could not be set up: {exc.strerror or exc}")
             self._sandbox = sandbox
+            # Once the answer has left (the server runs termination
+            # callbacks then): not on the deploy's path.
+            context.add_callback(release_freed_memory)
             return worker_pb2.LoadResponse(
                 init_code=code,
                 logs=_log_records(sandbox.take_logs()),
