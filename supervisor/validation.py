@@ -314,9 +314,19 @@ def _feature_rejection(switches: frozenset[str], wasm: bytes, digest: bytes) -> 
 def _check_features(wasm: bytes, policy: Policy) -> list[Finding]:
     # The module validated with every proposal on; if it fails with one
     # feature off, it uses that feature.
-    findings = []
+    denied = sorted(policy.denied_features & _FEATURES.keys())
+    if not denied:
+        return []
     digest = hashlib.sha256(wasm).digest()
-    for name in sorted(policy.denied_features & _FEATURES.keys()):
+    # First with every denied feature off at once: turning a proposal off
+    # only ever rejects more, so a module that passes this uses none of them
+    # (nearly every module: one check instead of one per feature, 0.25 ms of
+    # a new module's deploy). Only one that fails is checked feature by
+    # feature, to name each it uses.
+    if _feature_rejection(frozenset().union(*(_FEATURES[name].switches for name in denied)), wasm, digest) is None:
+        return []
+    findings = []
+    for name in denied:
         feature = _FEATURES[name]
         rejection = _feature_rejection(feature.switches, wasm, digest)
         if rejection is not None:

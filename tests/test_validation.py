@@ -262,12 +262,32 @@ def test_a_module_seen_before_is_not_validated_by_wasmtime_again(monkeypatch) ->
     assert rules(validate(other, DEFAULT)) == ["security.feature.threads"] and asked  # new bytes: asked
 
 
+def test_a_module_using_no_denied_feature_is_checked_with_them_all_off_at_once(monkeypatch) -> None:
+    asked: list[wasmtime.Engine] = []
+    real = validation._rejection
+
+    def counting(engine: wasmtime.Engine, wasm: bytes) -> str | None:
+        asked.append(engine)
+        return real(engine, wasm)
+
+    monkeypatch.setattr(validation, "_rejection", counting)
+    report = validate(agent(extra="(func $plain_and_new)"), DEFAULT)
+    assert report.valid
+    everything_denied = frozenset().union(
+        *(validation._FEATURES[name].switches for name in DEFAULT.denied_features & validation._FEATURES.keys()))
+    # The structure check (every proposal on), then one for all denied features.
+    assert asked == [validation._engine(frozenset()), validation._engine(everything_denied)]
+
+
 def test_every_feature_engine_can_be_built() -> None:
     # Some switch combinations abort the process inside wasmtime; building
     # each engine here catches a bad combination before production does.
     assert set(validation._FEATURES) | {"component-model"} == KNOWN_FEATURES
     for feature in validation._FEATURES.values():
         assert validation._engine(feature.switches) is validation._engine(feature.switches)
+    # And with all of them off at once, as a policy denying them all checks first.
+    every = frozenset().union(*(feature.switches for feature in validation._FEATURES.values()))
+    assert validation._engine(every) is validation._engine(every)
 
 
 def test_unknown_denied_feature_is_a_policy_error() -> None:
