@@ -34,6 +34,14 @@ def test_forked_workers_are_adopted_by_the_supervisor(forking):
     assert _fork_server_pid(forking) != worker.pid
 
 
+def test_the_fork_server_rehearsed_a_load_and_left_no_thread(forking):
+    """It runs a tiny agent once before forking (worker/rehearsal.py): that
+    must work where the supervisor runs, and no thread may be left to fork."""
+    forking.deploy("after-rehearsal", "echo")
+    assert psutil.Process(_fork_server_pid(forking)).num_threads() == 1
+    assert "rehearsal failed" not in forking.log_text()
+
+
 def test_killing_the_fork_server_leaves_workers_serving(forking):
     forking.deploy("survivor", "counter")
     assert forking.send("survivor", b"x").reply.content == b"1"

@@ -172,10 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     import grpc._server  # noqa: F401
     import wasmtime  # noqa: F401
 
-    from . import fastcall, sandbox, seccomp, server, service  # noqa: F401
+    from . import fastcall, rehearsal, sandbox, seccomp, server, service  # noqa: F401
 
     seccomp.preload()
     fastcall.preload()
+    # A first Load's one-off costs, paid here for every worker.
+    rehearsal.rehearse()
     sandbox.prepare_engine()
 
     gc.freeze()

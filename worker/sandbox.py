@@ -306,9 +306,12 @@ class _EpochTicker:
         finally:
             self._busy.clear()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Stop ticking; with `wait_s`, wait that long for the thread to end."""
         self._stopped = True
         self._busy.set()
+        if wait_s:
+            self._thread.join(wait_s)
 
 
 class Sandbox:
@@ -323,12 +326,15 @@ class Sandbox:
     _handle: Callable[[int, int], int]
 
     def __init__(self, wasm_path: str, limits: SandboxLimits, *, cache_dir: str = "", module_sha256: str = "",
-                 clock: Callable[[], float] = time.time, fast_calls: bool | None = None):
+                 clock: Callable[[], float] = time.time, fast_calls: bool | None = None,
+                 engine: wasmtime.Engine | None = None):
         """`fast_calls`: call the agent per message through worker/fastcall.py
         (None: unless the environment variable CAXTON_WORKER_CALL_PATH is
-        "public"); used only if it passes its probe."""
+        "public"); used only if it passes its probe. `engine`: one made with
+        engine_config(limits) to use (None: the prepared one if it fits, else
+        a new one)."""
         self.limits = limits
-        self.engine = _engine_for(limits)
+        self.engine = _engine_for(limits) if engine is None else engine
         if fast_calls is None:
             fast_calls = os.environ.get(CALL_PATH_ENV, "fast") != "public"
         self.fast_calls = fast_calls and fastcall.available(self.engine)
@@ -373,9 +379,10 @@ class Sandbox:
         except wasmtime.WasmtimeError as exc:
             raise LoadError(f"caxton_init failed: {exc}") from exc
 
-    def shutdown(self) -> list[LogRecord]:
+    def shutdown(self, *, wait_s: float = 0.0) -> list[LogRecord]:
         """Run `caxton_shutdown` if the agent exports it; errors are logged,
-        not raised, because the worker is going away regardless."""
+        not raised, because the worker is going away regardless. With
+        `wait_s`, wait that long for the epoch ticker's thread to end."""
         self.host.begin(None)
         fn = self._exports.get("caxton_shutdown")
         if fn is not None:
@@ -385,7 +392,7 @@ class Sandbox:
             except wasmtime.WasmtimeError as exc:
                 self.host.logs.append(LogRecord(3, f"caxton_shutdown failed: {_trap_text(exc)}"))
         if self._ticker is not None:
-            self._ticker.stop()
+            self._ticker.stop(wait_s)
         return self.host.take_logs()
 
     def enforcement(self) -> list[str]:
