@@ -36,6 +36,7 @@ from caxton.internal.v1 import worker_pb2
 from caxton.v1 import caxton_pb2
 from caxton.worker.sandbox import Sandbox, SandboxLimits, engine_config
 from caxton.worker.service import WorkerService
+from tests.call_context import CallContext
 
 from . import report
 from .support import PAYLOAD
@@ -145,7 +146,7 @@ def test_bare_calls(benchmark, echo_path: Path, metering: str, kind: str) -> Non
 def test_service_handle(benchmark, echo_path: Path, metering: str) -> None:
     limits = LIMITS[metering]
     service = WorkerService(on_exit=lambda status: None)
-    context = None  # only used to abort, which a loaded worker never does here
+    context = CallContext()
     loaded = service.Load(
         worker_pb2.LoadRequest(
             agent="echo",
@@ -158,6 +159,7 @@ def test_service_handle(benchmark, echo_path: Path, metering: str) -> None:
         context,
     )
     assert not loaded.error and loaded.init_code == 0
+    context.end()
     message = caxton_pb2.AgentMessage(receiver="echo", sender="bench", content=PAYLOAD)
     request = worker_pb2.HandleRequest(messages=[message] * BATCH)
     response = benchmark.pedantic(service.Handle, args=(request, context), rounds=ROUNDS, iterations=4,

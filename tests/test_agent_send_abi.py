@@ -35,6 +35,7 @@ from caxton.worker.outbox import (
 from caxton.worker.sandbox import CALL_PATH_ENV, AgentError, Sandbox, SandboxLimits
 from caxton.worker.service import WorkerService
 
+from .call_context import CallContext
 from .harness import module
 
 MAX_MESSAGE_BYTES = 1024
@@ -342,6 +343,7 @@ def test_a_timeout_after_send_sends_nothing(sender_wasm: Path) -> None:
 def _service(path: Path, send_budget: int = 0) -> tuple[WorkerService, list[int]]:
     exits: list[int] = []
     service = WorkerService(on_exit=exits.append)
+    context = CallContext()
     loaded = service.Load(
         worker_pb2.LoadRequest(
             agent="abi-sender", module_path=str(path), send_budget=send_budget,
@@ -349,9 +351,10 @@ def _service(path: Path, send_budget: int = 0) -> tuple[WorkerService, list[int]
             # Leave this process's limits, user and system calls alone.
             os_limits=worker_pb2.OsLimits(uid=-1, gid=-1, no_syscall_filter=True),
         ),
-        None,  # the context is used only to abort, which a first Load never does
+        context,
     )
     assert not loaded.error and loaded.init_code == 0
+    context.end()
     return service, exits
 
 

@@ -9,7 +9,12 @@ import os
 
 import pytest
 
+from caxton.internal.v1 import worker_pb2
 from caxton.worker import allocator
+from caxton.worker.service import WorkerService
+
+from .call_context import CallContext
+from .harness import EXAMPLES
 
 BLOCK = 1024  # well under glibc's mmap threshold: these come from the heap
 BLOCKS = 16 * 1024  # 16 MiB
@@ -42,3 +47,23 @@ def test_free_heap_pages_are_given_back() -> None:
     finally:
         libc.free(top)
     assert given_back >= BLOCKS * BLOCK // 2, f"only {given_back} bytes given back"
+
+
+def test_a_worker_gives_back_what_its_load_freed_once_the_load_has_ended() -> None:
+    service = WorkerService(on_exit=lambda status: None)
+    context = CallContext()
+    loaded = service.Load(
+        worker_pb2.LoadRequest(
+            agent="echo", module_path=str(EXAMPLES / "echo.wat"),
+            limits=worker_pb2.Limits(memory_bytes=1 << 20, fuel=1_000_000, timeout_ms=1000),
+            # Leave this process's limits, user and system calls alone.
+            os_limits=worker_pb2.OsLimits(uid=-1, gid=-1, no_syscall_filter=True),
+        ),
+        context,
+    )
+    try:
+        assert not loaded.error and loaded.init_code == 0
+        # Not during the call, which would delay its answer: at its end.
+        assert context.callbacks == [allocator.release_freed_memory]
+    finally:
+        service.Shutdown(worker_pb2.ShutdownRequest(), context)
