@@ -144,7 +144,7 @@ class SparePool:
                     spare.process.add_exit_callback(spare.discard)
                     return
                 self._spares.append(spare)
-            spare.process.add_exit_callback(functools.partial(self._spare_exited, spare))
+            spare.process.add_exit_callback(functools.partial(self._spare_exited, spare.process.pid))
 
     def _start_spare(self) -> Spare:
         cgroup = self._cgroups.create(self._cgroup_limits) if self._cgroups is not None else None
@@ -165,10 +165,17 @@ class SparePool:
         ahead = connect_ahead(process.socket_path, loop, self._timeout) if loop is not None else None
         return Spare(process, channel, cgroup, ahead)
 
-    def _spare_exited(self, spare: Spare, _status: ExitStatus) -> None:
-        """Exit callback: a spare died while waiting; make room for another."""
+    def _spare_exited(self, pid: int, _status: ExitStatus) -> None:
+        """Exit callback: a spare died while waiting; make room for another.
+
+        It names the spare by pid rather than holding it: the callback lives
+        as long as the process, and a spare handed out must not live on in
+        it. Its stream on the API loop's channel would then never be freed,
+        so that channel's connection stayed open even after the instance let
+        it go (a worker parked): one socket and ~50 KiB per agent."""
         with self._cond:
-            if spare in self._spares:
+            spare = next((s for s in self._spares if s.process.pid == pid), None)
+            if spare is not None:
                 self._spares.remove(spare)
                 spare.discard()
                 self._cond.notify_all()

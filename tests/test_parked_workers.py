@@ -3,14 +3,18 @@ supervisor, real workers, with the cgroup freezer and with SIGSTOP."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from caxton.supervisor.config import Config
 from caxton.v1 import caxton_pb2
-from tests.harness import wait_until
+from tests.harness import wait_until, worker_pids_of
+
+SPARES = Config().worker_pool  # the spare pool's size by default
 
 PARKING = """
 park_after_s = 0.3
@@ -134,3 +138,43 @@ def test_a_parked_worker_killed_from_outside_is_restarted(parking_supervisor):
     psutil.Process(pid).kill()
     wait_until(lambda: sup.worker_pids() and sup.worker_pids() != [pid], 20, "a new worker")
     assert sup.send("echo", b"again", timeout=10).reply.content == b"again"
+
+
+def _sockets(pid: int) -> int:
+    """The sockets the process has open now."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            pass  # closed while we looked
+    return count
+
+
+def _settled(sup, agents: int) -> bool:
+    """Every agent's worker parked, and the spare pool full again."""
+    workers = sup.worker_pids()
+    spares = set(worker_pids_of(sup.pid, include_spares=True)) - set(workers)
+    return len(workers) == agents and len(spares) == SPARES and all(frozen(pid) for pid in workers)
+
+
+def test_a_parked_worker_keeps_one_socket_of_the_supervisor_however_it_started(parking_supervisor):
+    """A parked worker needs no channel from the API loop (about 57 KiB of
+    the supervisor's and a socket each): only its control channel stays. A
+    worker that came from the spare pool with that channel connected ahead
+    and its stream open once kept both for life, because the pool's exit
+    callback held the spare."""
+    sup = parking_supervisor
+    for name in ("first", "second"):
+        wait_until(lambda: _settled(sup, len(sup.worker_pids())), 20, "the spare pool to refill")
+        sup.deploy(name, "echo")
+    wait_until(lambda: _settled(sup, 2), 20, "two parked workers and a full spare pool")
+    before = _sockets(sup.pid)
+    added = 4
+    for n in range(added):
+        # Each from the pool: wait until it has its spares again.
+        wait_until(lambda n=n: _settled(sup, 2 + n), 20, "the spare pool to refill")
+        sup.deploy(f"more-{n}", "echo")
+        assert sup.send(f"more-{n}", b"hi").reply.content == b"hi"
+    wait_until(lambda: _settled(sup, 2 + added) and _sockets(sup.pid) == before + added, 20,
+               "one more supervisor socket per parked worker")
