@@ -11,10 +11,7 @@ back once its Load has been answered: `malloc_trim(0)`, ~0.1-0.3 ms.
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger("caxton.worker")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

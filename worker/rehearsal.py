@@ -10,7 +10,9 @@ paying for it on its deploy's path.
 The compile is not helped: a forked worker maps wasmtime's code afresh.
 Measured on forked children loading the echo agent (median of 40): Sandbox()
 3.2-3.7 ms against 4.2-4.5, start 0.7-0.9 against 1.0, ~100 page faults
-fewer; idle workers' USS 0.1 MiB lower.
+fewer. In real workers, though, Load's time did not change measurably
+(bench/README.md, 2026-11-30, seventh session); what it saved there is
+memory: idle workers' USS 0.1 MiB lower.
 
 The rehearsal uses an engine of its own (the workers' prepared engine stays
 untouched) and leaves no thread behind, so forking afterwards stays safe. It
@@ -18,6 +20,7 @@ costs the fork server about 1 MiB of heap, and maps wasmtime's compiler code
 (page cache, shared). The fork server never collects garbage, so the
 rehearsal's (its sandbox's reference cycles) stays there, never touched by a
 worker.
+
 Best effort: if it fails, workers only pay the first-use costs themselves.
 """
 
