@@ -9,7 +9,8 @@ supervisor would build; `forward` passes each Send on to an upstream server
 and returns its answer. Client -> forward (TCP) -> echo (Unix socket) is the
 shape of client -> supervisor -> worker with nothing of Caxton in it: the same
 protobuf message types (so serialization costs the same), sync gRPC servers
-with thread pools, one process per hop. What Caxton adds on top of that
+with thread pools, one process per hop, on the same gRPC engine
+(`start_baseline` sets it as the supervisor does for itself and its workers). What Caxton adds on top of that
 (mailbox, dispatch, wasmtime) is the ratio the benchmarks report.
 
 Each server prints `listening on ADDRESS` once it serves, exits cleanly on

@@ -22,6 +22,7 @@ import grpc
 import psutil
 
 from caxton.contract import AUTHORIZATION_METADATA_KEY, BEARER_SCHEME
+from caxton.supervisor import grpc_engine
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import ROOT, SupervisorProcess
 
@@ -118,7 +119,10 @@ def start_baseline(kind: str, listen: str, *, upstream: str | None = None, threa
     if upstream:
         args += ["--upstream", upstream]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
+        # On the gRPC engine Caxton's own processes run on: the ratios are
+        # then what Caxton adds, not which engine each side uses.
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                env={**os.environ, **grpc_engine.environment(os.environ)})
     try:
         address = _read_line_with(proc, "listening on ", timeout, log_path)
     except BaseException:

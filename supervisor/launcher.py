@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from . import grpc_engine
 from .callbacks import CallbackThread
 from .capacity import Capacity, CapacityListener
 from .errors import WorkerStartError
@@ -171,4 +172,7 @@ def worker_environment(source: Mapping[str, str]) -> dict[str, str]:
     # One malloc arena: grpc under a tight address-space limit behaves, and an
     # idle worker keeps less memory.
     env["MALLOC_ARENA_MAX"] = "1"
+    # The supervisor's choice of gRPC engine (grpc_engine.py): the worker
+    # link's other end.
+    env.update(grpc_engine.environment(source))
     return env

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from caxton.contract import TOKEN_ENV
+from caxton.supervisor import grpc_engine
 from caxton.supervisor.launcher import worker_environment
 
 from .harness import SupervisorProcess, wait_until, worker_pids_of
@@ -27,7 +28,10 @@ SECRETS = {
     "LD_PRELOAD": "",
 }
 PASSED = {"CAXTON_WORKER_CLEAN_START_TEST": "passed through", "TZ": "UTC"}
-ALLOWED = {"PATH", "LANG", "LC_ALL", "TZ", "MALLOC_ARENA_MAX"}
+ALLOWED = {"PATH", "LANG", "LC_ALL", "TZ", "MALLOC_ARENA_MAX", "GRPC_EXPERIMENTS"}
+# The supervisor's choice of gRPC engine, the one setting of its own a worker
+# gets (test_grpc_engine.py tests the choice).
+ENGINE = grpc_engine.environment({})
 
 
 # ------------------------------------------------------------ the allow-list (pure)
@@ -39,11 +43,12 @@ def test_the_worker_environment_is_an_allow_list():
     assert worker_environment(source) == {
         "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC", "MALLOC_ARENA_MAX": "1",
         "CAXTON_WORKER_CLEAN_START_TEST": "passed through", "CAXTON_WORKER_CALL_PATH": "public",
+        **ENGINE,
     }
 
 
 def test_a_worker_gets_a_path_even_when_the_supervisor_has_none():
-    assert worker_environment({}) == {"PATH": os.defpath, "MALLOC_ARENA_MAX": "1"}
+    assert worker_environment({}) == {"PATH": os.defpath, "MALLOC_ARENA_MAX": "1", **ENGINE}
 
 
 # ------------------------------------------------------------ real workers
