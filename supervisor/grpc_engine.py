@@ -17,10 +17,10 @@ batch over a Unix socket), measured side by side on a 2-core host:
 The choice is grpc's documented `GRPC_EXPERIMENTS` variable, which grpc
 reads once, when it is first imported: the supervisor sets it for itself
 before anything imports grpc (`select`) and hands it to the fork server and
-workers in their environment (`environment`). It is set only under the
-grpcio minor version it was measured on; under another, grpc's default
-stays, rather than every process logging an experiment grpc no longer
-knows. An operator's own `GRPC_EXPERIMENTS` is kept, and an experiment it
+workers in their environment (`environment`). pyproject.toml pins grpcio
+to the minor version it was measured on, and it is set only under that
+version: under another, grpc's default stays, rather than every process
+logging an experiment grpc no longer knows. An operator's own `GRPC_EXPERIMENTS` is kept, and an experiment it
 names, on or off, stays as the operator set it.
 
 No I/O here but reading the environment and grpcio's installed version
