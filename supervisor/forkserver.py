@@ -98,10 +98,11 @@ class ForkServer:
             pass
         raise ForkServerFailed(f"unexpected first message from the fork server: {data[:200]!r}")
 
-    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, output_w: int, deadline: float) -> int:
+    def spawn(self, socket_path: str, cgroup_procs: list[str], ready_w: int, output_w: int, deadline: float,
+              gid: int = -1) -> int:
         """Ask a ready fork server for a worker serving on `socket_path`,
-        with `ready_w` as its ready pipe and `output_w` as its stderr;
-        returns its pid. Raises ForkServerFailed if the server does not
+        with `ready_w` as its ready pipe and `output_w` as its stderr, in
+        group `gid` (-1: the server's); returns its pid. Raises ForkServerFailed if the server does not
         answer properly by `deadline` (and from then on at once), plain
         WorkerStartError if it answers that it could not fork."""
         with self._lock:
@@ -110,7 +111,7 @@ class ForkServer:
             if self._control is None:
                 raise ForkServerFailed("the fork server's control channel is closed")
             try:
-                request = {"socket": socket_path, "cgroup_procs": cgroup_procs}
+                request = {"socket": socket_path, "cgroup_procs": cgroup_procs, "gid": gid}
                 socket.send_fds(self._control, [json.dumps(request).encode()], [ready_w, output_w])
                 reply = self._expect_pid(self._control, deadline)
             except (OSError, ValueError) as exc:

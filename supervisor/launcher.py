@@ -54,9 +54,11 @@ class Launcher:
     """Starts workers and reports their exits."""
 
     def __init__(self, runtime_dir: str, *, mode: str = "fork", python: str = sys.executable,
-                 restart: RestartSettings = START_RESTART, uids: UidAllocator | None = None):
+                 restart: RestartSettings = START_RESTART, uids: UidAllocator | None = None, gid: int = -1):
         """`uids`: give each worker a uid of its own from these (None: workers
-        get none of their own)."""
+        get none of their own). `gid`: the group a worker with no uid of its
+        own takes (-1: it keeps ours); one with a uid of its own takes the
+        gid of the same number."""
         if mode not in ("fork", "exec"):
             raise ValueError(f"worker start mode must be 'fork' or 'exec', not {mode!r}")
         self.runtime_dir = runtime_dir
@@ -64,6 +66,7 @@ class Launcher:
         self._counter = itertools.count(1)
         self._closed = False
         self._uids = uids
+        self._gid = gid
         self._uids_lock = threading.Lock()
         self._exit_callbacks = CallbackThread("exit-callbacks")
         self._capacity_callbacks = CallbackThread("capacity-callbacks")
@@ -96,7 +99,8 @@ class Launcher:
         # start is logged too.
         output = self._output.add(output_r)
         try:
-            process = self._starter.start(socket_path, list(cgroup_procs), timeout, output_w)
+            process = self._starter.start(socket_path, list(cgroup_procs), timeout, output_w,
+                                          uid if uid >= 0 else self._gid)
         except BaseException:
             # No worker ran as `uid`: it switches only at Load.
             self._release_uid(uid)

@@ -179,7 +179,8 @@ class Supervisor:
         self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
-        self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids)
+        self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids,
+                                 gid=identity[1])
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
         self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s,
                               cgroups=self.cgroups if self.cgroups.active else None,

@@ -47,7 +47,10 @@ class Starter(Protocol):
     WorkerStartError; `close` ends whatever the strategy itself runs. The
     worker's stderr is `output_fd` (a copy: the caller still closes it)."""
 
-    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int) -> WorkerProcess: ...
+    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int,
+              gid: int = -1) -> WorkerProcess:
+        """A ready worker serving on `socket_path`, which has taken group
+        `gid` (and no other) while it was still one thread (-1: ours)."""
 
     def close(self, deadline: float) -> None: ...
 
@@ -76,7 +79,8 @@ class ExecStarter:
         self._backoff = Backoff(restart)
         self._lock = threading.Lock()
 
-    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int) -> WorkerProcess:
+    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int,
+              gid: int = -1) -> WorkerProcess:
         # The launcher thread gets a copy of its own: the call may still run
         # after it timed out here, when the caller has closed `output_fd`
         # (and the number may name something else). Whoever claims the copy
@@ -88,7 +92,7 @@ class ExecStarter:
             if not claim.acquire(blocking=False):
                 raise WorkerStartError("the start was given up before the launcher thread got to it")
             try:
-                return self._exec(socket_path, cgroup_procs, output_copy)
+                return self._exec(socket_path, cgroup_procs, output_copy, gid)
             finally:
                 os.close(output_copy)
 
@@ -114,13 +118,14 @@ class ExecStarter:
     def close(self, deadline: float) -> None:
         """Nothing of its own to end: its workers are the reaper's."""
 
-    def _exec(self, socket_path: str, cgroup_procs: list[str], output_fd: int) -> WorkerProcess:
+    def _exec(self, socket_path: str, cgroup_procs: list[str], output_fd: int, gid: int) -> WorkerProcess:
         ready_r, ready_w = os.pipe()
         cgroup_args = [arg for path in cgroup_procs for arg in ("--cgroup-procs", path)]
+        gid_args = ["--gid", str(gid)] if gid >= 0 else []
         try:
             popen = subprocess.Popen(
                 [self._python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker", "--socket", socket_path,
-                 "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid()), *cgroup_args],
+                 "--ready-fd", str(ready_w), "--parent-pid", str(os.getpid()), *cgroup_args, *gid_args],
                 close_fds=True,
                 pass_fds=(ready_w,),
                 stdin=subprocess.DEVNULL,
@@ -164,13 +169,14 @@ class ForkStarter:
         self._keeper = ForkServerKeeper(python, env, thread, capacity, restart)
         self._keeper.start(timeout=_FIRST_FORK_SERVER_TIMEOUT_S)
 
-    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int) -> WorkerProcess:
+    def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int,
+              gid: int = -1) -> WorkerProcess:
         deadline = time.monotonic() + timeout
         for attempt in (1, 2):
             server = self._keeper.ready_server(deadline)
             ready_r, ready_w = os.pipe()
             try:
-                pid = server.spawn(socket_path, cgroup_procs, ready_w, output_fd, deadline)
+                pid = server.spawn(socket_path, cgroup_procs, ready_w, output_fd, deadline, gid)
             except ForkServerFailed as exc:
                 os.close(ready_r)
                 self._keeper.failed(server, str(exc))

@@ -13,7 +13,7 @@ import pytest
 
 from caxton.v1 import caxton_pb2
 
-from .harness import alive, module, wait_until
+from .harness import alive, module, wait_until, worker_pids_of
 
 
 def _code(call) -> grpc.StatusCode:
@@ -237,8 +237,11 @@ def test_sigkill_of_the_supervisor_takes_every_worker_with_it(supervisor, tmp_pa
     sup = supervisor(state_dir=state)
     sup.deploy("orphan-a", "echo")
     sup.deploy("orphan-b", "echo")
-    workers = sup.worker_pids()
-    assert len(workers) == 2
+    assert len(sup.worker_pids()) == 2
+    # Spares too: each changed its group at start, which clears the
+    # parent-death signal until it is armed again.
+    workers = wait_until(lambda: (pids := worker_pids_of(sup.pid, include_spares=True)) and len(pids) >= 3 and pids,
+                         20, "the two workers and a spare")
     sup.kill()
     wait_until(lambda: not any(alive(p) for p in workers), 10, "the workers to die with their supervisor")
     again = supervisor(state_dir=state)

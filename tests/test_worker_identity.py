@@ -104,7 +104,41 @@ def test_a_failed_start_gives_its_uid_back(runtime_dir):
 def test_without_a_range_workers_get_no_uid_of_their_own(runtime_dir):
     launcher = Launcher(runtime_dir, mode="exec")
     try:
-        assert launcher.spawn(START_TIMEOUT).uid == -1
+        worker = launcher.spawn(START_TIMEOUT)
+        assert worker.uid == -1
+        assert ids(worker.pid, "Gid") == [os.getgid()] * 4
+    finally:
+        launcher.close()
+
+
+@NEEDS_ROOT
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_a_worker_takes_its_group_at_start_and_stays_root_until_load(runtime_dir, mode):
+    launcher = Launcher(runtime_dir, mode=mode, uids=UidAllocator(620020, 620020))
+    try:
+        worker = launcher.spawn(START_TIMEOUT)
+        assert worker.uid == 620020
+        # The gid of its uid's number, and no supplementary group, before
+        # any thread of its own started (see worker/limits.py take_group)...
+        assert ids(worker.pid, "Gid") == [620020] * 4
+        assert groups(worker.pid) == []
+        # ...but still root: Load compiles and caches the module first.
+        assert ids(worker.pid, "Uid") == [0] * 4
+    finally:
+        launcher.close()
+
+
+@NEEDS_ROOT
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_without_a_uid_of_its_own_a_worker_takes_the_configured_group_at_start(runtime_dir, mode):
+    nobody = pwd.getpwnam("nobody")
+    launcher = Launcher(runtime_dir, mode=mode, gid=nobody.pw_gid)
+    try:
+        worker = launcher.spawn(START_TIMEOUT)
+        assert worker.uid == -1
+        assert ids(worker.pid, "Gid") == [nobody.pw_gid] * 4
+        assert groups(worker.pid) == []
+        assert ids(worker.pid, "Uid") == [0] * 4
     finally:
         launcher.close()
 
@@ -161,5 +195,7 @@ def test_the_range_bounds_live_workers_and_a_uid_is_reused_after_its_worker_is_r
 def test_with_the_range_off_every_worker_runs_as_the_configured_user(supervisor):
     sup = supervisor('[sandbox]\nuid_range = ""\nuser = "nobody"\n')
     pids = [sup.deploy(f"uid-off-{n}", "echo").instances[0].pid for n in range(2)]
-    nobody = pwd.getpwnam("nobody").pw_uid
-    assert [ids(pid, "Uid")[0] for pid in pids] == [nobody, nobody]
+    nobody = pwd.getpwnam("nobody")
+    assert [ids(pid, "Uid")[0] for pid in pids] == [nobody.pw_uid, nobody.pw_uid]
+    assert [ids(pid, "Gid") for pid in pids] == [[nobody.pw_gid] * 4] * 2
+    assert [groups(pid) for pid in pids] == [[], []]

@@ -20,6 +20,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, required=True, help="the supervisor's pid")
     parser.add_argument("--cgroup-procs", action="append", default=[],
                         help="a cgroup.procs file to join before anything else (repeatable)")
+    parser.add_argument("--gid", type=int, default=-1,
+                        help="the group to take at start, dropping every other (default: keep ours)")
     return parser.parse_args(argv)
 
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     # Into our cgroup before we allocate anything, so all of it is charged
     # there; then the guards, before the heavy imports and any agent code.
     join_cgroups(args.cgroup_procs)
-    apply_process_guards(args.parent_pid)
+    apply_process_guards(args.parent_pid, args.gid)
     from .server import serve
 
     sys.exit(serve(args.socket, args.ready_fd))

@@ -53,7 +53,7 @@ _REPARENT_TIMEOUT_S = 5.0
 
 
 def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, output_fd: int, supervisor_pid: int,
-                   cgroup_procs: list[str]) -> None:
+                   cgroup_procs: list[str], gid: int) -> None:
     """Runs in the forked worker; never returns."""
     status = 1
     try:
@@ -73,7 +73,7 @@ def _become_worker(control: socket.socket, socket_path: str, ready_fd: int, outp
             if time.monotonic() > deadline:
                 os._exit(1)
             time.sleep(0.0001)
-        apply_process_guards(supervisor_pid)
+        apply_process_guards(supervisor_pid, gid)
         from .server import serve
 
         # Collections are on again, for what this worker allocates: the
@@ -97,7 +97,7 @@ def _close_all_but(ready_fd: int) -> None:
 
 
 def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, output_fd: int, supervisor_pid: int,
-                 cgroup_procs: list[str]) -> int:
+                 cgroup_procs: list[str], gid: int) -> int:
     """Double-fork a worker; returns its pid."""
     pid_r, pid_w = os.pipe()
     # Whatever the server allocated since the last fork joins the frozen
@@ -110,7 +110,7 @@ def _fork_worker(control: socket.socket, socket_path: str, ready_fd: int, output
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(pid_w)
-                _become_worker(control, socket_path, ready_fd, output_fd, supervisor_pid, cgroup_procs)
+                _become_worker(control, socket_path, ready_fd, output_fd, supervisor_pid, cgroup_procs, gid)
             os.write(pid_w, str(grandchild).encode())
         finally:
             os._exit(0)
@@ -139,7 +139,7 @@ def serve_forever(control: socket.socket, supervisor_pid: int) -> None:
             if len(fds) != 2:
                 raise ValueError(f"expected 2 file descriptors (ready pipe, stderr), got {len(fds)}")
             reply = {"pid": _fork_worker(control, request["socket"], fds[0], fds[1], supervisor_pid,
-                                         list(request.get("cgroup_procs", [])))}
+                                         list(request.get("cgroup_procs", [])), int(request.get("gid", -1)))}
         except (OSError, ValueError, KeyError) as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
