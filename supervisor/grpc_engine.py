@@ -69,11 +69,12 @@ def environment(source: Mapping[str, str]) -> dict[str, str]:
     return {VARIABLE: current} if current else {}
 
 
-def select() -> str:
-    """Set `GRPC_EXPERIMENTS` for this process; returns its value ("" if
-    none). Only before grpc is first imported: after, grpc has read it, and
-    this changes nothing (RuntimeError: a caller's mistake)."""
+def select() -> bool:
+    """Set `GRPC_EXPERIMENTS` for this process, if grpc has not been
+    imported yet; False if it has (it has read the variable already, so
+    setting it now would only make the environment claim what grpc does
+    not do: it is left as it is)."""
     if "grpc" in sys.modules:
-        raise RuntimeError("grpc is already imported: its engine can no longer be chosen")
+        return False
     os.environ.update(environment(os.environ))
-    return os.environ.get(VARIABLE, "")
+    return True

@@ -4,6 +4,7 @@ it and grpc knows every experiment named."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -49,11 +50,12 @@ def test_a_childs_environment_keeps_an_operators_setting_under_another_grpcio(mo
     assert grpc_engine.environment({}) == {}
 
 
-def test_select_refuses_once_grpc_is_imported():
+def test_select_changes_nothing_once_grpc_is_imported(monkeypatch):
     import grpc  # noqa: F401  (this test process has grpc; the point is that select knows)
 
-    with pytest.raises(RuntimeError, match="already imported"):
-        grpc_engine.select()
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+    assert grpc_engine.select() is False
+    assert "GRPC_EXPERIMENTS" not in os.environ
 
 
 def test_the_installed_grpcio_is_the_one_measured():
