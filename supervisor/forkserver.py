@@ -102,9 +102,10 @@ class ForkServer:
               gid: int = -1) -> int:
         """Ask a ready fork server for a worker serving on `socket_path`,
         with `ready_w` as its ready pipe and `output_w` as its stderr, in
-        group `gid` (-1: the server's); returns its pid. Raises ForkServerFailed if the server does not
-        answer properly by `deadline` (and from then on at once), plain
-        WorkerStartError if it answers that it could not fork."""
+        group `gid` (-1: the server's); returns its pid. Raises
+        ForkServerFailed if the server does not answer properly by
+        `deadline` (and from then on at once), plain WorkerStartError if it
+        answers that it could not fork."""
         with self._lock:
             if self._broken is not None:
                 raise ForkServerFailed(self._broken)
