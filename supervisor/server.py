@@ -284,7 +284,8 @@ class Supervisor:
             host = self.config.metrics_listen.rpartition(":")[0] or "127.0.0.1"
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
         self.launcher.on_capacity_change(self._capacity_changed)
-        log.info("serving on %s (state in %s)", self.address, self.config.state_dir)
+        log.info("serving on %s (state in %s, worker sockets in %s)", self.address, self.config.state_dir,
+                 self.runtime_dir)
 
     @property
     def address(self) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +130,9 @@ class SupervisorProcess:
         self.port = 0
         self.listening_on = ""
         self.channel: grpc.Channel | None = None
+        # Where its workers' sockets are ("" until it has started): it
+        # removes the directory when it stops, but not when killed.
+        self.runtime_dir = ""
 
     # ------------------------------------------------------------ process
 
@@ -149,6 +154,8 @@ class SupervisorProcess:
             raise
         if not self.listening_on.startswith("unix:"):
             self.port = int(self.listening_on.rsplit(":", 1)[1])
+        sockets = re.findall(r"worker sockets in (/\S+)\)", self.log_text())
+        self.runtime_dir = sockets[-1] if sockets else ""
         admin_token = self.state_dir / ADMIN_TOKEN_FILE
         if self.token is None and admin_token.exists():
             self.token = admin_token.read_text().strip()
@@ -227,6 +234,7 @@ class SupervisorProcess:
             raise AssertionError(f"supervisor did not exit within {timeout}s of SIGTERM") from None
         finally:
             self.proc.stdout.close()
+            self._remove_runtime_dir()
 
     def kill(self) -> None:
         """SIGKILL: the supervisor gets no chance to clean up."""
@@ -236,6 +244,13 @@ class SupervisorProcess:
             self.proc.wait()
         if self.proc is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
+        self._remove_runtime_dir()
+
+    def _remove_runtime_dir(self) -> None:
+        """The workers' socket directory, which a killed supervisor leaves
+        behind (a stopped one has removed it already)."""
+        if self.runtime_dir and self.proc is not None and self.proc.poll() is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     # ------------------------------------------------------------ API helpers
 

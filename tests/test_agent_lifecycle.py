@@ -242,8 +242,13 @@ def test_sigkill_of_the_supervisor_takes_every_worker_with_it(supervisor, tmp_pa
     # parent-death signal until it is armed again.
     workers = wait_until(lambda: (pids := worker_pids_of(sup.pid, include_spares=True)) and len(pids) >= 3 and pids,
                          20, "the two workers and a spare")
+    runtime_dir = sup.runtime_dir
+    assert os.path.isdir(runtime_dir)
     sup.kill()
     wait_until(lambda: not any(alive(p) for p in workers), 10, "the workers to die with their supervisor")
+    # Killed, the supervisor could not remove its workers' sockets: the
+    # harness did.
+    assert not os.path.exists(runtime_dir)
     again = supervisor(state_dir=state)
     assert again.send("orphan-a", b"back").reply.content == b"back"
 
