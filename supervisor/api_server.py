@@ -61,9 +61,7 @@ class ApiServer:
     def listen(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
         """Listen on `address`, with TLS given `credentials`; returns the port
         (0 = could not bind). Before start()."""
-        if credentials is None:
-            return self.server.add_insecure_port(address)
-        return self.server.add_secure_port(address, credentials)
+        return add_port(self.server, address, credentials)
 
     def start(self) -> None:
         self.call(self.server.start())
@@ -76,3 +74,16 @@ class ApiServer:
         self._thread.join(_CALL_TIMEOUT_S)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+def add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """`server` listens on `address` (with TLS given `credentials`); the port,
+    or 0 if it could not bind. grpcio 1.85 raises RuntimeError ("Failed to
+    bind") where it used to return 0: the caller names the address in an
+    error of its own rather than leaking grpc's."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:
+        return 0

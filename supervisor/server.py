@@ -39,7 +39,7 @@ from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from .admin_token import admin_token
 from .allocator import return_freed_memory
 from .api import AgentLifecycleService
-from .api_server import ApiServer
+from .api_server import ApiServer, add_port
 from .audit import Audit
 from .auth import Authorizer, TokenEntry
 from .auth_interceptor import AuthInterceptor
@@ -177,6 +177,18 @@ class Supervisor:
         self.tokens = self._tokens()
         self._own_runtime_dir = not config.runtime_dir
         self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
+        try:
+            self._build(config, python, uids, identity)
+        except BaseException:
+            # A failed start ends the process (cli.py): its fork server and
+            # workers die with it, but the directory would stay behind.
+            if self._own_runtime_dir:
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            raise
+
+    def _build(self, config: Config, python: str, uids: UidAllocator | None,
+               identity: tuple[int, int, str]) -> None:
+        """The parts, from the launcher to the listeners (see __init__)."""
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids,
@@ -233,7 +245,7 @@ class Supervisor:
         if config.health_listen:
             self.health_server = self.api.call(self.api.create_server(SERVER_OPTIONS))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = self.health_server.add_insecure_port(config.health_listen)
+            self.health_port = add_port(self.health_server, config.health_listen)
             if self.health_port == 0:
                 raise OSError(f"cannot listen on {config.health_listen} (health_listen)")
 
