@@ -29,6 +29,7 @@ No I/O here but reading the environment and grpcio's installed version
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import sys
@@ -52,6 +53,7 @@ def experiments(current: str, grpcio_version: str) -> str | None:
     return ",".join(named + added) if added else None
 
 
+@functools.cache  # reading the installed metadata takes ~20 ms; it does not change
 def _grpcio_version() -> str:
     try:
         return importlib.metadata.version("grpcio")
