@@ -64,6 +64,10 @@ class SandboxSettings:
     # Each worker's seccomp filter (worker/seccomp.py); off only to debug
     # or to measure its cost.
     syscall_filter: bool = True
+    # Offer what forked workers inherit from the fork server to the kernel's
+    # same-page merging (worker/page_merging.py); merged only where the
+    # host runs ksmd (docs/operations.md, "Same-page merging").
+    merge_pages: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ def _read_sandbox(table: Table) -> SandboxSettings:
         open_files=table.integer("open_files", base.open_files, minimum=0),
         cpu_seconds=table.integer("cpu_seconds", base.cpu_seconds, minimum=0),
         syscall_filter=table.flag("syscall_filter", base.syscall_filter),
+        merge_pages=table.flag("merge_pages", base.merge_pages),
     )
     table.finish()
     return sandbox

@@ -49,16 +49,18 @@ class ForkServer:
         self.killed_because: str | None = None
 
     @classmethod
-    def start(cls, python: str, env: dict[str, str]) -> ForkServer:
+    def start(cls, python: str, env: dict[str, str], merge_pages: bool = False) -> ForkServer:
         """Start the process, without waiting for its imports to finish.
         Call from the launcher thread. It starts as clean as the workers it
         forks inherit: `env` only, in `/`, umask 077, no descriptor of ours
-        but its control socket (its stderr stays ours: it runs no agent code)."""
+        but its control socket (its stderr stays ours: it runs no agent code).
+        `merge_pages`: offer what workers inherit to the kernel's same-page
+        merging (worker/page_merging.py)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             popen = subprocess.Popen(
                 [python, *WORKER_PYTHON_FLAGS, "-m", "caxton.worker.forkserver", "--control-fd", str(theirs.fileno()),
-                 "--parent-pid", str(os.getpid())],
+                 "--parent-pid", str(os.getpid()), *(["--merge-pages"] if merge_pages else [])],
                 close_fds=True,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,

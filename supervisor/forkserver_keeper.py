@@ -34,9 +34,10 @@ log = logging.getLogger("caxton.launcher")
 
 class ForkServerKeeper:
     def __init__(self, python: str, env: dict[str, str], thread: LauncherThread, capacity: Capacity,
-                 restart: RestartSettings):
+                 restart: RestartSettings, merge_pages: bool = False):
         self._python = python
         self._env = env
+        self._merge_pages = merge_pages
         self._thread = thread
         self._capacity = capacity
         self._backoff = Backoff(restart)
@@ -108,7 +109,7 @@ class ForkServerKeeper:
         if self._closing:
             return
         try:
-            server = ForkServer.start(self._python, self._env)
+            server = ForkServer.start(self._python, self._env, self._merge_pages)
         except OSError as exc:
             self._down(f"could not be started: {exc}")
             return

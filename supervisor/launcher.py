@@ -54,11 +54,14 @@ class Launcher:
     """Starts workers and reports their exits."""
 
     def __init__(self, runtime_dir: str, *, mode: str = "fork", python: str = sys.executable,
-                 restart: RestartSettings = START_RESTART, uids: UidAllocator | None = None, gid: int = -1):
+                 restart: RestartSettings = START_RESTART, uids: UidAllocator | None = None, gid: int = -1,
+                 merge_pages: bool = False):
         """`uids`: give each worker a uid of its own from these (None: workers
         get none of their own). `gid`: the group a worker with no uid of its
         own takes (-1: it keeps ours); one with a uid of its own takes the
-        gid of the same number."""
+        gid of the same number. `merge_pages`: forked workers' inherited
+        memory is offered to the kernel's same-page merging
+        (worker/page_merging.py); exec-started workers inherit nothing."""
         if mode not in ("fork", "exec"):
             raise ValueError(f"worker start mode must be 'fork' or 'exec', not {mode!r}")
         self.runtime_dir = runtime_dir
@@ -74,10 +77,11 @@ class Launcher:
         self._thread = LauncherThread()
         self._reaper = Reaper(self._thread, self._exit_callbacks)
         self._output = WorkerOutput()
-        strategy = ForkStarter if mode == "fork" else ExecStarter
+        env = worker_environment(os.environ)
         try:
-            self._starter: Starter = strategy(python, worker_environment(os.environ), self._thread, self._reaper,
-                                              self._capacity, restart)
+            self._starter: Starter = (
+                ForkStarter(python, env, self._thread, self._reaper, self._capacity, restart, merge_pages)
+                if mode == "fork" else ExecStarter(python, env, self._thread, self._reaper, self._capacity, restart))
         except BaseException:
             self._stop_threads(time.monotonic() + 1.0)
             raise

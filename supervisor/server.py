@@ -50,6 +50,7 @@ from .errors import CaxtonError, NotFound
 from .events import EventBus
 from .health import HealthMonitor
 from .instance import WorkerEnv, launch_instance
+from .ksm import host_merges_pages, start_note
 from .launcher import Launcher
 from .listeners import check_api_listen, restrict_unix_socket, unix_path
 from .logs import set_level as set_log_level
@@ -192,7 +193,7 @@ class Supervisor:
         os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids,
-                                 gid=identity[1])
+                                 gid=identity[1], merge_pages=config.sandbox.merge_pages)
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
         self.pool = SparePool(self.launcher, config.worker_pool, config.worker_start_timeout_s,
                               cgroups=self.cgroups if self.cgroups.active else None,
@@ -296,6 +297,7 @@ class Supervisor:
             host = self.config.metrics_listen.rpartition(":")[0] or "127.0.0.1"
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
         self.launcher.on_capacity_change(self._capacity_changed)
+        log.info("%s", start_note(self.config.sandbox.merge_pages, self.config.worker_start, host_merges_pages()))
         log.info("serving on %s (state in %s, worker sockets in %s)", self.address, self.config.state_dir,
                  self.runtime_dir)
 

@@ -159,14 +159,14 @@ class ForkStarter:
     one is coming."""
 
     def __init__(self, python: str, env: dict[str, str], thread: LauncherThread, reaper: Reaper,
-                 capacity: Capacity, restart: RestartSettings):
+                 capacity: Capacity, restart: RestartSettings, merge_pages: bool = False):
         # Workers forked by the fork server are orphaned on purpose (see
         # worker/forkserver.py); as a subreaper we adopt them.
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
         self._reaper = reaper
-        self._keeper = ForkServerKeeper(python, env, thread, capacity, restart)
+        self._keeper = ForkServerKeeper(python, env, thread, capacity, restart, merge_pages)
         self._keeper.start(timeout=_FIRST_FORK_SERVER_TIMEOUT_S)
 
     def start(self, socket_path: str, cgroup_procs: list[str], timeout: float, output_fd: int,

@@ -38,6 +38,7 @@ import sys
 import time
 import traceback
 
+from . import page_merging
 from .limits import (
     FORK_SERVER_PROCESS_NAME,
     SPARE_PROCESS_NAME,
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -I -m caxton.worker.forkserver")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--merge-pages", action="store_true",
+                        help="offer what workers inherit to the kernel's same-page merging")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     name_process(FORK_SERVER_PROCESS_NAME)
     die_with_parent(args.parent_pid)
@@ -181,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     sandbox.prepare_engine()
 
     gc.freeze()
+    if args.merge_pages:
+        # Last: what is mapped now is what every worker inherits.
+        marked = page_merging.offer_inherited_pages()
+        if marked.error:
+            print(f"caxton-forksrv: workers' pages will not be merged: {marked.error}", file=sys.stderr)
 
     control = socket.socket(fileno=args.control_fd)
     serve_forever(control, args.parent_pid)
