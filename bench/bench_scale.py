@@ -68,7 +68,7 @@ from tests.harness import SupervisorProcess, alive, worker_pids_of
 
 from . import report
 from .plot_scale import CURVE_PATH
-from .support import MIB, auth_metadata, grow_fleet, memory_of, numbered_payload, payload_number
+from .support import MIB, auth_metadata, grow_fleet, memory_of, numbered_payload, payload_number, wait_parked
 
 _BASE_STEPS = (10, 100, 500, 1000, 1500, 2000, 2500)
 SCALE = int(os.environ.get("CAXTON_BENCH_SCALE") or ("100" if os.environ.get("CAXTON_BENCH_QUICK") == "1" else "500"))
@@ -277,34 +277,6 @@ def _sweep(fleet: Fleet) -> tuple[int, Counter, float]:
     return answered, errors, time.perf_counter() - start
 
 
-def _frozen(pid: int) -> bool:
-    """Parked: stopped by SIGSTOP, or in a frozen cgroup v2."""
-    try:
-        if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-            return True
-        with open(f"/proc/{pid}/cgroup") as f:
-            unified = [line[3:].strip() for line in f if line.startswith("0::")]
-        if unified:
-            with open(f"/sys/fs/cgroup{unified[0]}/cgroup.events") as f:
-                return "frozen 1\n" in f.read()
-    except (OSError, psutil.Error):
-        pass
-    return False
-
-
-def _wait_parked(pids: list[int]) -> dict[str, float]:
-    """Wait (up to PARK_BUDGET_S) until every worker is parked; returns how
-    many were and how long it took from the end of the deploys."""
-    start = time.perf_counter()
-    deadline = time.monotonic() + PARK_BUDGET_S
-    waiting = list(pids)
-    while waiting and time.monotonic() < deadline:
-        waiting = [pid for pid in waiting if not _frozen(pid)]
-        if waiting:
-            time.sleep(0.5)  # polling a condition, with the deadline above
-    return {"parked": len(pids) - len(waiting), "parked_after_s": round(time.perf_counter() - start, 1)}
-
-
 def _idle_cpu(supervisor_pid: int, pids: list[int]) -> dict[str, float]:
     """CPU the idle fleet burns: every worker and the supervisor over
     IDLE_WINDOW_S, with no message sent. Health checks ask an idle worker
@@ -387,7 +359,7 @@ def test_scale(benchmark, fleet: Fleet, echo_wasm: bytes, count: int) -> None:
     used_per_agent = (memory.used - fleet.used_at_start) / count / MIB
     tasks, pid_max = _tasks()
 
-    parked = _wait_parked(pids)
+    parked = wait_parked(pids, PARK_BUDGET_S)
     idle = _idle_cpu(supervisor.pid, pids)
     answered, errors, sweep_seconds = _sweep(fleet)
     step_seconds = time.perf_counter() - step_start

@@ -159,6 +159,12 @@ ROWS: list[Row] = [
     Row("recovery", "recovery.exec.max"),
     Row("recovery", "recovery.exec.p50", "recovery.fork.p50"),
     *_memory_rows((10, 50, 100, 200)),
+    Row("merging", "merging.after.pss", "merging.before.pss", "≤ 5 MiB"),
+    Row("merging", "merging.after.uss", "merging.before.uss", "≤ 4 MiB"),
+    Row("merging", "merging.after.used", "merging.before.used"),
+    Row("merging", "merging.profit"),
+    Row("merging", "merging.ksmd_cpu"),
+    Row("merging", "merging.after.wake", "merging.before.wake"),
     *_hotswap_rows(),
     *_scale_rows((10, 100, 500, 1000, 1500, 2000, 2500)),
 ]

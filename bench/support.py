@@ -291,3 +291,32 @@ def measure_sends(benchmark, address: str, receiver: str, cpu_groups: dict[str, 
     benchmark.extra_info.update(p50_us=round(p50, 1), p99_us=round(p99, 1), **meter.per_message_us(calls))
     report.record(f"{key}.p50", p50, "µs", f"{label} p50")
     report.record(f"{key}.p99", p99, "µs", f"{label} p99")
+
+
+def parked(pid: int) -> bool:
+    """Whether worker `pid` is parked: stopped by SIGSTOP, or in a frozen
+    cgroup v2 (supervisor/parking.py)."""
+    try:
+        if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            return True
+        with open(f"/proc/{pid}/cgroup") as f:
+            unified = [line[3:].strip() for line in f if line.startswith("0::")]
+        if unified:
+            with open(f"/sys/fs/cgroup{unified[0]}/cgroup.events") as f:
+                return "frozen 1\n" in f.read()
+    except (OSError, psutil.Error):
+        pass
+    return False
+
+
+def wait_parked(pids: list[int], budget_s: float) -> dict[str, float]:
+    """Wait (up to `budget_s`) until every worker is parked; returns how
+    many were and how long it took."""
+    start = time.perf_counter()
+    deadline = time.monotonic() + budget_s
+    waiting = list(pids)
+    while waiting and time.monotonic() < deadline:
+        waiting = [pid for pid in waiting if not parked(pid)]
+        if waiting:
+            time.sleep(0.5)  # polling a condition, with the deadline above
+    return {"parked": len(pids) - len(waiting), "parked_after_s": round(time.perf_counter() - start, 1)}
