@@ -20,6 +20,8 @@ the host-wide `caps.committed_memory`). Steps: 10, 100, 500, 1000, 1500,
 - the machine: memory used (`psutil.virtual_memory().used`, and its growth
   per agent since the supervisor started; other work on a shared machine
   moves it too), and tasks (processes + threads) against `kernel.pid_max`;
+  whether the host's ksmd runs (it would merge the workers' identical pages
+  while the curve is measured: bench_merging.py measures that on its own);
 - how long until every worker is parked (frozen after `park_after_s`
   without a call, 5 s here: supervisor/parking.py), then the CPU the idle
   fleet burns (workers, supervisor) over 10 s without messages;
@@ -63,6 +65,7 @@ import grpc
 import psutil
 import pytest
 
+from caxton.supervisor.ksm import host_merges_pages
 from caxton.v1 import caxton_pb2, caxton_pb2_grpc
 from tests.harness import SupervisorProcess, alive, worker_pids_of
 
@@ -122,7 +125,7 @@ class Curve:
                          "deploy_budget_s": DEPLOY_BUDGET_S, "sweep_budget_s": SWEEP_BUDGET_S,
                          "supervisor_config": CONFIG},
             "machine": {"cpus": os.cpu_count(), "memory_gib": round(memory.total / (1 << 30), 1),
-                        "pid_max": _tasks()[1]},
+                        "pid_max": _tasks()[1], "ksmd_running": host_merges_pages()},
             "load_average_now": os.getloadavg(),
             "steps": self.steps,
             "stopped": self.stopped,
