@@ -3,8 +3,12 @@ supervisor, real workers, with the cgroup freezer and with SIGSTOP."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import socket
+import struct
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -140,15 +144,34 @@ def test_a_parked_worker_killed_from_outside_is_restarted(parking_supervisor):
     assert sup.send("echo", b"again", timeout=10).reply.content == b"again"
 
 
-def _sockets(pid: int) -> int:
-    """The sockets the process has open now."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            count += os.readlink(fd).startswith("socket:")
-        except OSError:
-            pass  # closed while we looked
-    return count
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _socket_peers(pid: int) -> Counter[int]:
+    """How many Unix sockets process `pid` holds to each peer process (by
+    SO_PEERCRED, read from a copy of each descriptor: pidfd_getfd). Counted
+    by peer, because the supervisor's sockets also include ones it is still
+    closing, whatever the moment they are counted."""
+    peers: Counter[int] = Counter()
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            copy = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+            if copy < 0:
+                continue  # closed while we looked
+            try:
+                sock = socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)  # not a socket
+                continue
+            with sock:
+                if sock.family == socket.AF_UNIX:
+                    cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                    peers[struct.unpack("3i", cred)[0]] += 1
+    finally:
+        os.close(pidfd)
+    return peers
 
 
 def _settled(sup, agents: int) -> bool:
@@ -168,13 +191,10 @@ def test_a_parked_worker_keeps_one_socket_of_the_supervisor_however_it_started(p
     for name in ("first", "second"):
         wait_until(lambda: _settled(sup, len(sup.worker_pids())), 20, "the spare pool to refill")
         sup.deploy(name, "echo")
-    wait_until(lambda: _settled(sup, 2), 20, "two parked workers and a full spare pool")
-    before = _sockets(sup.pid)
-    added = 4
-    for n in range(added):
+    for n in range(4):
         # Each from the pool: wait until it has its spares again.
         wait_until(lambda n=n: _settled(sup, 2 + n), 20, "the spare pool to refill")
         sup.deploy(f"more-{n}", "echo")
         assert sup.send(f"more-{n}", b"hi").reply.content == b"hi"
-    wait_until(lambda: _settled(sup, 2 + added) and _sockets(sup.pid) == before + added, 20,
-               "one more supervisor socket per parked worker")
+    wait_until(lambda: _settled(sup, 6) and all(_socket_peers(sup.pid)[pid] == 1 for pid in sup.worker_pids()),
+               20, "one socket of the supervisor's per parked worker")
