@@ -68,14 +68,23 @@ def _memory(pids: list[int]) -> tuple[float, float]:
     return statistics.median(s.pss for s in samples) / MIB, statistics.median(s.uss for s in samples) / MIB
 
 
-def _wake_p50(send: Callable[[str], None], names: list[str]) -> float:
-    """p50 in ms of the first message to each (parked) agent of `names`."""
-    times = []
-    for name in names:
+def _minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[7])
+
+
+def _wake(send: Callable[[str], None], workers: dict[str, int]) -> tuple[float, float]:
+    """The first message to each (parked) agent of `workers` (name: its
+    worker's pid): p50 in ms, and the median of the page faults the worker
+    took meanwhile (each a page copied, or mapped, for it)."""
+    times, faults = [], []
+    for name, pid in workers.items():
+        before = _minor_faults(pid)
         start = time.perf_counter()
         send(name)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        faults.append(_minor_faults(pid) - before)
+    return statistics.median(times) * 1e3, statistics.median(faults)
 
 
 def _wait_full_scans(count: int) -> tuple[int, float]:
@@ -99,23 +108,25 @@ def test_idle_workers_after_merging(benchmark, tmp_path_factory: pytest.TempPath
                            rounds=1)
         pids = supervisor.worker_pids()
         assert len(pids) == MERGE_AGENTS, f"{len(pids)} workers for {MERGE_AGENTS} agents"
+        woken = random.Random(16).sample(names, 2 * WAKE_SAMPLE)
+        # Read before they are parked: a status call would not wake them.
+        worker_of = {name: supervisor.status(name).instances[0].pid for name in woken}
         parked = wait_parked(pids, 120.0)
         assert parked["parked"] == MERGE_AGENTS, f"only {parked['parked']} of {MERGE_AGENTS} workers parked"
 
         def send(name: str) -> None:
             assert supervisor.send(name, b"wake").reply.content == b"wake"
 
-        woken = random.Random(16).sample(names, 2 * WAKE_SAMPLE)
         pss_before, uss_before = _memory(pids)
         used_before = (psutil.virtual_memory().used - used_at_start) / MERGE_AGENTS / MIB
-        wake_before = _wake_p50(send, woken[:WAKE_SAMPLE])
+        wake_before, faults_before = _wake(send, {name: worker_of[name] for name in woken[:WAKE_SAMPLE]})
         profit_before, cpu_before = _ksm("general_profit"), _ksmd_cpu_s()
         scans, waited = _wait_full_scans(2)
         ksmd_cpu = (_ksmd_cpu_s() - cpu_before) / waited * 100
         profit = (_ksm("general_profit") - profit_before) / MERGE_AGENTS / MIB
         pss_after, uss_after = _memory(pids)
         used_after = (psutil.virtual_memory().used - used_at_start) / MERGE_AGENTS / MIB
-        wake_after = _wake_p50(send, woken[WAKE_SAMPLE:])
+        wake_after, faults_after = _wake(send, {name: worker_of[name] for name in woken[WAKE_SAMPLE:]})
         for name in names:
             send(name)
 
@@ -126,7 +137,7 @@ def test_idle_workers_after_merging(benchmark, tmp_path_factory: pytest.TempPath
         pss_after_mib=round(pss_after, 2), uss_after_mib=round(uss_after, 2),
         used_per_agent_before_mib=round(used_before, 2), used_per_agent_after_mib=round(used_after, 2),
         ksm_profit_per_agent_mib=round(profit, 2), wake_before_ms=round(wake_before, 2),
-        wake_after_ms=round(wake_after, 2),
+        wake_after_ms=round(wake_after, 2), wake_faults_before=faults_before, wake_faults_after=faults_after,
     )
     label = f"{MERGE_AGENTS} agents"
     report.record("merging.before.pss", pss_before, "MiB", f"worker PSS, {label}, before merging")
@@ -140,5 +151,8 @@ def test_idle_workers_after_merging(benchmark, tmp_path_factory: pytest.TempPath
                                                      f"per {_ksm('sleep_millisecs')} ms)")
     report.record("merging.before.wake", wake_before, "ms", "first message to a parked agent, before merging")
     report.record("merging.after.wake", wake_after, "ms", "first message to a parked agent, merged")
+    report.record("merging.before.wake_faults", faults_before, "faults",
+                  "its worker's page faults meanwhile, before merging")
+    report.record("merging.after.wake_faults", faults_after, "faults", "its worker's page faults meanwhile, merged")
     assert scans >= 2, (f"ksmd finished {scans} full scans in {waited:.0f} s: raise its pages_to_scan "
                         "or CAXTON_BENCH_MERGE_S")

@@ -165,6 +165,7 @@ ROWS: list[Row] = [
     Row("merging", "merging.profit"),
     Row("merging", "merging.ksmd_cpu"),
     Row("merging", "merging.after.wake", "merging.before.wake"),
+    Row("merging", "merging.after.wake_faults", "merging.before.wake_faults"),
     *_hotswap_rows(),
     *_scale_rows((10, 100, 500, 1000, 1500, 2000, 2500)),
 ]
@@ -176,7 +177,7 @@ def _fmt(figure: Figure) -> str:
         return "n/a"
     if figure.unit in ("msg/s", "µs") and value >= 100:
         return f"{value:,.0f} {figure.unit}"
-    if figure.unit in ("threads", "fds", "msg"):  # counts
+    if figure.unit in ("threads", "fds", "msg", "faults"):  # counts
         return f"{value:,.0f} {figure.unit}"
     if figure.unit == "µs":
         return f"{value:.1f} {figure.unit}"
