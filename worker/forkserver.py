@@ -4,7 +4,10 @@ It imports wasmtime, grpc and the worker code once, creates no gRPC object
 and no thread (gRPC is not fork-safe once either exists), and then forks.
 Its objects are frozen out of the garbage collector's reach (gc.freeze), so
 that the children's collections do not write to, and so un-share, the pages
-they inherited: 1.5 MiB less private memory per idle worker.
+they inherited: 1.5 MiB less private memory per idle worker. With
+`--merge-pages` it also offers its memory to the kernel's same-page merging
+before the first fork (page_merging.py), so that the pages idle workers
+still copy, identical from worker to worker, can be kept once.
 Each worker it makes is still its own process serving one agent instance, and
 applies exactly the guards of a worker started by exec.
 

@@ -16,12 +16,14 @@ The fork server marks its private writable mappings (its heap, the Python
 object arenas, the writable data of the libraries it loaded) once, before it
 forks any worker. Each worker's copies of those mappings carry the mark;
 nothing a worker maps later does: its agent's linear memory, the store,
-new arenas and thread stacks are never offered. What the worker writes into
-free space of an inherited mapping (a message's bytes, say) is offered with
-it: a whole page identical to one of another worker's would be merged, and
-that worker's next write to it would take a little longer (the side channel
-KSM is known for). docs/operations.md sets out this trade-off for operators;
-`[sandbox] merge_pages = false` turns the marking off.
+new arenas and thread stacks are never offered (but for the one stack glibc
+may keep cached from the rehearsal's thread and hand to one of the
+worker's: it is an inherited mapping like the others). What the worker
+writes into free space of an inherited mapping (a message's bytes, say) is
+offered with it: a whole page identical to one of another worker's would be
+merged, and that worker's next write to it would take a little longer (the
+side channel KSM is known for). docs/operations.md sets out this trade-off
+for operators; `[sandbox] merge_pages = false` turns the marking off.
 
 The mark alone merges nothing: the host's `ksmd` does, if the operator runs
 it (`/sys/kernel/mm/ksm/run`), at the scan rate the operator sets. Where it
