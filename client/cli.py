@@ -188,6 +188,13 @@ def run(args: argparse.Namespace) -> int:
                           ca=args.ca, cert=args.cert, key=args.key)
     except ConnectionSetupError as exc:
         raise CliError(str(exc)) from None
+    # Closed on every way out, Ctrl-C included: a call still open when the
+    # interpreter exits can keep grpc, and so the process, from ending.
+    with channel:
+        return _command(args, channel)
+
+
+def _command(args: argparse.Namespace, channel: grpc.Channel) -> int:
     lifecycle = caxton_pb2_grpc.AgentLifecycleStub(channel)
     messaging = caxton_pb2_grpc.MessagingStub(channel)
     timeout = args.rpc_timeout
