@@ -408,8 +408,18 @@ def test_ctrl_c_stops_waiting_and_leaves_the_rollout_running(fake, module):
     fake.during = [("rollout-started", "canary v1 -> v2")]
     argv = [sys.executable, "-m", "caxton", "--address", fake.address, "--token", "t",
             "reload", AGENT, module, "--strategy", "canary"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                               cwd=ROOT, text=True)
+    # A process started with SIGINT ignored, as a shell starts its background
+    # jobs, passes that on to its children, and Python then raises no
+    # KeyboardInterrupt: a CLI run in the background must not be stopped by
+    # the terminal's Ctrl-C. The CLI here must start as from a terminal,
+    # however the tests were started: a signal with a handler is reset to
+    # its default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   cwd=ROOT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
