@@ -368,6 +368,7 @@ def test_the_shipped_example_config_loads():
 
     config = load_config(Path(__file__).resolve().parent.parent / "systemd" / "caxton.toml")
     assert config.restart.max_failures == 5 and config.sandbox.user == "nobody"
+    assert config.sandbox.merge_pages is True
     assert "tight" in config.policies and config.keep_versions == 5
 
 
@@ -379,6 +380,7 @@ FULL_PATHS = [
     ({"sandbox": {"cpu_cores": float("nan")}}, "sandbox.cpu_cores: expected a finite number, got nan"),
     ({"sandbox": {"cgroups": "on"}}, "sandbox.cgroups: expected one of 'auto', 'off', got 'on'"),
     ({"sandbox": {"pids_max": True}}, "sandbox.pids_max: expected an integer, got True"),
+    ({"sandbox": {"merge_pages": "yes"}}, "sandbox.merge_pages: expected true or false, got 'yes'"),
     ({"sandbox": {"memroy_overhead": "1MiB"}}, "sandbox.memroy_overhead: unknown setting"),
     ({"restart": {"factor": 0.5}}, "restart.factor: expected a finite number >= 1, got 0.5"),
     ({"restart": {"window_s": float("inf")}}, "restart.window_s: expected a finite number, got inf"),
@@ -418,6 +420,7 @@ def test_every_section_and_field_of_the_config_is_readable():
                 "pids_max": 0,
                 "open_files": 10,
                 "cpu_seconds": 60,
+                "merge_pages": False,
             },
             "restart": {"max_failures": 9},
         }
@@ -425,6 +428,7 @@ def test_every_section_and_field_of_the_config_is_readable():
     assert (config.worker_start, config.worker_pool, config.health_interval_s) == ("exec", 0, 1.0)
     assert (config.health_timeout_s, config.health_failures, config.keep_versions) == (0.5, 3, 1)
     assert config.sandbox == SandboxSettings(
-        user="", cgroups="off", memory_overhead_bytes=1 << 20, cpu_cores=0.0, pids_max=0, open_files=10, cpu_seconds=60
+        user="", cgroups="off", memory_overhead_bytes=1 << 20, cpu_cores=0.0, pids_max=0, open_files=10, cpu_seconds=60,
+        merge_pages=False,
     )
     assert config.restart == RestartSettings(max_failures=9)
