@@ -13,6 +13,8 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
+import pytest
+
 from caxton.supervisor.ksm import host_merges_pages, start_note
 from caxton.worker.page_merging import Mapping, mergeable, parse_maps
 
@@ -68,15 +70,19 @@ def test_maps_lines_are_parsed_with_and_without_a_path():
     assert spaced.path == "/tmp/a file (deleted)"
 
 
-def test_only_private_writable_memory_is_offered():
-    chosen = {line.split()[1] + " " + (line.split(maxsplit=5)[5].strip() if len(line.split()) > 5 else ""):
-              mergeable(parse_maps([line])[0])
-              for line in (_line("rw-p"), _line("rw-p", "[heap]"), _line("rw-p", "/usr/lib/libpython3.11.so"),
-                           _line("rw-p", "[stack]"), _line("rw-s", "/dev/shm/x"), _line("r--p", "/usr/lib/x.so"),
-                           _line("r-xp", "/usr/lib/x.so"), _line("---p"), _line("r--p", "[vvar]"))}
-    assert chosen == {"rw-p ": True, "rw-p [heap]": True, "rw-p /usr/lib/libpython3.11.so": True,
-                      "rw-p [stack]": False, "rw-s /dev/shm/x": False, "r--p /usr/lib/x.so": False,
-                      "r-xp /usr/lib/x.so": False, "---p ": False, "r--p [vvar]": False}
+@pytest.mark.parametrize("perms, path, offered", [
+    ("rw-p", "", True),                              # anonymous: Python's object arenas
+    ("rw-p", "[heap]", True),
+    ("rw-p", "/usr/lib/libpython3.11.so", True),     # a library's writable data
+    ("rw-p", "[stack]", False),
+    ("rw-s", "/dev/shm/x", False),                   # shared: not copied on write
+    ("r--p", "/usr/lib/x.so", False),
+    ("r-xp", "/usr/lib/x.so", False),
+    ("---p", "", False),                             # a guard or reservation
+    ("r--p", "[vvar]", False),
+])
+def test_only_private_writable_memory_is_offered(perms, path, offered):
+    assert mergeable(parse_maps([_line(perms, path)])[0]) is offered
 
 
 def test_the_start_note_says_what_the_host_does():
