@@ -114,6 +114,10 @@ def test_a_damaged_state_directory_still_starts_and_the_rest_serves(supervisor, 
     # The corrupt compiled module was found and compiled again.
     assert second.send("bad-cache", b"x").reply.content == b"1"
     assert "does not match its recorded digest" in second.log_text()
+    # Said by the worker's own logging, under its own pid (a forked worker
+    # inherits the fork server's handler).
+    said = re.search(r"worker\[(\d+)\] WARNING compiled module \S+ does not match", second.log_text())
+    assert said and int(said[1]) in second.worker_pids(), second.log_text()[-2000:]
     fresh = _cached(state, digests["bad-cache"]).read_bytes()
     assert fresh != bytes(compiled)
     recorded = Path(f"{_cached(state, digests['bad-cache'])}.sha256").read_text().strip()

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import fastcall, rehearsal, sandbox, seccomp, server, service  # noqa: F401
 
+    server.configure_logging()
     seccomp.preload()
     fastcall.preload()
     # A first Load's one-off costs, paid here for every worker.
