@@ -19,10 +19,8 @@ import logging
 import os
 import pwd
 import queue
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +60,7 @@ from .pool import SparePool
 from .relay import LocalTransport, Relay
 from .request_gate import Gate, RequestGate
 from .runtime import Runtime
+from .runtime_dir import RuntimeDirectory
 from .specs import DeploySpec
 from .store import StateStore
 from .tls import ServerCertificates
@@ -176,22 +175,19 @@ class Supervisor:
         identity = _worker_identity(config.sandbox.user) if uids is None else (-1, -1, "")
         self.store = StateStore(config.state_dir)
         self.tokens = self._tokens()
-        self._own_runtime_dir = not config.runtime_dir
-        self.runtime_dir = config.runtime_dir or tempfile.mkdtemp(prefix="caxton-", dir="/tmp")
+        self._runtime_dir = RuntimeDirectory.open(config.runtime_dir)
+        self.runtime_dir = self._runtime_dir.path
         try:
             self._build(config, python, uids, identity)
         except BaseException:
             # A failed start ends the process (cli.py): its fork server and
             # workers die with it, but the directory would stay behind.
-            if self._own_runtime_dir:
-                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self._runtime_dir.close()
             raise
 
     def _build(self, config: Config, python: str, uids: UidAllocator | None,
                identity: tuple[int, int, str]) -> None:
         """The parts, from the launcher to the listeners (see __init__)."""
-        os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)
-        os.chmod(self.runtime_dir, 0o700)
         self.launcher = Launcher(self.runtime_dir, mode=config.worker_start, python=python, uids=uids,
                                  gid=identity[1], merge_pages=config.sandbox.merge_pages)
         self.cgroups = Cgroups(enabled=config.sandbox.cgroups == "auto")
@@ -401,8 +397,7 @@ class Supervisor:
         self.launcher.close()
         self.cgroups.close()
         self.store.close()
-        if self._own_runtime_dir:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        self._runtime_dir.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.health_server is not None:
