@@ -25,6 +25,7 @@ import grpc
 
 from caxton.internal.v1 import worker_pb2
 
+from .answers import Answers
 from .cgroups import CgroupLimits, Cgroups, WorkerCgroup
 from .config import Config, Limits
 from .deadline import Deadline
@@ -445,6 +446,9 @@ class WorkerInstance:
         client = self.client
         index = start
         errors = 0
+        # OK replies go in runs to the streams they belong to (answers.py);
+        # anything else is delivered on its own, after the runs before it.
+        answers = Answers()
         try:
             for index in range(start, len(batch)):
                 result = results[index]
@@ -454,16 +458,22 @@ class WorkerInstance:
                     if sent and stop_at_sends:
                         break
                     client.forward_logs(result)
-                    pending.resolve(_OK, "", result.reply if result.has_reply else None)
+                    reply = result.reply if result.has_reply else None
                     if sent:
+                        answers.flush()
+                        pending.resolve(_OK, "", reply)
                         self._relay_sent(pending, sent)
+                    elif not answers.add(pending, reply):
+                        pending.resolve(_OK, "", reply)
                 else:
                     client.forward_logs(result)
+                    answers.flush()
                     pending.resolve(error_code(result.code), result.error)
                     errors += 1
             else:
                 index = len(batch)
         finally:
+            answers.flush()
             # Counted once per batch (what was answered, if a bug of ours
             # stopped it part way: internal_error counts the rest).
             self.handled += index - start

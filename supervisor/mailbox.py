@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -43,6 +43,16 @@ DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 # How a message's outcome is delivered, exactly once: OK with the reply
 # content (None for "no reply"), or an error code with its message.
 OutcomeCallback = Callable[[grpc.StatusCode, str, bytes | None], None]
+
+
+class ResultSink(Protocol):
+    """Where the outcomes of many messages can go in one call: a callback
+    with a `sink` attribute belongs to one, and a batch's replies for it are
+    delivered by answers.Answers as (callback, reply) runs, in order, instead
+    of calling each callback."""
+
+    def add_replies(self, replies: Sequence[tuple[OutcomeCallback, bytes | None]]) -> None:
+        ...
 
 
 class Pending:
@@ -95,11 +105,19 @@ class Pending:
     def done(self) -> bool:
         return self._done
 
-    def resolve(self, code: grpc.StatusCode, error: str = "", reply: bytes | None = None) -> bool:
-        """Deliver the outcome; False if one was already delivered."""
+    def claim(self) -> bool:
+        """Take the one right to deliver the outcome: False if it was
+        delivered already, or the caller stopped waiting. Whoever claims
+        must deliver it (resolve() does; answers.Answers delivers many)."""
         if self._done:
             return False
         self._done = True
+        return True
+
+    def resolve(self, code: grpc.StatusCode, error: str = "", reply: bytes | None = None) -> bool:
+        """Deliver the outcome; False if one was already delivered."""
+        if not self.claim():
+            return False
         series = self.series
         if series is not None:
             series.record(code, reply is not None, time.monotonic() - self.accepted)

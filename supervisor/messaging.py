@@ -29,6 +29,7 @@ import functools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 
@@ -168,6 +169,23 @@ class MessagingService(caxton_pb2_grpc.MessagingServicer):
             reader.cancel()
 
 
+class _StreamItem:
+    """One message of a stream, as its OutcomeCallback: the result's id,
+    the message (for the reply's envelope) and what it held. `sink` makes a
+    batch's replies go to the stream in runs (answers.py)."""
+
+    __slots__ = ("sink", "item_id", "message", "size")
+
+    def __init__(self, sink: SendStreamFlow, item_id: int, message: caxton_pb2.AgentMessage, size: int):
+        self.sink = sink
+        self.item_id = item_id
+        self.message = message
+        self.size = size
+
+    def __call__(self, code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
+        self.sink._add_results(((self, code, error, reply),))
+
+
 class SendStreamFlow:
     """One SendStream call: a reader coroutine that accepts the client's
     messages while the stream has room, and the writer (the call's own
@@ -218,7 +236,7 @@ class SendStreamFlow:
         order: a receiver's messages keep theirs). Returns where it stopped
         and the groups."""
         groups: _Groups = {}
-        result, partial, sender = self._result, functools.partial, self._sender
+        sender = self._sender
         opened, held = self._open, self._held_by_reading
         # What results already hold is read once a frame: it only grows
         # meanwhile, on other threads, and the window is no exact bound.
@@ -240,7 +258,7 @@ class SendStreamFlow:
             if group is None:
                 group = groups[receiver] = ([], [])
             group[0].append(message)
-            group[1].append(partial(result, item.id, message, size))
+            group[1].append(_StreamItem(self, item.id, message, size))
             if opened >= WINDOW_MESSAGES or held >= room_bytes:
                 break
         self._open, self._held_by_reading = opened, held
@@ -296,35 +314,39 @@ class SendStreamFlow:
 
     # ------------------------------------------------------------ results
 
-    def _result(self, item_id: int, message: caxton_pb2.AgentMessage, size: int,
-                code: grpc.StatusCode, error: str, reply: bytes | None) -> None:
-        """A message's outcome (any thread), as its OutcomeCallback: a partial
-        with the first three (one object per message where a closure is
-        five for the garbage collector to track)."""
-        cost = len(reply or error) + MESSAGE_OVERHEAD_BYTES
+    def add_replies(self, replies: Sequence[tuple[OutcomeCallback, bytes | None]]) -> None:
+        """OK outcomes of many of this stream's messages (any thread), as
+        its ResultSink: added under one lock (answers.py)."""
+        items = cast("Sequence[tuple[_StreamItem, bytes | None]]", replies)  # this stream's, by the sink's contract
+        self._add_results([(item, _OK, "", reply) for item, reply in items])
+
+    def _add_results(self, outcomes: Sequence[tuple[_StreamItem, grpc.StatusCode, str, bytes | None]]) -> None:
+        """Messages' outcomes (any thread), each built in place in the
+        frame being filled."""
+        charge = 0
         with self._lock:
             frames = self._frames
-            frame = frames[-1] if frames and frames[-1].cost < FRAME_BYTES else None
-            if frame is None:
-                frame = _Frame()
-                frames.append(frame)
-            result = frame.add(id=item_id)
-            if code is not _OK:
-                result.code = code.value[0]
-                result.error = error
-            elif reply is not None:
-                fill_reply_envelope(result.reply, message, reply)
-                result.has_reply = True
-            frame.cost += cost
-            frame.count += 1
-            # Held already, so never refused; charged, it holds back new
-            # charges (this stream's and everyone's) until it is written.
-            charge = frame.cost - frame.charged
-            if charge >= CHARGE_STEP_BYTES:
-                frame.charged = frame.cost
-            else:
-                charge = 0
-            self._held_by_results += cost - size
+            for item, code, error, reply in outcomes:
+                cost = len(reply or error) + MESSAGE_OVERHEAD_BYTES
+                frame = frames[-1] if frames and frames[-1].cost < FRAME_BYTES else None
+                if frame is None:
+                    frame = _Frame()
+                    frames.append(frame)
+                result = frame.add(id=item.item_id)
+                if code is not _OK:
+                    result.code = code.value[0]
+                    result.error = error
+                elif reply is not None:
+                    fill_reply_envelope(result.reply, item.message, reply)
+                    result.has_reply = True
+                frame.cost += cost
+                frame.count += 1
+                # Held already, so never refused; charged, it holds back new
+                # charges (this stream's and everyone's) until it is written.
+                if frame.cost - frame.charged >= CHARGE_STEP_BYTES:
+                    charge += frame.cost - frame.charged
+                    frame.charged = frame.cost
+                self._held_by_results += cost - item.size
             waiting, self._writer_waiting = self._writer_waiting, None
         if charge and self._budget is not None:
             self._budget.charge(charge)

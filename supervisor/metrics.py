@@ -54,6 +54,20 @@ class Series:
             self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
             self.sum += seconds
 
+    def record_replies(self, replied: int, no_reply: int, seconds: float) -> None:
+        """Many messages' OK results at once, all `seconds` after they were
+        accepted (a batch's run of messages accepted together: one lock and
+        one bucket search for the run)."""
+        count = replied + no_reply
+        bucket = bisect.bisect_left(BUCKETS, seconds)
+        with self._lock:
+            if replied:
+                self.outcomes["ok"] = self.outcomes.get("ok", 0) + replied
+            if no_reply:
+                self.outcomes["no_reply"] = self.outcomes.get("no_reply", 0) + no_reply
+            self.buckets[bucket] += count
+            self.sum += seconds * count
+
     def counts(self) -> tuple[dict[str, int], list[int], float]:
         with self._lock:
             return dict(self.outcomes), list(self.buckets), self.sum

@@ -37,6 +37,50 @@ def _value(samples: list, name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def test_a_streams_results_are_counted_once_each_by_outcome(supervisor):
+    """SendStream's OK results are delivered and counted in runs
+    (supervisor/answers.py): the counts must still be one per message."""
+    sup = supervisor('metrics_listen = "127.0.0.1:0"\n')
+    match = wait_until(lambda: re.search(r"metrics on (http://\S+)", sup.log_text()), 10, "the metrics address")
+    sup.deploy("streamed", "echo")
+    sup.deploy("quiet", "noreply")
+    sup.deploy("crasher", "trap")
+
+    def receiver(k: int) -> str:
+        return "crasher" if k % 10 == 0 else "streamed" if k % 2 else "quiet"
+
+    def content(n: int) -> bytes:
+        return b"unreachable" if receiver(n % 100) == "crasher" else f"m{n}".encode()
+
+    def frames():
+        for frame in range(6):
+            items = [caxton_pb2.StreamItem(id=n, message=caxton_pb2.AgentMessage(
+                receiver=receiver(n % 100), content=content(n), conversation_id=f"c{n % 100}"))
+                for n in range(frame * 100, frame * 100 + 100)]
+            yield caxton_pb2.SendStreamRequest(items=items)
+
+    results = {r.id: r for response in sup.messaging.SendStream(frames(), timeout=60) for r in response.results}
+    assert len(results) == 600
+    for n, result in results.items():
+        if receiver(n % 100) == "streamed":
+            assert (result.code, result.has_reply, result.reply.content) == (0, True, f"m{n}".encode())
+            assert (result.reply.sender, result.reply.conversation_id) == ("streamed", f"c{n % 100}")
+            assert result.reply.in_reply_to  # the message id the supervisor gave it
+        elif receiver(n % 100) == "quiet":
+            assert (result.code, result.has_reply) == (0, False)
+        else:
+            assert result.code == grpc.StatusCode.INTERNAL.value[0], result
+    metrics = _scrape(match.group(1))
+    assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="streamed", outcome="ok") == 300
+    assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="quiet", outcome="no_reply") == 240
+    assert _value(metrics["caxton_messages"], "caxton_messages_total", agent="crasher", outcome="internal") == 60
+    for agent, count in (("streamed", 300), ("quiet", 240), ("crasher", 60)):
+        assert _value(metrics["caxton_message_duration_seconds"], "caxton_message_duration_seconds_count",
+                      agent=agent, version="1") == count
+        assert _value(metrics["caxton_message_duration_seconds"], "caxton_message_duration_seconds_bucket",
+                      agent=agent, version="1", le="+Inf") == count
+
+
 def test_a_scrape_under_load_shows_every_metric(supervisor):
     sup = supervisor('metrics_listen = "127.0.0.1:0"\n')
     match = wait_until(lambda: re.search(r"metrics on (http://\S+)", sup.log_text()), 10, "the metrics address")
