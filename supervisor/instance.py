@@ -432,7 +432,7 @@ class WorkerInstance:
         return self.process.alive
 
     def answer(self, batch: list[Pending], results: Sequence[worker_pb2.HandleResult],
-               on_result: OutcomeCount, start: int = 0, *, stop_at_sends: bool = False) -> int:
+               on_result: OutcomeCount, start: int = 0, *, stop_at_sends: bool = False, plain: bool = False) -> int:
         """Answer the messages of `batch` from `start` on, in order, each
         straight from the worker's result for it (no outcome object between:
         a microsecond of the supervisor's per message), and relay what the
@@ -440,7 +440,9 @@ class WorkerInstance:
         answered: len(batch), unless `stop_at_sends` (on the API loop, which
         must not block) stopped before one whose agent sent messages, since
         relaying may wait on another host; answer(start=...) finishes the
-        batch on a thread."""
+        batch on a thread. `plain`: the worker said that every result is OK
+        with no logs and no sends (HandleResponse.plain), so each is read
+        for its reply alone."""
         if len(results) != len(batch):
             raise ValueError(f"the worker answered {len(results)} results for a batch of {len(batch)}")
         client = self.client
@@ -450,6 +452,14 @@ class WorkerInstance:
         # anything else is delivered on its own, after the runs before it.
         answers = Answers()
         try:
+            if plain:
+                for index in range(start, len(batch)):
+                    result = results[index]
+                    reply = result.reply if result.has_reply else None
+                    if not answers.add(batch[index], reply):
+                        batch[index].resolve(_OK, "", reply)
+                index = len(batch)
+                return index
             for index in range(start, len(batch)):
                 result = results[index]
                 pending = batch[index]

@@ -232,7 +232,7 @@ class LoopDelivery:
             return instance.internal_error(batch, on_result)
         results = response.results
         try:
-            answered = instance.answer(batch, results, on_result, stop_at_sends=True)
+            answered = instance.answer(batch, results, on_result, stop_at_sends=True, plain=response.plain)
         except Exception:
             return instance.internal_error(batch, on_result)
         if answered < len(batch):

@@ -381,6 +381,36 @@ def test_service_returns_the_sends_of_completed_messages_only(sender_wasm: Path)
     assert exits == [0]
 
 
+@pytest.mark.parametrize(("scripts", "plain"), [
+    ([b"", b""], True),
+    ([b"", send(b"pong", b"a")], False),  # a send
+    ([b"", b"t"], False),  # a trap: an error result
+])
+def test_a_batch_is_plain_only_when_no_result_has_an_error_or_sends(sender_wasm: Path, scripts: list[bytes],
+                                                                     plain: bool) -> None:
+    """HandleResponse.plain lets the supervisor read each result for its
+    reply alone: it must be false whenever one result needs more."""
+    service, _ = _service(sender_wasm, send_budget=2)
+    try:
+        response = service.Handle(worker_pb2.HandleRequest(messages=[message(script) for script in scripts]), None)
+        assert len(response.results) == len(scripts)
+        assert response.plain is plain
+    finally:
+        service.Shutdown(worker_pb2.ShutdownRequest(), None)
+
+
+def test_a_batch_with_logs_is_not_plain(tmp_path: Path) -> None:
+    path = tmp_path / "logger.wasm"
+    path.write_bytes(wasmtime.wat2wasm(module("logger").decode()))
+    service, _ = _service(path)
+    try:
+        response = service.Handle(worker_pb2.HandleRequest(messages=[message(b"a line")]), None)
+        assert [record.text for record in response.results[0].logs] == ["a line"]
+        assert response.plain is False
+    finally:
+        service.Shutdown(worker_pb2.ShutdownRequest(), None)
+
+
 def test_service_budget_zero_means_the_default(sender_wasm: Path) -> None:
     service, _ = _service(sender_wasm, send_budget=0)
     try:

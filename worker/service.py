@@ -112,10 +112,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             # Missing trailing entries mean "no deadline", like zeros.
             deadlines_ms = request.deadline_ms
             given = len(deadlines_ms)
+            plain = True
             with sandbox.running():
                 for index, message in enumerate(request.messages):
                     ms = deadlines_ms[index] if index < given else 0
-                    self._handle_one(sandbox, message, received + ms / 1000 if ms else None, add)
+                    plain &= self._handle_one(sandbox, message, received + ms / 1000 if ms else None, add)
+            response.plain = plain
             return response
 
     def HandleStream(self, requests: Iterator[worker_pb2.HandleRequest],
@@ -126,12 +128,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             yield self.Handle(request, context)
 
     def _handle_one(self, sandbox: Sandbox, message, caller_deadline: float | None,
-                    add: Callable[..., worker_pb2.HandleResult]) -> None:
+                    add: Callable[..., worker_pb2.HandleResult]) -> bool:
+        """Handle one message into a new result; whether the result is plain
+        (OK, with no logs and no sends: HandleResponse.plain)."""
         try:
             outcome = sandbox.handle(message, caller_deadline)
         except AgentError as exc:
             add(code=exc.code.value[0], error=exc.message, logs=_log_records(sandbox.take_logs()))
-            return
+            return False
         except LoadError as exc:
             # The trapped instance could not be replaced: this worker is no
             # longer able to serve. Exiting makes the supervisor see a crash
@@ -139,13 +143,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             log.error("cannot replace trapped instance: %s", exc)
             self._on_exit(3)
             add(code=grpc.StatusCode.UNAVAILABLE.value[0], error=str(exc))
-            return
+            return False
         result = add() if outcome.reply is None else add(reply=outcome.reply, has_reply=True)
         # Most messages log and send nothing: skip the conversions then.
         if outcome.logs:
             result.logs.extend(_log_records(outcome.logs))
         if outcome.sent:
             _add_sent(result.sent.add, outcome.sent)
+        return not outcome.logs and not outcome.sent
 
     def Stats(self, request: worker_pb2.StatsRequest, context: grpc.ServicerContext) -> worker_pb2.StatsResponse:
         # Read without the message lock so that status stays responsive while

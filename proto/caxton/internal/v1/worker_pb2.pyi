@@ -120,10 +120,12 @@ class Outgoing(_message.Message):
     def __init__(self, to: _Optional[str] = ..., performative: _Optional[_Union[_caxton_pb2.Performative, str]] = ..., conversation_id: _Optional[str] = ..., reply_with: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class HandleResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "plain")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[HandleResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[HandleResult, _Mapping]]] = ...) -> None: ...
+    plain: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[HandleResult, _Mapping]]] = ..., plain: _Optional[bool] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()
