@@ -29,10 +29,11 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from typing import Any, NoReturn
 
 import wasmtime
+
+from .wasmtime_version import installed_version
 
 log = logging.getLogger("caxton.worker.fastcall")
 
@@ -134,7 +135,7 @@ def available(engine: wasmtime.Engine) -> bool:
             mismatch = f"{type(exc).__name__}: {exc}"
         if mismatch:
             log.warning("the fast wasm call path is unavailable with wasmtime %s (%s): using Func.__call__",
-                        metadata.version("wasmtime"), mismatch)
+                        installed_version(), mismatch)
         _available = not mismatch
     return _available
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.metadata
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from caxton.v1 import caxton_pb2
 from . import fastcall
 from .hostcalls import HostCalls, LogRecord, MemoryView
 from .outbox import DEFAULT_SEND_BUDGET, Outgoing
+from .wasmtime_version import installed_version
 
 log = logging.getLogger("caxton.worker.sandbox")
 
@@ -84,7 +84,7 @@ _I64 = wasmtime.ValType.i64()
 # repeat), so they are cached: a Val is never modified after creation.
 _i32 = functools.lru_cache(maxsize=4096)(wasmtime.Val.i32)
 
-_WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+_WASMTIME_VERSION = installed_version()
 # Bump when engine_config() changes, so stale compiled modules are not reused.
 _CONFIG_REVISION = 1
 
