@@ -413,11 +413,11 @@ class WorkerInstance:
         """Send one batch to the worker and answer each message. Returns
         False when the worker is gone."""
         try:
-            results = self.client.call([p.message for p in batch], [p.deadline for p in batch],
-                                       self.hang_bound(batch))
+            response = self.client.call([p.message for p in batch], [p.deadline for p in batch],
+                                        self.hang_bound(batch))
         except WorkerCallError as exc:
             return self.batch_failed(batch, exc, on_result)
-        self.answer(batch, results, on_result)
+        self.answer(batch, response.results, on_result, plain=response.plain)
         return True
 
     def batch_failed(self, batch: list[Pending], exc: WorkerCallError, on_result: OutcomeCount) -> bool:

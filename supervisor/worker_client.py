@@ -234,10 +234,10 @@ class WorkerClient:
                           response.memory_bytes)
 
     def call(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
-             hang_bound: Deadline) -> Sequence[worker_pb2.HandleResult]:
-        """Run a batch of messages, in order; one result per message, as
-        the worker gave it (read with `outcome`, or answered straight from it
-        on the hot path: WorkerInstance.answer).
+             hang_bound: Deadline) -> worker_pb2.HandleResponse:
+        """Run a batch of messages, in order; the worker's answer, one
+        result per message (read with `outcome`, or answered straight from
+        it on the hot path: WorkerInstance.answer).
 
         `deadlines` (parallel to `messages`) are the callers': each reaches
         the worker, which stops that message when it passes. `hang_bound`
@@ -245,12 +245,12 @@ class WorkerClient:
         hung, and the WorkerCallError says `timed_out`.
         """
         with translated(HANDLING):
-            return self._stub.Handle(handle_request(messages, deadlines), timeout=hang_bound.timeout()).results
+            return self._stub.Handle(handle_request(messages, deadlines), timeout=hang_bound.timeout())
 
     def handle(self, messages: Sequence[caxton_pb2.AgentMessage], deadlines: Sequence[Deadline],
                hang_bound: Deadline) -> list[MessageOutcome]:
         """As `call`, each result read as a MessageOutcome."""
-        return [self.outcome(result) for result in self.call(messages, deadlines, hang_bound)]
+        return [self.outcome(result) for result in self.call(messages, deadlines, hang_bound).results]
 
     def outcome(self, result: worker_pb2.HandleResult) -> MessageOutcome:
         """One message's result read (the agent's log lines go to the log
